@@ -1,0 +1,7 @@
+"""distnmf: distributed, out-of-core non-negative matrix factorization on Dask and Zarr."""
+
+from distnmf.factors import Factors, open_factors, save_factors
+from distnmf.store import Matrix, MatrixWriter, open_matrix, save_matrix
+
+__all__ = ["Factors", "Matrix", "MatrixWriter", "open_factors", "open_matrix", "save_factors", "save_matrix"]
+__version__ = "0.1.0"

@@ -1,0 +1,128 @@
+"""Stored results of a factorization: W, H, labels and the fit's history, in one Zarr group.
+
+Layout::
+
+    results.zarr/   attrs["distnmf_factors"] = {"version": 1, "params": {...}, "error_history": [...],
+    │                                           "n_iter": ..., "reconstruction_err": ..., "image_shape": ...,
+    │                                           "source": "path/of/matrix.zarr"}
+    ├── W           float32 (n_rows, n_components), row chunks aligned with the source matrix
+    ├── H           float32 (n_components, n_cols)
+    ├── row_labels  optional str (n_rows,)
+    └── col_labels  optional str (n_cols,)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from distnmf.store import _as_str_array, _temporary_sibling, _write_labels, publish
+
+FACTORS_VERSION = 1
+ATTRS_KEY = "distnmf_factors"
+
+
+@dataclass(frozen=True)
+class Factors:
+    """A lazy view of stored factors. ``W`` stays on disk; ``H`` is small and loaded."""
+
+    path: Path
+    shape: tuple[int, int]
+    n_components: int
+    attrs: dict[str, Any]
+
+    @property
+    def W(self) -> da.Array:
+        """W of shape (n_rows, n_components) as a Dask array backed by Zarr."""
+        return da.from_zarr(str(self.path), component="W")
+
+    @property
+    def H(self) -> np.ndarray:
+        """H of shape (n_components, n_cols)."""
+        return zarr.open_group(self.path, mode="r")["H"][:]
+
+    def read_W(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of W, shape (stop - start, n_components)."""
+        return zarr.open_group(self.path, mode="r")["W"][start:stop]
+
+    @property
+    def row_labels(self) -> np.ndarray | None:
+        group = zarr.open_group(self.path, mode="r")
+        return _as_str_array(group["row_labels"][:]) if "row_labels" in group else None
+
+    @property
+    def col_labels(self) -> np.ndarray | None:
+        group = zarr.open_group(self.path, mode="r")
+        return _as_str_array(group["col_labels"][:]) if "col_labels" in group else None
+
+    @property
+    def error_history(self) -> list[float]:
+        return list(self.attrs.get("error_history", []))
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        shape = self.attrs.get("image_shape")
+        return tuple(shape) if shape else None
+
+
+def save_factors(path: str | os.PathLike, W: np.ndarray | da.Array, H: np.ndarray, *,
+                 row_labels: Sequence[Any] | None = None, col_labels: Sequence[Any] | None = None,
+                 attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Factors:
+    """Write W (n_rows, k) and H (k, n_cols) atomically; W may be a Dask array (written in parallel)."""
+    path = Path(path)
+    H = np.asarray(H, dtype=np.float32)
+    if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[0]:
+        raise ValueError(f"W {W.shape} and H {H.shape} do not form a factorization (W.shape[1] != H.shape[0])")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    try:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        chunk_rows = W.chunks[0][0] if isinstance(W, da.Array) else min(W.shape[0], 2**16)
+        w_arr = group.create_array("W", shape=W.shape, chunks=(max(1, chunk_rows), W.shape[1]),
+                                   dtype=np.float32, compressors=None)
+        if isinstance(W, da.Array):
+            da.store(W.astype(np.float32), w_arr, lock=False, compute=True)
+        else:
+            w_arr[:] = np.asarray(W, dtype=np.float32)
+        group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
+        _write_labels(group, "row_labels", row_labels, W.shape[0])
+        _write_labels(group, "col_labels", col_labels, H.shape[1])
+        group.attrs.update({ATTRS_KEY: {"version": FACTORS_VERSION, **_jsonable(attrs or {})}})
+        publish(tmp, path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return open_factors(path)
+
+
+def open_factors(path: str | os.PathLike) -> Factors:
+    """Open stored factors; ``FileNotFoundError`` if absent, ``ValueError`` if not a factors store."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no factors store at {path}")
+    group = zarr.open_group(path, mode="r")
+    if ATTRS_KEY not in group.attrs or "W" not in group or "H" not in group:
+        raise ValueError(f"{path} is not a distnmf factors store (missing W, H or '{ATTRS_KEY}' metadata)")
+    n_rows, k = group["W"].shape
+    return Factors(path, (n_rows, group["H"].shape[1]), k, dict(group.attrs[ATTRS_KEY]))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+

@@ -1,0 +1,507 @@
+"""Zarr-backed matrices: dense row-chunked arrays and CSR groups, with labels.
+
+On-disk layout of a matrix store (a Zarr v3 group)::
+
+    cats.zarr/                 attrs["distnmf"] = {"version": 1, "kind": "dense"|"sparse",
+    │                                              "row_bounds": [...], "image_shape": [64, 64]?}
+    ├── X                      dense: float32 array (n_rows, n_cols), chunks of whole rows
+    │                          sparse: group in AnnData's ``csr_matrix`` encoding:
+    │                                  attrs encoding-type/encoding-version/shape,
+    │                                  arrays data (float32), indices (int32/int64), indptr (int64)
+    ├── row_labels             optional str array (n_rows,)
+    └── col_labels             optional str array (n_cols,)
+
+AnnData stores (``X`` plus ``obs/_index`` and ``var/_index``) and bare Zarr arrays open too.
+Every write goes to a temporary sibling and is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+import zarr
+import zarr.codecs
+
+FORMAT_VERSION = 1
+DENSE_BLOCK_BYTES = 32 * 2**20
+SPARSE_BLOCK_NNZ = 4 * 2**20
+SPARSE_CHUNK_ELEMENTS = 2**22
+
+ArrayLike = Any  # numpy, scipy.sparse, dask array, zarr array or Matrix
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 0,
+                where: str = "X") -> None:
+    """Raise ``ValueError`` naming the first NaN/inf or negative entry of a row block.
+
+    ``row_offset`` is the global index of the block's first row, so the message names the
+    row and column of the whole matrix.
+    """
+    if sp.issparse(block):
+        csr = sp.csr_array(block)
+        values = csr.data
+        bad = ~np.isfinite(values) | (values < 0)
+        if not bad.any():
+            return
+        pos = int(np.argmax(bad))
+        row = int(np.searchsorted(csr.indptr, pos, side="right") - 1)
+        col = int(csr.indices[pos])
+        value = values[pos]
+    else:
+        values = np.asarray(block)
+        if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
+            raise ValueError(f"{where} must hold real numbers, got dtype {values.dtype}")
+        bad = ~np.isfinite(values) | (values < 0)
+        if not bad.any():
+            return
+        row, col = (int(i) for i in np.unravel_index(int(np.argmax(bad)), values.shape))
+        value = values[row, col]
+    kind = "a negative value" if np.isfinite(value) else "a non-finite value"
+    raise ValueError(
+        f"{where} has {kind} ({float(value)}) at row {row_offset + row}, column {col} "
+        f"(row block starting at row {row_offset}); NMF needs finite, non-negative input"
+    )
+
+
+def check_2d(shape: Sequence[int], where: str = "X") -> tuple[int, int]:
+    """Validate a matrix shape: exactly 2-D and non-empty."""
+    if len(shape) != 2:
+        raise ValueError(f"{where} must be 2-D (n_samples, n_features), got {len(shape)}-D shape {tuple(shape)}")
+    n_rows, n_cols = int(shape[0]), int(shape[1])
+    if n_rows < 1 or n_cols < 1:
+        raise ValueError(f"{where} is empty: shape {(n_rows, n_cols)}; need at least one row and one column")
+    return n_rows, n_cols
+
+
+# --------------------------------------------------------------------------- atomic paths
+
+
+def _temporary_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def publish(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Atomically move a completed ``tmp`` store to ``path`` (replacing it when ``overwrite``)."""
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, path)
+
+
+def _compressors(compression: str | None) -> Any:
+    if compression in (None, "none"):
+        return None
+    if compression == "lz4":
+        return zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+    if compression == "zstd":
+        return zarr.codecs.ZstdCodec(level=3)
+    raise ValueError(f"compression must be None, 'lz4' or 'zstd', got {compression!r}")
+
+
+def _write_labels(group: zarr.Group, name: str, labels: Sequence[Any] | None, expected: int) -> None:
+    if labels is None:
+        return
+    values = np.asarray([str(v) for v in labels], dtype=str)
+    if values.ndim != 1 or len(values) != expected:
+        raise ValueError(f"{name} has {len(values)} entries, but the matrix has {expected} along that axis")
+    arr = group.create_array(name, shape=values.shape, dtype=str, chunks=(max(1, min(len(values), 2**20)),))
+    arr[:] = values
+
+
+# --------------------------------------------------------------------------- writer
+
+
+@dataclass
+class MatrixWriter:
+    """Stream row blocks into a new matrix store; published atomically on ``close()``.
+
+    Use as a context manager. Blocks are validated as they arrive; an exception inside the
+    ``with`` body (or a bad block) removes the temporary store, leaving nothing behind.
+
+    >>> with MatrixWriter("tags.zarr", n_cols=4204, sparse=True) as w:   # doctest: +SKIP
+    ...     for block in blocks:
+    ...         w.append(block)
+    ...     w.row_labels, w.col_labels = ids, tags
+    """
+
+    path: str | os.PathLike
+    n_cols: int
+    sparse: bool = False
+    dtype: Any = np.float32
+    chunk_rows: int | None = None
+    compression: str | None = None
+    overwrite: bool = False
+    row_labels: Sequence[Any] | None = None
+    col_labels: Sequence[Any] | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    validate: bool = True
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.path.exists() and not self.overwrite:
+            raise FileExistsError(f"{self.path} already exists; pass overwrite=True to replace it")
+        if self.n_cols < 1:
+            raise ValueError(f"n_cols must be >= 1, got {self.n_cols}")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = _temporary_sibling(self.path)
+        self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
+        self.n_rows = 0
+        self._row_bounds = [0]
+        compressors = _compressors(self.compression)
+        if self.sparse:
+            self._nnz = 0
+            x = self._group.create_group("X")
+            index_dtype = np.int32 if self.n_cols < 2**31 else np.int64
+            self._data = x.create_array("data", shape=(0,), chunks=(SPARSE_CHUNK_ELEMENTS,),
+                                        dtype=self.dtype, compressors=compressors)
+            self._indices = x.create_array("indices", shape=(0,), chunks=(SPARSE_CHUNK_ELEMENTS,),
+                                           dtype=index_dtype, compressors=compressors)
+            self._indptr = [np.zeros(1, dtype=np.int64)]
+        else:
+            rows = self.chunk_rows or default_chunk_rows(self.n_cols, np.dtype(self.dtype).itemsize)
+            self.chunk_rows = rows
+            self._x = self._group.create_array("X", shape=(0, self.n_cols), chunks=(rows, self.n_cols),
+                                               dtype=self.dtype, compressors=compressors, fill_value=0)
+            self._pending: list[np.ndarray] = []
+            self._pending_rows = 0
+
+    # -- appending
+    def append(self, block: ArrayLike) -> None:
+        """Append a row block of shape (rows, n_cols): numpy or scipy.sparse."""
+        if block.ndim != 2 or block.shape[1] != self.n_cols:
+            raise ValueError(f"row block at row {self.n_rows} has shape {block.shape}, expected (*, {self.n_cols})")
+        if self.validate:
+            check_block(block, self.n_rows)
+        if self.sparse:
+            self._append_sparse(sp.csr_array(block, dtype=self.dtype))
+        else:
+            dense = block.toarray() if sp.issparse(block) else np.asarray(block)
+            self._pending.append(dense.astype(self.dtype, copy=False))
+            self._pending_rows += dense.shape[0]
+            self.n_rows += dense.shape[0]
+            if self._pending_rows >= self.chunk_rows:
+                self._flush_dense(final=False)
+
+    def _append_sparse(self, csr: sp.csr_array) -> None:
+        csr.sum_duplicates()
+        csr.sort_indices()
+        nnz = csr.nnz
+        if nnz:
+            start = self._nnz
+            self._data.resize((start + nnz,))
+            self._indices.resize((start + nnz,))
+            self._data[start:] = csr.data
+            self._indices[start:] = csr.indices.astype(self._indices.dtype, copy=False)
+        self._indptr.append(csr.indptr[1:].astype(np.int64) + self._nnz)
+        self._nnz += nnz
+        self.n_rows += csr.shape[0]
+
+    def _flush_dense(self, final: bool) -> None:
+        if not self._pending:
+            return
+        rows = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        n_full = rows.shape[0] if final else (rows.shape[0] // self.chunk_rows) * self.chunk_rows
+        start = self._x.shape[0]
+        self._x.resize((start + n_full, self.n_cols))
+        self._x[start:start + n_full] = rows[:n_full]
+        rest = rows[n_full:]
+        self._pending = [rest] if len(rest) else []
+        self._pending_rows = len(rest)
+
+    # -- finishing
+    def close(self) -> Matrix:
+        """Write labels and metadata, then publish the store under its final name."""
+        try:
+            check_2d((self.n_rows, self.n_cols), where=str(self.path))
+            if self.sparse:
+                indptr = np.concatenate(self._indptr)
+                x = self._group["X"]
+                x.create_array("indptr", shape=indptr.shape, chunks=(min(len(indptr), 2**22),),
+                               dtype=np.int64)[:] = indptr
+                x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
+                                "shape": [self.n_rows, self.n_cols]})
+                bounds = sparse_row_bounds(indptr)
+            else:
+                self._flush_dense(final=True)
+                bounds = list(range(0, self.n_rows, self.chunk_rows)) + [self.n_rows]
+            _write_labels(self._group, "row_labels", self.row_labels, self.n_rows)
+            _write_labels(self._group, "col_labels", self.col_labels, self.n_cols)
+            meta = {"version": FORMAT_VERSION, "kind": "sparse" if self.sparse else "dense",
+                    "row_bounds": [int(b) for b in bounds], **self.attrs}
+            self._group.attrs.update({"distnmf": meta})
+            publish(self._tmp, self.path, self.overwrite)
+        except BaseException:
+            self.abort()
+            raise
+        return open_matrix(self.path)
+
+    def abort(self) -> None:
+        """Remove the temporary store."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def __enter__(self) -> MatrixWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.matrix = self.close()
+        else:
+            self.abort()
+
+
+def default_chunk_rows(n_cols: int, itemsize: int = 4, target_bytes: int = DENSE_BLOCK_BYTES) -> int:
+    """Rows per dense chunk so that one chunk holds about ``target_bytes``."""
+    return max(1, target_bytes // max(1, n_cols * itemsize))
+
+
+def sparse_row_bounds(indptr: np.ndarray, target_nnz: int = SPARSE_BLOCK_NNZ,
+                      max_rows: int = 2**16) -> list[int]:
+    """Row block boundaries of a CSR matrix so each block holds about ``target_nnz`` entries.
+
+    Returns a list ``[0, b1, ..., n_rows]``; blocks are also capped at ``max_rows`` rows so the
+    dense factor block W_i stays small.
+    """
+    n_rows = len(indptr) - 1
+    bounds = [0]
+    while bounds[-1] < n_rows:
+        start = bounds[-1]
+        by_nnz = int(np.searchsorted(indptr, indptr[start] + target_nnz, side="right")) - 1
+        bounds.append(min(n_rows, start + max_rows, max(start + 1, by_nnz)))
+    return bounds
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save_matrix(X: ArrayLike, path: str | os.PathLike, row_labels: Sequence[Any] | None = None,
+                col_labels: Sequence[Any] | None = None, *, dtype: Any = np.float32,
+                chunk_rows: int | None = None, compression: str | None = None,
+                attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Matrix:
+    """Validate and write a matrix to a Zarr store; returns the opened :class:`Matrix`.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_cols)
+        numpy array, scipy.sparse matrix, dask array (dense or with scipy.sparse chunks),
+        zarr array or an opened :class:`Matrix`. Must be finite and non-negative.
+    path : path of the store to create.
+    row_labels, col_labels : optional sequences of length n_rows / n_cols (stored as str).
+    chunk_rows : rows per dense chunk; default about 32 MiB per chunk.
+    compression : None (default, fastest reads), ``"lz4"`` (Blosc) or ``"zstd"``.
+    attrs : extra metadata, e.g. ``{"image_shape": [64, 64]}``.
+
+    Raises ``ValueError`` naming the row and column of the first bad value; no store is left.
+    """
+    if isinstance(X, Matrix):
+        row_labels = X.row_labels if row_labels is None else row_labels
+        col_labels = X.col_labels if col_labels is None else col_labels
+        attrs = {**X.attrs, **(attrs or {})}
+        X = X.dask
+    if isinstance(X, zarr.Array):
+        X = da.from_zarr(X)
+    if not hasattr(X, "shape") or not hasattr(X, "ndim"):
+        X = np.asarray(X)
+    n_rows, n_cols = check_2d(X.shape)
+    is_sparse = sp.issparse(X) or (isinstance(X, da.Array) and sp.issparse(X._meta))
+    with MatrixWriter(path, n_cols, sparse=is_sparse, dtype=dtype, chunk_rows=chunk_rows,
+                      compression=compression, overwrite=overwrite, row_labels=row_labels,
+                      col_labels=col_labels, attrs=attrs or {}) as writer:
+        for block in _row_blocks(X, writer):
+            writer.append(block)
+    return writer.matrix
+
+
+def _row_blocks(X: ArrayLike, writer: MatrixWriter, batch: int = 4) -> Iterator[Any]:
+    """Yield row blocks of X in order; dask blocks are computed ``batch`` at a time."""
+    if isinstance(X, da.Array):
+        blocks = X.rechunk({1: -1}).to_delayed().ravel()
+        for i in range(0, len(blocks), batch):
+            yield from dask.compute(*blocks[i:i + batch])
+        return
+    rows = 2**16 if writer.sparse else writer.chunk_rows
+    if sp.issparse(X):
+        X = sp.csr_array(X)
+    for start in range(0, X.shape[0], rows):
+        yield X[start:start + rows]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A lazy, chunked view of a matrix store.
+
+    Attributes
+    ----------
+    path : the store's location.
+    shape : (n_rows, n_cols).
+    is_sparse : whether X is stored in CSR layout.
+    nnz : number of stored non-zeros (n_rows * n_cols for dense stores).
+    row_bounds : row block boundaries ``[0, b1, ..., n_rows]``; block i is rows
+        ``row_bounds[i]:row_bounds[i+1]``, aligned with the storage chunks.
+    attrs : user metadata such as ``image_shape``.
+    """
+
+    path: Path
+    shape: tuple[int, int]
+    is_sparse: bool
+    nnz: int
+    dtype: np.dtype
+    row_bounds: tuple[int, ...]
+    attrs: dict[str, Any]
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.row_bounds) - 1
+
+    @property
+    def density(self) -> float:
+        return self.nnz / float(self.shape[0] * self.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the matrix when loaded (dense values, or CSR data+indices+indptr)."""
+        if self.is_sparse:
+            return self.nnz * (self.dtype.itemsize + 4) + (self.shape[0] + 1) * 8
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+    @property
+    def row_labels(self) -> np.ndarray | None:
+        return _read_labels(self.path, "row_labels", ("obs", "_index"))
+
+    @property
+    def col_labels(self) -> np.ndarray | None:
+        return _read_labels(self.path, "col_labels", ("var", "_index"))
+
+    @property
+    def image_shape(self) -> tuple[int, ...] | None:
+        shape = self.attrs.get("image_shape")
+        return tuple(shape) if shape else None
+
+    def read_block(self, i: int) -> np.ndarray | sp.csr_array:
+        """Read row block ``i`` from disk: dense ndarray or ``scipy.sparse.csr_array``."""
+        return read_rows(self.path, self.is_sparse, self.row_bounds[i], self.row_bounds[i + 1], self.shape[1])
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray | sp.csr_array:
+        """Read rows ``start:stop`` (any range) from disk."""
+        return read_rows(self.path, self.is_sparse, start, stop, self.shape[1])
+
+    @property
+    def dask(self) -> da.Array:
+        """X as a Dask array of row blocks (chunks are ndarrays or ``scipy.sparse.csr_array``)."""
+        if not self.is_sparse:
+            return da.from_zarr(str(self.path), component="X", chunks=(self.row_bounds_chunks(), self.shape[1]))
+        token = dask.base.tokenize(str(self.path), self.row_bounds, os.path.getmtime(self.path))
+        name = f"read-csr-{token}"
+        graph = {(name, i, 0): (read_rows, self.path, True, a, b, self.shape[1])
+                 for i, (a, b) in enumerate(zip(self.row_bounds[:-1], self.row_bounds[1:]))}
+        meta = sp.csr_array((0, 0), dtype=self.dtype)
+        return da.Array(graph, name, chunks=(self.row_bounds_chunks(), (self.shape[1],)), meta=meta)
+
+    def row_bounds_chunks(self) -> tuple[int, ...]:
+        return tuple(int(b - a) for a, b in zip(self.row_bounds[:-1], self.row_bounds[1:]))
+
+    def to_memory(self) -> np.ndarray | sp.csr_array:
+        """Load the whole matrix (only for data that fits in memory)."""
+        return self.read_rows(0, self.shape[0])
+
+
+def read_rows(path: Path, is_sparse: bool, start: int, stop: int, n_cols: int) -> np.ndarray | sp.csr_array:
+    """Read rows ``start:stop`` of the store at ``path``."""
+    group = zarr.open_group(path, mode="r")
+    x = group["X"]
+    if not is_sparse:
+        return x[start:stop]
+    indptr = x["indptr"][start:stop + 1]
+    lo, hi = int(indptr[0]), int(indptr[-1])
+    data = x["data"][lo:hi] if hi > lo else np.zeros(0, dtype=x["data"].dtype)
+    indices = x["indices"][lo:hi] if hi > lo else np.zeros(0, dtype=x["indices"].dtype)
+    return sp.csr_array((data, indices, indptr - lo), shape=(stop - start, n_cols))
+
+
+def _read_labels(path: Path, name: str, anndata_path: tuple[str, str]) -> np.ndarray | None:
+    group = zarr.open_group(path, mode="r")
+    if name in group:
+        return _as_str_array(group[name][:])
+    frame, index = anndata_path
+    if frame in group and isinstance(group[frame], zarr.Group) and index in group[frame]:
+        return _as_str_array(group[frame][index][:])
+    return None
+
+
+def open_matrix(path: str | os.PathLike) -> Matrix:
+    """Open a matrix store (distnmf, AnnData-style or a bare 2-D Zarr array) lazily.
+
+    Raises ``FileNotFoundError`` when nothing is at ``path`` and ``ValueError`` when the
+    store is not a readable 2-D matrix.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no matrix store at {path}")
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as exc:  # zarr raises several types for corrupt metadata
+        raise ValueError(f"{path} is not a readable Zarr store: {exc}") from exc
+    if isinstance(node, zarr.Array):
+        return _open_bare_array(path, node)
+    meta = dict(node.attrs.get("distnmf", {}))
+    if "X" not in node:
+        raise ValueError(f"{path} is a Zarr group without an 'X' matrix; not a matrix store")
+    x = node["X"]
+    if isinstance(x, zarr.Array):
+        shape = check_2d(x.shape, where=f"{path}/X")
+        bounds = meta.get("row_bounds") or _chunk_bounds(shape[0], x.chunks[0])
+        return Matrix(path, shape, False, shape[0] * shape[1], np.dtype(x.dtype),
+                      tuple(bounds), _user_attrs(meta))
+    encoding = x.attrs.get("encoding-type")
+    if encoding != "csr_matrix":
+        raise ValueError(f"{path}/X has encoding-type {encoding!r}; only dense arrays and 'csr_matrix' are supported")
+    try:
+        shape = check_2d(tuple(x.attrs["shape"]), where=f"{path}/X")
+        nnz = int(x["data"].shape[0])
+        dtype = np.dtype(x["data"].dtype)
+        bounds = meta.get("row_bounds") or sparse_row_bounds(x["indptr"][:])
+    except KeyError as exc:
+        raise ValueError(f"{path}/X is a corrupt CSR group: missing {exc}") from exc
+    return Matrix(path, shape, True, nnz, dtype, tuple(bounds), _user_attrs(meta))
+
+
+def _open_bare_array(path: Path, arr: zarr.Array) -> Matrix:
+    if arr.ndim != 2:
+        raise ValueError(f"{path} holds a {arr.ndim}-D array; a matrix must be 2-D")
+    raise ValueError(
+        f"{path} is a bare Zarr array, not a matrix store: pass zarr.open_array({str(path)!r}) "
+        f"to NMF directly, or convert it with distnmf.save_matrix(zarr.open_array(...), 'new.zarr')"
+    )
+
+
+def _chunk_bounds(n_rows: int, chunk_rows: int) -> list[int]:
+    return list(range(0, n_rows, chunk_rows)) + [n_rows]
+
+
+def _user_attrs(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if k not in ("version", "kind", "row_bounds")}
+
+
+def _as_str_array(values: np.ndarray) -> np.ndarray:
+    """Zarr returns variable-length strings as numpy StringDType; give callers plain ``str_``."""
+    return np.array(values.tolist(), dtype=str)
