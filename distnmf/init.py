@@ -1,0 +1,194 @@
+"""Initial factors: random (scikit-learn's scaling) and the NNDSVD family over row blocks.
+
+The NNDSVD variants need a truncated SVD of X. :func:`block_truncated_svd` computes one with
+the randomized range finder (Halko, Martinsson & Tropp 2011) using only per-block products
+and sums, so it runs on the same runners as NMF and never holds X in one place:
+``Y_i = X_i Ω`` → orthonormalise (CholeskyQR2 on ``Σ Y_iᵀ Y_i``) → power iterations →
+``B = Σ Q_iᵀ X_i`` → SVD of the small B.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from distnmf.kernels import wt_x
+from distnmf.source import BlockSource, as_source, materialize
+
+OVERSAMPLES = 10
+POWER_ITERATIONS = 3
+
+
+# --------------------------------------------------------------------------- block tasks
+
+
+def _sketch(x: Any, omega: np.ndarray) -> np.ndarray:
+    return np.asarray(materialize(x) @ omega, dtype=np.float32)
+
+
+def _gram(y: np.ndarray) -> np.ndarray:
+    y64 = y.astype(np.float64)
+    return y64.T @ y64
+
+
+def _apply_right(y: np.ndarray, r: np.ndarray) -> np.ndarray:
+    return (y.astype(np.float64) @ r).astype(np.float32)
+
+
+def _project(x: Any, q: np.ndarray) -> np.ndarray:
+    """Q_iᵀ X_i of shape (l, n)."""
+    return np.asarray(wt_x(q, materialize(x)), dtype=np.float64)
+
+
+def _signed_norms(u: np.ndarray) -> np.ndarray:
+    """Per column: squared norms of the positive and negative parts, shape (2, k)."""
+    u64 = u.astype(np.float64)
+    pos, neg = np.maximum(u64, 0), np.minimum(u64, 0)
+    return np.stack([(pos * pos).sum(axis=0), (neg * neg).sum(axis=0)])
+
+
+def _nndsvd_w_block(u: np.ndarray, seed: int, scale: np.ndarray, use_negative: np.ndarray,
+                    lead: np.ndarray, fill: str, avg: float) -> np.ndarray:
+    """W_i from U_i (m_i, k): column j is ``scale[j] * max(±U_ij, 0)``, or ``scale[j] * |U_ij|``
+    for the leading column; then zeros filled per ``fill``."""
+    signed = np.where(use_negative, -u, u)
+    W = (np.where(lead, np.abs(u), np.maximum(signed, 0)) * scale).astype(np.float32)
+    W[W < np.finfo(np.float32).eps] = 0
+    return _fill_zeros(W, fill, avg, seed)
+
+
+def _fill_zeros(M: np.ndarray, fill: str, avg: float, seed: int) -> np.ndarray:
+    if fill == "nndsvda":
+        M[M == 0] = avg
+    elif fill == "nndsvdar":
+        zeros = M == 0
+        rng = np.random.default_rng(seed)
+        M[zeros] = np.abs(avg * rng.standard_normal(int(zeros.sum())) / 100)
+    return M
+
+
+def _random_w_block(n_rows: int, seed: int, k: int, avg: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.abs(avg * rng.standard_normal((n_rows, k))).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _orthonormalize(runner: Any, y_handles: list[Any], name: str) -> list[Any]:
+    """CholeskyQR2: Q = Y R⁻¹ twice, with the Gram matrix reduced over blocks in float64."""
+    q = y_handles
+    for _ in range(2):
+        gram = runner.reduce(runner.map(f"{name}-gram", _gram, q), f"{name}-reduce")
+        evals, evecs = np.linalg.eigh(gram)
+        keep = evals > evals.max() * 1e-12
+        r_inv = evecs[:, keep] / np.sqrt(evals[keep])
+        q = runner.map(f"{name}-orth", _apply_right, q, shared=(r_inv,))
+    return q
+
+
+def block_truncated_svd(runner: Any, x_handles: list[Any], n_cols: int, k: int,
+                        rng: np.random.Generator, n_power_iter: int = POWER_ITERATIONS
+                        ) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Randomized truncated SVD over row blocks.
+
+    Returns U as per-block handles (each (m_i, k)), S of shape (k,), Vt of shape (k, n).
+    """
+    width = min(n_cols, k + OVERSAMPLES)
+    omega = rng.standard_normal((n_cols, width)).astype(np.float32)
+    y = runner.map("svd-sketch", _sketch, x_handles, shared=(runner.broadcast(omega),))
+    for _ in range(n_power_iter):
+        q = _orthonormalize(runner, y, "svd-range")
+        z = runner.reduce(runner.map("svd-project", _project, x_handles, q), "svd-reduce")  # (l, n)
+        z_q, _ = np.linalg.qr(z.T)
+        y = runner.map("svd-sketch", _sketch, x_handles, shared=(runner.broadcast(z_q.astype(np.float32)),))
+    q = _orthonormalize(runner, y, "svd-range")
+    b = runner.reduce(runner.map("svd-project", _project, x_handles, q), "svd-reduce")  # (l, n)
+    u_small, s, vt = np.linalg.svd(b, full_matrices=False)
+    u_small, s, vt = _flip_signs(u_small[:, :k], s[:k], vt[:k])
+    u = runner.map("svd-U", _apply_right, q, shared=(u_small,))
+    return u, s, vt
+
+
+def _flip_signs(u: np.ndarray, s: np.ndarray, vt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Deterministic signs: the largest-magnitude entry of each row of Vt is positive."""
+    signs = np.sign(vt[np.arange(len(vt)), np.argmax(np.abs(vt), axis=1)])
+    signs[signs == 0] = 1
+    return u * signs, s, vt * signs[:, None]
+
+
+def nndsvd_init(runner: Any, x_handles: list[Any], bounds: tuple[int, ...], n_cols: int, k: int,
+                variant: str, x_mean: float, seed: int) -> tuple[list[Any], np.ndarray]:
+    """NNDSVD (Boutsidis & Gallopoulos 2008) and its ``a`` / ``ar`` zero fills, over row blocks.
+
+    As in scikit-learn: the leading pair gives ``sqrt(s0) |u0|`` and ``sqrt(s0) |v0|``; each
+    other pair keeps the positive or negative parts of (u_j, v_j), whichever has the larger
+    norm product, scaled by ``sqrt(s_j * that product)``.
+
+    Returns W as per-block handles (each (m_i, k)) and H of shape (k, n), both float32.
+    """
+    rng = np.random.default_rng(seed)
+    u_blocks, s, vt = block_truncated_svd(runner, x_handles, n_cols, k, rng)
+    u_pos, u_neg = np.sqrt(runner.reduce(runner.map("nndsvd-norms", _signed_norms, u_blocks), "nndsvd-reduce"))
+    vt64 = vt.astype(np.float64)
+    v_pos = np.linalg.norm(np.maximum(vt64, 0), axis=1)
+    v_neg = np.linalg.norm(np.minimum(vt64, 0), axis=1)
+    use_negative = u_neg * v_neg > u_pos * v_pos
+    sigma = np.where(use_negative, u_neg * v_neg, u_pos * v_pos)
+    u_norm = np.where(use_negative, u_neg, u_pos)
+    v_norm = np.where(use_negative, v_neg, v_pos)
+    u_norm[u_norm == 0] = 1.0
+    v_norm[v_norm == 0] = 1.0
+    lam = np.sqrt(s * sigma)
+    lead = np.arange(k) == 0
+    w_scale = np.where(lead, np.sqrt(s[0]), lam / u_norm)
+    H = np.maximum(np.where(use_negative[:, None], -vt64, vt64), 0) * (lam / v_norm)[:, None]
+    H[0] = np.sqrt(s[0]) * np.abs(vt64[0])
+    H = H.astype(np.float32)
+    H[H < np.finfo(np.float32).eps] = 0
+    avg = float(x_mean)  # scikit-learn fills NNDSVD zeros with mean(X)
+    fill = variant if variant in ("nndsvda", "nndsvdar") else "nndsvd"
+    seeds = [seed + 1 + i for i in range(len(bounds) - 1)]
+    w_handles = runner.map("nndsvd-W", _nndsvd_w_block, u_blocks, seeds,
+                           shared=(w_scale.astype(np.float32), use_negative, lead, fill, avg))
+    return w_handles, _fill_zeros(H, fill, avg, seed)
+
+
+def random_init(runner: Any, bounds: tuple[int, ...], n_cols: int, k: int, x_mean: float,
+                seed: int) -> tuple[list[Any], np.ndarray]:
+    """scikit-learn's random init: entries ``|N(0, 1)| * sqrt(mean(X) / k)``, seeded per block."""
+    avg = float(np.sqrt(max(x_mean, 0.0) / k))
+    H = np.abs(avg * np.random.default_rng(seed).standard_normal((k, n_cols))).astype(np.float32)
+    sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+    seeds = [seed + 1 + i for i in range(len(sizes))]
+    return runner.map("nmf-init-W", _random_w_block, sizes, seeds, shared=(k, avg)), H
+
+
+def truncated_svd(X: Any, n_components: int, random_state: int | None = None,
+                  n_power_iter: int = POWER_ITERATIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Randomized truncated SVD of a matrix of any size, on the active cluster or in-process.
+
+    Parameters
+    ----------
+    X : path, Matrix, numpy / scipy.sparse / Dask array of shape (n_rows, n_cols).
+    n_components : number of singular triplets k.
+
+    Returns
+    -------
+    U : ndarray (n_rows, k); S : ndarray (k,); Vt : ndarray (k, n_cols).
+    """
+    from distnmf.runner import make_runner
+
+    runner = make_runner()
+    source: BlockSource = as_source(X, n_blocks_hint=2 * runner.n_workers)
+    if not 1 <= n_components <= min(source.shape):
+        raise ValueError(f"n_components must be in [1, {min(source.shape)}], got {n_components}")
+    try:
+        x_handles = runner.load(source, keep=True)
+        u, s, vt = block_truncated_svd(runner, x_handles, source.shape[1], n_components,
+                                       np.random.default_rng(random_state), n_power_iter)
+        return np.concatenate(runner.gather(u)), s, vt
+    finally:
+        runner.close()
+

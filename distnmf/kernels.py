@@ -1,0 +1,262 @@
+"""Pure block kernels for NMF: numpy / scipy.sparse in, numpy out. No Dask here.
+
+Notation for one row block: X_i of shape (m_i, n), W_i of shape (m_i, k), H of shape (k, n).
+Every kernel is exact on its block; summing the per-block terms over all blocks gives the
+full-matrix quantity, which is how the driver distributes the work.
+
+Losses follow scikit-learn: the objective is ``D_beta(X, WH) + reg`` with
+``reg = l1_W ||W||_1 + 0.5 l2_W ||W||_F^2 + (same for H)``, and the Frobenius divergence is
+``0.5 ||X - WH||_F^2``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+EPSILON = np.finfo(np.float32).eps
+Block = np.ndarray | sp.csr_array | sp.csr_matrix
+
+
+def beta_to_float(beta_loss: str | float) -> float:
+    """Map a loss name to its beta: frobenius 2, kullback-leibler 1, itakura-saito 0."""
+    names = {"frobenius": 2.0, "kullback-leibler": 1.0, "itakura-saito": 0.0}
+    return names[beta_loss] if isinstance(beta_loss, str) else float(beta_loss)
+
+
+def mu_gamma(beta: float) -> float:
+    """Exponent of the maximization-minimization step (Fevotte & Idier 2011)."""
+    if beta < 1:
+        return 1.0 / (2.0 - beta)
+    if beta > 2:
+        return 1.0 / (beta - 1.0)
+    return 1.0
+
+
+# --------------------------------------------------------------------------- products
+
+
+def x_ht(X: Block, H: np.ndarray) -> np.ndarray:
+    """X_i H^T of shape (m_i, k)."""
+    return np.asarray(X @ H.T, dtype=np.float32)
+
+
+def wt_x(W: np.ndarray, X: Block) -> np.ndarray:
+    """W_i^T X_i of shape (k, n)."""
+    if sp.issparse(X):
+        return np.asarray((X.T @ W).T, dtype=np.float32)
+    return W.T @ X
+
+
+def block_stats(X: Block) -> tuple[float, float]:
+    """(sum of squares, sum) of a block, in float64: ||X||_F^2 and the mean's numerator."""
+    values = X.data if sp.issparse(X) else X
+    values = values.astype(np.float64, copy=False).ravel()
+    return float(values @ values), float(values.sum())
+
+
+# --------------------------------------------------------------------------- HALS
+
+
+def hals_sweeps(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps: int = 1,
+                inner_tol: float = 0.1, l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, int]:
+    """Accelerated HALS: up to ``max_sweeps`` column sweeps over W for fixed XHt and HHt.
+
+    Minimises ``0.5 ||X - W H||^2 + l1 ||W||_1 + 0.5 l2 ||W||^2`` over W >= 0, one column at a
+    time (Cichocki & Phan's HALS). As in Gillis & Glineur's accelerated HALS, the sweeps reuse
+    the costly XHt; they stop once a sweep changes W by less than ``inner_tol`` times the change
+    of the first sweep.
+
+    Parameters
+    ----------
+    W : ndarray of shape (m, k), updated in place.
+    XHt : ndarray of shape (m, k), X H^T.
+    HHt : ndarray of shape (k, k), H H^T.
+
+    Returns
+    -------
+    W : the updated array; n_sweeps : sweeps done.
+    """
+    k = W.shape[1]
+    A = XHt - l1 if l1 else XHt
+    B = HHt + l2 * np.eye(k, dtype=HHt.dtype) if l2 else HHt
+    first_change = 0.0
+    for sweep in range(1, max_sweeps + 1):
+        change = 0.0
+        for j in range(k):
+            if B[j, j] <= 0:  # a dead component: keep it at zero
+                W[:, j] = 0
+                continue
+            step = (A[:, j] - W @ B[:, j]) / B[j, j]
+            new = np.maximum(W[:, j] + step, 0.0)
+            delta = new - W[:, j]
+            change += float(delta @ delta)
+            W[:, j] = new
+        if sweep == 1:
+            first_change = change
+        elif change <= inner_tol**2 * first_change:
+            return W, sweep
+    return W, max_sweeps
+
+
+def accelerated_sweeps(n_rows: int, n_cols: int, k: int, nnz: int | None = None, alpha: float = 0.5,
+                       cap: int = 10) -> int:
+    """Inner sweep budget of accelerated HALS: ``1 + alpha * rho`` with rho the cost ratio.
+
+    rho = (cost of X H^T + H H^T) / (cost of one sweep) = (nnz k + n k^2) / (m k^2 + m k),
+    from Gillis & Glineur (2012), capped at ``cap``.
+    """
+    nnz = n_rows * n_cols if nnz is None else nnz
+    rho = (nnz * k + n_cols * k * k) / max(1.0, n_rows * (k * k + k))
+    return int(max(1, min(cap, 1 + np.floor(alpha * rho))))
+
+
+def hals_update_block(X: Block, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, *, max_sweeps: int,
+                      l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
+    """HALS update of one row block W_i given X_i, H and H H^T; returns the new W_i (m_i, k)."""
+    W = np.array(W, dtype=np.float32, copy=True)
+    hals_sweeps(W, x_ht(X, H), HHt, max_sweeps=max_sweeps, l1=l1, l2=l2)
+    return W
+
+
+def hals_update_h(H: np.ndarray, WtX: np.ndarray, WtW: np.ndarray, *, max_sweeps: int,
+                  l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
+    """HALS update of H (k, n) from the reduced W^T X (k, n) and W^T W (k, k)."""
+    Ht = np.array(H.T, dtype=np.float32, order="C", copy=True)
+    hals_sweeps(Ht, np.ascontiguousarray(WtX.T, dtype=np.float32), WtW.astype(np.float32),
+                max_sweeps=max_sweeps, l1=l1, l2=l2)
+    return np.ascontiguousarray(Ht.T)
+
+
+def frobenius_error_sq(x_sq: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray) -> float:
+    """||X - W H||_F^2 = ||X||^2 - 2 <W^T X, H> + <W^T W, H H^T>, without forming W H.
+
+    ``WtX`` (k, n) and ``WtW`` (k, k) are sums over all row blocks; computed in float64.
+    """
+    H64 = H.astype(np.float64)
+    cross = float(np.vdot(WtX.astype(np.float64), H64))
+    quad = float(np.vdot(WtW.astype(np.float64), H64 @ H64.T))
+    return max(x_sq - 2.0 * cross + quad, 0.0)
+
+
+# --------------------------------------------------------------------------- multiplicative updates
+
+
+def _wh_at(X: Block, W: np.ndarray, H: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """(W H) at X's stored entries (sparse X: a vector aligned with X.data; dense: the full block)."""
+    if not sp.issparse(X):
+        return W @ H
+    rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+    out = np.empty(X.nnz, dtype=np.float32)
+    for s in range(0, X.nnz, chunk):
+        r, c = rows[s:s + chunk], X.indices[s:s + chunk]
+        out[s:s + chunk] = np.einsum("ij,ji->i", W[r], H[:, c])
+    return out
+
+
+def _weighted_ratio(X: Block, WH: np.ndarray, beta: float) -> Block:
+    """X * (W H)^(beta - 2), on X's stored entries for sparse X."""
+    x_data = X.data if sp.issparse(X) else X
+    WH = np.maximum(WH, EPSILON) if beta < 2 else WH
+    ratio = x_data * WH ** (beta - 2.0) if beta not in (1.0, 0.0) else (
+        x_data / WH if beta == 1.0 else x_data / (WH * WH))
+    ratio = ratio.astype(np.float32, copy=False)
+    if sp.issparse(X):
+        return sp.csr_array((ratio, X.indices, X.indptr), shape=X.shape)
+    return ratio
+
+
+def _dense_wh_power(W: np.ndarray, H: np.ndarray, beta: float) -> np.ndarray:
+    WH = W @ H
+    if beta < 1:
+        WH = np.maximum(WH, EPSILON)
+    return WH ** (beta - 1.0)
+
+
+def mu_update_block(X: Block, W: np.ndarray, H: np.ndarray, beta: float, *, HHt: np.ndarray | None = None,
+                    l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
+    """One multiplicative update of a row block W_i (m_i, k) for the beta-divergence, H fixed."""
+    gamma = mu_gamma(beta)
+    if beta == 2.0:
+        numerator = x_ht(X, H)
+        denominator = W @ (H @ H.T if HHt is None else HHt)
+    else:
+        numerator = np.asarray(_weighted_ratio(X, _wh_at(X, W, H), beta) @ H.T, dtype=np.float32)
+        if beta == 1.0:
+            denominator = np.broadcast_to(H.sum(axis=1), W.shape).copy()
+        else:
+            denominator = _dense_wh_power(W, H, beta) @ H.T
+    if l1:
+        denominator = denominator + l1
+    if l2:
+        denominator = denominator + l2 * W
+    denominator[denominator == 0] = EPSILON
+    delta = numerator / denominator
+    if gamma != 1:
+        delta **= gamma
+    W = (W * delta).astype(np.float32)
+    if beta < 1:
+        W[W < np.finfo(np.float64).eps] = 0.0
+    return W
+
+
+def mu_h_terms(X: Block, W: np.ndarray, H: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-block numerator (k, n) and denominator (k, n) or (k, 1) of the H update.
+
+    Numerator: W_i^T (X_i * (W_i H)^(beta-2)); denominator: W_i^T (W_i H)^(beta-1)
+    (for beta = 1 the column sums of W_i, shape (k, 1)). Both sum over row blocks.
+    For beta = 2 use :func:`wt_x` and W^T W instead.
+    """
+    numerator = wt_x(W, _weighted_ratio(X, _wh_at(X, W, H), beta))
+    if beta == 1.0:
+        denominator = W.sum(axis=0, dtype=np.float64)[:, None]
+    else:
+        denominator = W.T @ _dense_wh_power(W, H, beta)
+    return numerator, np.asarray(denominator, dtype=np.float64)
+
+
+def mu_update_h(H: np.ndarray, numerator: np.ndarray, denominator: np.ndarray, beta: float, *,
+                l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
+    """Multiplicative update of H (k, n) from the reduced numerator and denominator."""
+    gamma = mu_gamma(beta)
+    denominator = np.broadcast_to(denominator, H.shape).astype(np.float64)
+    if l1:
+        denominator = denominator + l1
+    if l2:
+        denominator = denominator + l2 * H
+    denominator = np.where(denominator == 0, EPSILON, denominator)
+    delta = numerator / denominator
+    if gamma != 1:
+        delta **= gamma
+    H = (H * delta).astype(np.float32)
+    if beta < 1:
+        H[H < np.finfo(np.float64).eps] = 0.0
+    return H
+
+
+def beta_divergence_block(X: Block, W: np.ndarray, H: np.ndarray, beta: float) -> float:
+    """Beta-divergence D_beta(X_i || W_i H) of one block (sums over blocks to the total).
+
+    For beta = 2 this is 0.5 ||X_i - W_i H||^2. Zeros of X contribute only through the
+    terms that are defined there, as in scikit-learn.
+    """
+    if beta == 2.0:
+        x_sq, _ = block_stats(X)
+        WtX = wt_x(W, X)
+        return 0.5 * frobenius_error_sq(x_sq, WtX, W.T @ W, H)
+    x_data = (X.data if sp.issparse(X) else X.ravel()).astype(np.float64)
+    wh = _wh_at(X, W, H)
+    wh = (wh if sp.issparse(X) else wh.ravel()).astype(np.float64)
+    keep = x_data > EPSILON
+    x_data, wh_x = x_data[keep], np.maximum(wh[keep], EPSILON)
+    if beta == 1.0:
+        sum_wh = float(W.sum(axis=0, dtype=np.float64) @ H.sum(axis=1, dtype=np.float64))
+        return float(x_data @ np.log(x_data / wh_x)) + sum_wh - float(x_data.sum())
+    if beta == 0.0:
+        div = x_data / wh_x
+        return float(div.sum() - X.shape[0] * X.shape[1] - np.log(div).sum())
+    full = (W @ H).astype(np.float64)
+    sum_wh_beta = float((full ** beta).sum())
+    res = float((x_data ** beta).sum()) - beta * float(x_data @ wh_x ** (beta - 1))
+    res += sum_wh_beta * (beta - 1)
+    return res / (beta * (beta - 1))

@@ -1,0 +1,173 @@
+"""Where block tasks run: in this process (a thread pool) or on a Dask cluster (futures).
+
+Both runners offer the same small interface over *handles* (values locally, futures on a
+cluster), so the NMF iteration is written once in :mod:`distnmf.driver`:
+
+- ``load(source, keep)``: one handle per row block of X (kept in memory, or read per use);
+- ``map(name, fn, *columns, shared=())``: ``fn(col0[i], col1[i], ..., *shared)`` per block;
+- ``select(handles, j, name)``: element ``j`` of tuple results, per block;
+- ``reduce(handles, name, part=None)``: the element-wise sum of all (tuple) results, here;
+- ``broadcast(value)``, ``gather(handles)``, ``release(handles)``.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from distnmf.source import BlockSource, as_float32, materialize
+
+
+def add_terms(*terms: Any) -> Any:
+    """Element-wise sum of tuples (or of plain arrays / floats)."""
+    if isinstance(terms[0], tuple):
+        return tuple(add_terms(*parts) for parts in zip(*terms))
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
+def load_block(x: Any) -> Any:
+    """Read (or take) a block and convert it to float32 CSR / C-contiguous ndarray."""
+    return as_float32(materialize(x))
+
+
+class LocalRunner:
+    """Runs block tasks in a thread pool in this process (the embedded default)."""
+
+    def __init__(self, n_threads: int | None = None) -> None:
+        self.n_workers = n_threads or os.cpu_count() or 1
+        self._pool = ThreadPoolExecutor(self.n_workers, thread_name_prefix="distnmf")
+        self.memory_limit = _available_memory()
+        self.dashboard_link: str | None = None
+
+    def load(self, source: BlockSource, keep: bool) -> list[Any]:
+        blocks = [source.block(i) for i in range(source.n_blocks)]
+        return list(self._pool.map(load_block, blocks)) if keep else blocks
+
+    def map(self, name: str, fn: Callable, *columns: Sequence[Any], shared: tuple = ()) -> list[Any]:
+        return list(self._pool.map(lambda args: fn(*args, *shared), zip(*columns)))
+
+    def select(self, handles: list[Any], j: int, name: str = "select") -> list[Any]:
+        return [h[j] for h in handles]
+
+    def reduce(self, handles: list[Any], name: str = "reduce", part: int | None = None) -> Any:
+        values = handles if part is None else [h[part] for h in handles]
+        return add_terms(*values)
+
+    def broadcast(self, value: Any) -> Any:
+        return value
+
+    def gather(self, handles: list[Any]) -> list[Any]:
+        return list(handles)
+
+    def release(self, handles: Any) -> None:
+        """Nothing to do: values are freed when dropped."""
+
+    def close(self) -> None:
+        self._pool.shutdown()
+
+
+class DaskRunner:
+    """Runs block tasks on a ``distributed`` cluster; W blocks stay on their workers.
+
+    Task keys are readable (``nmf-update-W``, ``nmf-reduce``, ...), suffixed with a run token,
+    so the dashboard's task stream shows what runs.
+    """
+
+    def __init__(self, client: Any, run_name: str | None = None) -> None:
+        self.client = client
+        info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
+        workers = info.get("workers", {})
+        if not workers:
+            raise RuntimeError(f"the Dask cluster at {client.scheduler.address} has no workers")
+        self.n_workers = sum(int(w.get("nthreads", 1)) for w in workers.values())
+        self.memory_limit = sum(int(w.get("memory_limit") or 0) for w in workers.values()) or _available_memory()
+        self.dashboard_link = client.dashboard_link
+        self.token = run_name or uuid.uuid4().hex[:8]
+        self._calls = 0
+
+    def _key(self, name: str, *index: int) -> tuple:
+        return (f"{name}-{self.token}", self._calls, *index)
+
+    def load(self, source: BlockSource, keep: bool) -> list[Any]:
+        blocks = [source.block(i) for i in range(source.n_blocks)]
+        if not keep:
+            return blocks
+        self._calls += 1
+        if source.array is not None:
+            futures = self.client.scatter(blocks, hash=False)
+            return [self.client.submit(load_block, f, key=self._key("nmf-load-X", i))
+                    for i, f in enumerate(futures)]
+        return [self.client.submit(load_block, b, key=self._key("nmf-load-X", i)) for i, b in enumerate(blocks)]
+
+    def map(self, name: str, fn: Callable, *columns: Sequence[Any], shared: tuple = ()) -> list[Any]:
+        self._calls += 1
+        return [self.client.submit(fn, *args, *shared, key=self._key(name, i))
+                for i, args in enumerate(zip(*columns))]
+
+    def select(self, handles: list[Any], j: int, name: str = "select") -> list[Any]:
+        self._calls += 1
+        return [self.client.submit(operator.getitem, h, j, key=self._key(name, i)) for i, h in enumerate(handles)]
+
+    def reduce(self, handles: list[Any], name: str = "reduce", part: int | None = None) -> Any:
+        """Tree-sum the handles on the cluster (fan-in 4) and bring the total here."""
+        self._calls += 1
+        level = 0
+        current = handles
+        if part is not None:
+            current = [self.client.submit(operator.getitem, h, part, key=self._key(f"{name}-part", i))
+                       for i, h in enumerate(handles)]
+        while len(current) > 1:
+            level += 1
+            current = [self.client.submit(add_terms, *current[s:s + 4], key=self._key(name, level, s))
+                       for s in range(0, len(current), 4)]
+        return current[0].result()
+
+    def broadcast(self, value: Any) -> Any:
+        return self.client.scatter(value, broadcast=True, hash=False)
+
+    def gather(self, handles: list[Any]) -> list[Any]:
+        return self.client.gather(handles)
+
+    def release(self, handles: Any) -> None:
+        for h in handles if isinstance(handles, list) else [handles]:
+            if hasattr(h, "release"):
+                h.release()
+
+    def close(self) -> None:
+        """The client belongs to the caller; nothing to close."""
+
+
+def active_client() -> Any | None:
+    """The current ``distributed.Client`` if one is active, else None."""
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def make_runner(client: Any | None = None, run_name: str | None = None) -> LocalRunner | DaskRunner:
+    """A DaskRunner on ``client`` (or the active client), else the in-process LocalRunner."""
+    client = client or active_client()
+    return DaskRunner(client, run_name) if client is not None else LocalRunner()
+
+
+def _accepts_n_workers(client: Any) -> bool:
+    import inspect
+
+    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+
+
+def _available_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+

@@ -1,0 +1,175 @@
+"""Any input matrix as a sequence of row blocks that can be read in any process.
+
+Stores are read block by block straight from Zarr inside tasks; in-memory arrays are sliced
+(and scattered once to a cluster); Dask arrays are computed block by block.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+import zarr
+
+from distnmf.kernels import Block
+from distnmf.store import Matrix, check_2d, open_matrix, read_rows
+
+SPARSE_TARGET_NNZ = 2**21
+
+
+@dataclass(frozen=True)
+class StoreReader:
+    """Picklable reader of rows ``start:stop`` of a matrix store."""
+
+    path: Path
+    is_sparse: bool
+    n_cols: int
+
+    def __call__(self, start: int, stop: int) -> Block:
+        return read_rows(self.path, self.is_sparse, start, stop, self.n_cols)
+
+
+@dataclass(frozen=True)
+class DaskReader:
+    """Picklable reader of rows of a Dask array, computed in the calling process."""
+
+    array: da.Array
+
+    def __call__(self, start: int, stop: int) -> Block:
+        block = self.array[start:stop].compute(scheduler="sync")
+        return sp.csr_array(block) if sp.issparse(block) else np.asarray(block)
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """A row block to be read where it is used: ``read(start, stop)``."""
+
+    read: Any
+    start: int
+    stop: int
+
+    def load(self) -> Block:
+        return as_float32(self.read(self.start, self.stop))
+
+
+def as_float32(block: Block) -> Block:
+    if sp.issparse(block):
+        block = sp.csr_array(block)
+        return block if block.dtype == np.float32 else block.astype(np.float32)
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def materialize(x: Block | BlockRef) -> Block:
+    """The block itself, reading it first if it is a :class:`BlockRef`."""
+    return x.load() if isinstance(x, BlockRef) else x
+
+
+@dataclass
+class BlockSource:
+    """X of shape (n_rows, n_cols) split into row blocks ``bounds[i]:bounds[i+1]``.
+
+    Exactly one of ``array`` (in memory, sliced) or ``reader`` (reads a row range anywhere)
+    is set.
+    """
+
+    shape: tuple[int, int]
+    bounds: tuple[int, ...]
+    is_sparse: bool
+    nnz: int
+    nbytes: int
+    array: np.ndarray | sp.csr_array | None = None
+    reader: Any = None
+    matrix: Matrix | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.bounds) - 1
+
+    @property
+    def out_of_core(self) -> bool:
+        """True when X lives on disk (or in a Dask graph) rather than in this process."""
+        return self.array is None
+
+    def block(self, i: int) -> Block | BlockRef:
+        """Block i: the array slice when in memory, else a :class:`BlockRef` to read it."""
+        a, b = self.bounds[i], self.bounds[i + 1]
+        if self.array is not None:
+            return self.array[a:b]
+        return BlockRef(self.reader, a, b)
+
+
+def as_source(X: Any, *, n_blocks_hint: int = 1) -> BlockSource:
+    """Wrap a path, :class:`Matrix`, numpy / scipy.sparse / Dask / Zarr array as a BlockSource.
+
+    ``n_blocks_hint`` asks for at least that many row blocks (e.g. 2 per worker) so the work
+    spreads over a cluster. Raises ``FileNotFoundError`` / ``ValueError`` for bad input.
+    """
+    if isinstance(X, (str, os.PathLike)):
+        X = open_matrix(X)
+    if isinstance(X, zarr.Array):
+        X = da.from_zarr(X)
+    if isinstance(X, Matrix):
+        return _store_source(X, n_blocks_hint)
+    if isinstance(X, da.Array):
+        return _dask_source(X, n_blocks_hint)
+    if sp.issparse(X):
+        X = sp.csr_array(X)
+        X = X if X.dtype == np.float32 else X.astype(np.float32)
+        m, n = check_2d(X.shape)
+        bounds = _sparse_bounds(m, X.nnz, n_blocks_hint)
+        return BlockSource((m, n), bounds, True, X.nnz, X.data.nbytes + X.indices.nbytes, array=X)
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    m, n = check_2d(X.shape)
+    bounds = _even_bounds(m, max(n_blocks_hint, -(-X.nbytes // 2**25)))
+    return BlockSource((m, n), bounds, False, m * n, X.nbytes, array=X)
+
+
+def _store_source(matrix: Matrix, n_blocks_hint: int) -> BlockSource:
+    m, n = matrix.shape
+    if matrix.is_sparse:
+        bounds = _sparse_bounds(m, matrix.nnz, n_blocks_hint)
+    elif matrix.n_blocks >= n_blocks_hint:
+        bounds = matrix.row_bounds  # one storage chunk per block
+    else:
+        bounds = _even_bounds(m, n_blocks_hint)
+    return BlockSource((m, n), tuple(bounds), matrix.is_sparse, matrix.nnz, matrix.nbytes,
+                       reader=StoreReader(matrix.path, matrix.is_sparse, n), matrix=matrix,
+                       attrs=dict(matrix.attrs))
+
+
+def _dask_source(X: da.Array, n_blocks_hint: int) -> BlockSource:
+    m, n = check_2d(X.shape)
+    is_sparse = sp.issparse(X._meta)
+    if not is_sparse and not np.issubdtype(X.dtype, np.number):
+        raise ValueError(f"X must hold numbers, got dtype {X.dtype}")
+    chunks = X.chunks[0]
+    uniform = len(set(chunks[:-1])) <= 1 and chunks[-1] <= chunks[0]
+    if uniform and len(chunks) >= n_blocks_hint:
+        bounds = (0,) + tuple(int(b) for b in np.cumsum(chunks))
+    else:
+        bounds = _even_bounds(m, n_blocks_hint)
+    itemsize = 4
+    nnz = m * n
+    nbytes = m * n * itemsize
+    if is_sparse:
+        nnz = int(dask.compute(X.map_blocks(lambda b: np.array([[b.nnz]]), chunks=(1, 1),
+                                            dtype=np.int64, meta=np.array([[0]])).sum())[0])
+        nbytes = nnz * 8
+    return BlockSource((m, n), bounds, is_sparse, nnz, nbytes, reader=DaskReader(X.rechunk({1: -1})))
+
+
+def _even_bounds(n_rows: int, n_blocks: int) -> tuple[int, ...]:
+    n_blocks = max(1, min(n_rows, n_blocks))
+    rows = -(-n_rows // n_blocks)
+    return tuple(range(0, n_rows, rows)) + (n_rows,)
+
+
+def _sparse_bounds(n_rows: int, nnz: int, n_blocks_hint: int) -> tuple[int, ...]:
+    return _even_bounds(n_rows, max(n_blocks_hint, -(-nnz // SPARSE_TARGET_NNZ)))
