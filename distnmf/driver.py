@@ -1,0 +1,300 @@
+"""The NMF iteration over row blocks: one pass over X per iteration, on any runner.
+
+Per iteration (HALS, or MU with the Frobenius loss)::
+
+    task i:  W_i <- update(W_i, X_i Hᵀ, H Hᵀ);  returns W_iᵀ X_i (k, n) and W_iᵀ W_i (k, k)
+    reduce:  P = Σ W_iᵀ X_i,  G = Σ W_iᵀ W_i           (tree sum on the cluster)
+    driver:  H <- update(H, P, G);  ||X - WH||² = ||X||² - 2<P, H> + <G, H Hᵀ>
+
+For the other beta losses the task also returns the block's divergence at the previous iterate
+and the MU numerator / denominator for H; the loss is then known one iteration late and a last
+pass computes the final one. W_i never leaves its worker until the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from distnmf import kernels
+from distnmf.init import nndsvd_init, random_init
+from distnmf.source import BlockSource, materialize
+from distnmf.store import _temporary_sibling, check_block, publish
+
+Callback = Callable[[int, float, float], Any]
+
+
+@dataclass
+class FitConfig:
+    """Everything the driver needs besides the data: validated by the estimator."""
+
+    n_components: int
+    solver: str = "hals"
+    beta: float = 2.0
+    init: str = "nndsvda"
+    max_iter: int = 200
+    tol: float = 1e-4
+    seed: int = 0
+    l1_W: float = 0.0
+    l2_W: float = 0.0
+    l1_H: float = 0.0
+    l2_H: float = 0.0
+    verbose: int = 0
+    callback: Callback | None = None
+    checkpoint: str | Path | None = None
+    checkpoint_every: int = 10
+    resume: str | Path | None = None
+    keep_in_memory: bool | str = "auto"
+    run_name: str = "fit"
+
+
+@dataclass
+class FitResult:
+    """W as per-block handles on the runner, H (k, n), and the history of the fit."""
+
+    w_handles: list[Any]
+    H: np.ndarray
+    n_iter: int
+    errors: list[float] = field(default_factory=list)  # relative error after each iteration
+    reconstruction_err: float = 0.0  # sqrt(2 * D_beta(X, WH)); ||X - WH||_F for Frobenius
+    x_norm: float = 0.0
+    converged: bool = False
+
+
+# --------------------------------------------------------------------------- block tasks
+
+
+def _stats_task(x: Any, start: int) -> tuple[float, float]:
+    """Validate a block (finite, non-negative) and return (||X_i||², sum X_i)."""
+    block = materialize(x)
+    check_block(block, start)
+    return kernels.block_stats(block)
+
+
+def _hals_task(x: Any, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, sweeps: int, l1: float,
+               l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    block = materialize(x)
+    W = kernels.hals_update_block(block, W, H, HHt, max_sweeps=sweeps, l1=l1, l2=l2)
+    return W, (kernels.wt_x(W, block).astype(np.float64), (W.T @ W).astype(np.float64))
+
+
+def _mu_frobenius_task(x: Any, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, l1: float,
+                       l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    block = materialize(x)
+    W = kernels.mu_update_block(block, W, H, 2.0, HHt=HHt, l1=l1, l2=l2)
+    return W, (kernels.wt_x(W, block).astype(np.float64), (W.T @ W).astype(np.float64))
+
+
+def _mu_beta_task(x: Any, W: np.ndarray, H: np.ndarray, beta: float, l1: float,
+                  l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, float]]:
+    block = materialize(x)
+    previous_loss = kernels.beta_divergence_block(block, W, H, beta)
+    W = kernels.mu_update_block(block, W, H, beta, l1=l1, l2=l2)
+    numerator, denominator = kernels.mu_h_terms(block, W, H, beta)
+    return W, (numerator.astype(np.float64), denominator, previous_loss)
+
+
+def _divergence_task(x: Any, W: np.ndarray, H: np.ndarray, beta: float) -> float:
+    return kernels.beta_divergence_block(materialize(x), W, H, beta)
+
+
+def _read_w_task(path: str, start: int, stop: int) -> np.ndarray:
+    return zarr.open_group(path, mode="r")["W"][start:stop]
+
+
+def _write_w_task(W: np.ndarray, path: str, start: int) -> int:
+    zarr.open_group(path, mode="r+")["W"][start:start + W.shape[0]] = W
+    return W.shape[0]
+
+
+# --------------------------------------------------------------------------- the fit
+
+
+def decide_keep_in_memory(source: BlockSource, runner: Any, keep: bool | str) -> bool:
+    """Keep X blocks in (cluster) memory when they take at most 40% of the memory available."""
+    if keep != "auto":
+        return bool(keep)
+    if not source.out_of_core and runner.__class__.__name__ == "LocalRunner":
+        return True
+    return source.nbytes <= 0.4 * runner.memory_limit
+
+
+def fit_blocks(runner: Any, source: BlockSource, config: FitConfig, W0: np.ndarray | None = None,
+               H0: np.ndarray | None = None) -> FitResult:
+    """Factorize X ≈ W H on ``runner``; see the module docstring for the data flow."""
+    k, (m, n) = config.n_components, source.shape
+    span = _span(runner, f"distnmf-{config.run_name}")
+    with span:
+        start_time = time.perf_counter()
+        x_handles = runner.load(source, decide_keep_in_memory(source, runner, config.keep_in_memory))
+        stats = runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1]))
+        x_sq, x_sum = runner.reduce(stats, "nmf-reduce-stats")
+        x_norm = math.sqrt(x_sq)
+        w_handles, H, first_iter, errors = _initial_factors(runner, source, config, x_handles,
+                                                            x_sum / (m * n), W0, H0)
+        result = _iterate(runner, source, config, x_handles, w_handles, H, x_sq, first_iter, errors,
+                          start_time)
+        result.x_norm = x_norm
+        return result
+
+
+def _initial_factors(runner: Any, source: BlockSource, config: FitConfig, x_handles: list[Any],
+                     x_mean: float, W0: np.ndarray | None, H0: np.ndarray | None
+                     ) -> tuple[list[Any], np.ndarray, int, list[float]]:
+    k, bounds = config.n_components, source.bounds
+    if config.resume is not None:
+        state = read_checkpoint(config.resume, source.shape, k)
+        w_handles = runner.map("nmf-resume-W", _read_w_task, [str(config.resume)] * source.n_blocks,
+                               list(bounds[:-1]), list(bounds[1:]))
+        return w_handles, state["H"], state["iteration"], state["errors"]
+    if config.init == "custom":
+        blocks = [np.ascontiguousarray(W0[a:b], dtype=np.float32) for a, b in zip(bounds[:-1], bounds[1:])]
+        return runner.map("nmf-init-W", np.asarray, blocks), np.asarray(H0, dtype=np.float32), 0, []
+    if config.init == "random":
+        w_handles, H = random_init(runner, bounds, source.shape[1], k, x_mean, config.seed)
+    else:
+        w_handles, H = nndsvd_init(runner, x_handles, bounds, source.shape[1], k, config.init, x_mean,
+                                   config.seed)
+    return w_handles, H, 0, []
+
+
+def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: list[Any],
+             w_handles: list[Any], H: np.ndarray, x_sq: float, first_iter: int, errors: list[float],
+             start_time: float) -> FitResult:
+    m, n = source.shape
+    k = config.n_components
+    x_norm = math.sqrt(x_sq) or 1.0
+    gram_path = config.solver == "hals" or config.beta == 2.0
+    avg_rows, avg_nnz = m / source.n_blocks, source.nnz / source.n_blocks
+    sweeps_w = kernels.accelerated_sweeps(int(avg_rows), n, k, int(avg_nnz))
+    sweeps_h = kernels.accelerated_sweeps(n, m, k, source.nnz)
+    iteration, converged = first_iter, False
+    pending_loss = None  # beta != 2: the loss of the iterate before this one
+    while iteration < config.max_iter and not converged:
+        iteration += 1
+        H_handle = runner.broadcast(H)
+        if gram_path:
+            HHt = H @ H.T
+            if config.solver == "hals":
+                results = runner.map("nmf-update-W", _hals_task, x_handles, w_handles,
+                                     shared=(H_handle, HHt, sweeps_w, config.l1_W, config.l2_W))
+            else:
+                results = runner.map("nmf-update-W", _mu_frobenius_task, x_handles, w_handles,
+                                     shared=(H_handle, HHt, config.l1_W, config.l2_W))
+        else:
+            results = runner.map("nmf-update-W", _mu_beta_task, x_handles, w_handles,
+                                 shared=(H_handle, config.beta, config.l1_W, config.l2_W))
+        new_w = runner.select(results, 0, "nmf-W")
+        terms = runner.reduce(results, "nmf-reduce", part=1)
+        runner.release(results)
+        runner.release(w_handles)
+        runner.release(H_handle)
+        w_handles = new_w
+        if gram_path:
+            WtX, WtW = terms
+            if config.solver == "hals":
+                H = kernels.hals_update_h(H, WtX, WtW, max_sweeps=sweeps_h, l1=config.l1_H, l2=config.l2_H)
+            else:
+                H = kernels.mu_update_h(H, WtX, (WtW @ H.astype(np.float64)), 2.0, l1=config.l1_H,
+                                        l2=config.l2_H)
+            loss = 0.5 * kernels.frobenius_error_sq(x_sq, WtX, WtW, H)
+            errors.append(math.sqrt(2 * loss) / x_norm)
+        else:
+            numerator, denominator, previous = terms
+            H = kernels.mu_update_h(H, numerator, denominator, config.beta, l1=config.l1_H, l2=config.l2_H)
+            if iteration > first_iter + 1:
+                errors.append(math.sqrt(2 * max(previous, 0.0)) / x_norm)
+            pending_loss = True
+        converged = _converged(errors, config.tol)
+        _report(config, iteration, errors, start_time)
+        if config.checkpoint and iteration % config.checkpoint_every == 0:
+            write_checkpoint(runner, config.checkpoint, w_handles, H, source.bounds, iteration, errors,
+                             config)
+    if pending_loss:  # one more pass for the loss of the final iterate
+        H_handle = runner.broadcast(H)
+        final = runner.reduce(runner.map("nmf-loss", _divergence_task, x_handles, w_handles,
+                                         shared=(H_handle, config.beta)), "nmf-reduce-loss")
+        errors.append(math.sqrt(2 * max(final, 0.0)) / x_norm)
+        _report(config, iteration, errors, start_time)
+    reconstruction_err = errors[-1] * x_norm if errors else float("nan")
+    return FitResult(w_handles, H, iteration, errors, reconstruction_err, converged=converged)
+
+
+def _converged(errors: list[float], tol: float) -> bool:
+    """Stop when the error's relative decrease over the last iteration falls below ``tol``."""
+    if tol <= 0 or len(errors) < 2:
+        return False
+    previous, current = errors[-2], errors[-1]
+    return current == 0.0 or (previous - current) / max(previous, 1e-300) < tol
+
+
+def _report(config: FitConfig, iteration: int, errors: list[float], start_time: float) -> None:
+    if not errors:
+        return
+    elapsed = time.perf_counter() - start_time
+    if config.verbose:
+        print(f"[distnmf] iteration {iteration:4d}  relative error {errors[-1]:.6f}  {elapsed:7.2f}s", flush=True)
+    if config.callback is not None:
+        config.callback(iteration, errors[-1], elapsed)
+
+
+def _span(runner: Any, name: str) -> contextlib.AbstractContextManager:
+    """A ``distributed.span`` grouping the fit's tasks on the dashboard (no-op in-process)."""
+    if runner.__class__.__name__ != "DaskRunner":
+        return contextlib.nullcontext()
+    from distributed import span
+
+    return span(name)
+
+
+# --------------------------------------------------------------------------- W output and checkpoints
+
+
+def write_w(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], group_path: str | Path,
+            k: int) -> None:
+    """Write per-block W handles into a ``W`` array of an existing group; one task per chunk."""
+    chunk_rows = bounds[1] - bounds[0]
+    group = zarr.open_group(group_path, mode="r+")
+    group.create_array("W", shape=(bounds[-1], k), chunks=(chunk_rows, k), dtype=np.float32,
+                       compressors=None, overwrite=True)
+    written = runner.map("nmf-write-W", _write_w_task, w_handles, [str(group_path)] * len(w_handles),
+                         list(bounds[:-1]))
+    runner.gather(written)
+
+
+def write_checkpoint(runner: Any, path: str | Path, w_handles: list[Any], H: np.ndarray,
+                     bounds: tuple[int, ...], iteration: int, errors: list[float], config: FitConfig) -> None:
+    """Atomically replace the checkpoint at ``path`` with W, H, the iteration and errors."""
+    path = Path(path)
+    tmp = _temporary_sibling(path)
+    group = zarr.open_group(tmp, mode="w", zarr_format=3)
+    group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
+    write_w(runner, w_handles, bounds, tmp, H.shape[0])
+    group.attrs.update({"distnmf_checkpoint": {
+        "iteration": iteration, "errors": list(map(float, errors)), "n_rows": bounds[-1],
+        "n_components": config.n_components, "solver": config.solver, "beta": config.beta}})
+    publish(tmp, path, overwrite=True)
+
+
+def read_checkpoint(path: str | Path, shape: tuple[int, int], k: int) -> dict[str, Any]:
+    """Load H, the iteration and the errors of a checkpoint, checking it fits X and k."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"resume: no checkpoint at {path}")
+    group = zarr.open_group(path, mode="r")
+    meta = group.attrs.get("distnmf_checkpoint")
+    if meta is None or "W" not in group or "H" not in group:
+        raise ValueError(f"resume: {path} is not a distnmf checkpoint")
+    H = group["H"][:]
+    if group["W"].shape != (shape[0], k) or H.shape != (k, shape[1]):
+        raise ValueError(f"resume: checkpoint W {group['W'].shape} / H {H.shape} do not match X {shape} "
+                         f"with n_components={k}")
+    return {"H": H, "iteration": int(meta["iteration"]), "errors": list(meta["errors"])}

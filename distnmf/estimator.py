@@ -1,0 +1,347 @@
+"""``distnmf.NMF``: a scikit-learn estimator over the block-parallel driver.
+
+The estimator validates parameters (a declarative ``_parameter_constraints`` dict), turns the
+input into row blocks, dispatches to :func:`distnmf.driver.fit_blocks` on the active
+``distributed.Client`` (or in-process) and stores fitted attributes ending in ``_``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+import zarr
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
+
+from distnmf import kernels
+from distnmf.driver import FitConfig, FitResult, fit_blocks, write_w
+from distnmf.runner import make_runner
+from distnmf.source import BlockSource, as_source, materialize
+from distnmf.store import Matrix, _temporary_sibling, check_block, publish
+
+IN_MEMORY_TYPES = (np.ndarray, list, tuple)
+
+
+class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
+    """Non-negative matrix factorization X ≈ W H, block-parallel and out-of-core.
+
+    Parameters
+    ----------
+    n_components : int or None, default=None
+        Rank k. None means min(n_samples, n_features). Must be in [1, min(n_samples, n_features)].
+    init : {"nndsvda", "nndsvd", "nndsvdar", "random", "custom"}, default="nndsvda"
+        Initialisation; the NNDSVD family uses a blockwise randomized truncated SVD.
+    solver : {"hals", "mu"}, default="hals"
+        Accelerated HALS (Frobenius loss only) or multiplicative updates (any beta loss).
+    beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float, default="frobenius"
+    tol : float, default=1e-4
+        Stop when the relative error decreases by less than ``tol`` (relatively) in one iteration.
+    max_iter : int, default=200
+    random_state : int, RandomState or None
+    alpha_W, alpha_H, l1_ratio : regularization with scikit-learn's meaning and scaling
+        (``alpha_W * n_features`` on W, ``alpha_H * n_samples`` on H).
+    verbose : int, default=0
+        Print one progress line per iteration.
+    callback : callable(iteration, relative_error, elapsed_seconds) or None
+        Called after each iteration; an exception raised in it aborts the fit.
+    checkpoint : path or None
+        Zarr group to write W, H, the iteration and the error history to, atomically.
+    checkpoint_every : int, default=10
+    resume : path or None
+        Checkpoint to continue from (W, H and iteration count are taken from it).
+    keep_in_memory : bool or "auto", default="auto"
+        Keep X's row blocks in (cluster) memory between iterations; "auto" does so when they
+        take at most 40% of the memory available, otherwise they are re-read every pass.
+    W_store : path or None
+        Where ``fit_transform`` writes W for out-of-core input (a Zarr group with array ``W``);
+        None uses a new temporary directory. In-memory input returns W as a numpy array.
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_features), float32
+    reconstruction_err_ : float
+        ||X - WH||_F for the Frobenius loss, else sqrt(2 * beta-divergence).
+    n_iter_ : int
+    error_history_ : list of float
+        Relative error ``reconstruction_err / ||X||_F`` after each iteration.
+    n_features_in_ : int
+    n_components_ : int
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(Integral, 1, None, closed="left"), None],
+        "init": [StrOptions({"random", "nndsvd", "nndsvda", "nndsvdar", "custom"})],
+        "solver": [StrOptions({"hals", "mu"})],
+        "beta_loss": [StrOptions({"frobenius", "kullback-leibler", "itakura-saito"}), Real],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+        "alpha_W": [Interval(Real, 0, None, closed="left")],
+        "alpha_H": [Interval(Real, 0, None, closed="left"), StrOptions({"same"})],
+        "l1_ratio": [Interval(Real, 0, 1, closed="both")],
+        "verbose": ["verbose"],
+        "callback": [callable, None],
+        "checkpoint": [str, Path, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+        "resume": [str, Path, None],
+        "keep_in_memory": ["boolean", StrOptions({"auto"})],
+        "W_store": [str, Path, None],
+    }
+
+    def __init__(self, n_components: int | None = None, *, init: str = "nndsvda", solver: str = "hals",
+                 beta_loss: str | float = "frobenius", tol: float = 1e-4, max_iter: int = 200,
+                 random_state: Any = None, alpha_W: float = 0.0, alpha_H: float | str = "same",
+                 l1_ratio: float = 0.0, verbose: int = 0, callback: Any = None,
+                 checkpoint: str | Path | None = None, checkpoint_every: int = 10,
+                 resume: str | Path | None = None, keep_in_memory: bool | str = "auto",
+                 W_store: str | Path | None = None) -> None:
+        self.n_components = n_components
+        self.init = init
+        self.solver = solver
+        self.beta_loss = beta_loss
+        self.tol = tol
+        self.max_iter = max_iter
+        self.random_state = random_state
+        self.alpha_W = alpha_W
+        self.alpha_H = alpha_H
+        self.l1_ratio = l1_ratio
+        self.verbose = verbose
+        self.callback = callback
+        self.checkpoint = checkpoint
+        self.checkpoint_every = checkpoint_every
+        self.resume = resume
+        self.keep_in_memory = keep_in_memory
+        self.W_store = W_store
+
+    # ------------------------------------------------------------------ fitting
+
+    def fit(self, X: Any, y: Any = None, W: np.ndarray | None = None, H: np.ndarray | None = None) -> NMF:
+        """Learn H (``components_``) from X of shape (n_samples, n_features)."""
+        self._fit(X, W, H, return_w=False)
+        return self
+
+    def fit_transform(self, X: Any, y: Any = None, W: np.ndarray | None = None,
+                      H: np.ndarray | None = None) -> np.ndarray | da.Array:
+        """Learn the factors and return W of shape (n_samples, n_components).
+
+        W is a numpy array for in-memory input (numpy, scipy.sparse, lists); for stores, Dask
+        and Zarr arrays it is a Dask array backed by Zarr (at ``W_store``), never gathered here.
+        """
+        return self._fit(X, W, H, return_w=True)
+
+    def _fit(self, X: Any, W0: np.ndarray | None, H0: np.ndarray | None, return_w: bool) -> Any:
+        self._validate_params()
+        runner = make_runner()
+        try:
+            source = self._source(X, reset=True, n_blocks_hint=_blocks_hint(runner))
+            config = self._config(source, W0, H0)
+            result = fit_blocks(runner, source, config, W0, H0)
+            self._store_result(result, source)
+            if not return_w:
+                return None
+            return self._output_w(runner, result, source)
+        finally:
+            runner.close()
+
+    def _source(self, X: Any, reset: bool, n_blocks_hint: int) -> BlockSource:
+        """Validate in-memory input with scikit-learn's helpers; wrap everything as row blocks."""
+        if isinstance(X, IN_MEMORY_TYPES) or sp.issparse(X):
+            X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float32, np.float64],
+                              reset=reset)
+            try:
+                check_block(X)
+            except ValueError as exc:  # scikit-learn's wording first, then where the value is
+                raise ValueError(f"Negative values in data passed to {type(self).__name__} (input X): {exc}") from None
+            return as_source(X, n_blocks_hint=n_blocks_hint)
+        source = as_source(X, n_blocks_hint=n_blocks_hint)
+        if reset:
+            self.n_features_in_ = source.shape[1]
+        elif source.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {source.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input")
+        return source
+
+    def _config(self, source: BlockSource, W0: np.ndarray | None, H0: np.ndarray | None) -> FitConfig:
+        m, n = source.shape
+        k = self.n_components if self.n_components is not None else min(m, n)
+        if k > min(m, n):
+            raise ValueError(f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
+                             f"for X of shape {(m, n)}")
+        beta = kernels.beta_to_float(self.beta_loss)
+        if self.solver == "hals" and beta != 2.0:
+            raise ValueError(f"solver='hals' supports only beta_loss='frobenius'; use solver='mu' for "
+                             f"beta_loss={self.beta_loss!r}")
+        if beta <= 0 and source.nnz < m * n and source.is_sparse:
+            raise ValueError("beta_loss <= 0 (e.g. 'itakura-saito') needs X without zeros; X is sparse")
+        if self.init == "custom":
+            _check_custom(W0, H0, m, n, k)
+        elif W0 is not None or H0 is not None:
+            raise ValueError(f"W and H are only used with init='custom', got init={self.init!r}")
+        alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        return FitConfig(
+            n_components=k, solver=self.solver, beta=beta, init=self.init, max_iter=self.max_iter,
+            tol=self.tol, seed=seed,
+            l1_W=n * self.alpha_W * self.l1_ratio, l2_W=n * self.alpha_W * (1 - self.l1_ratio),
+            l1_H=m * alpha_H * self.l1_ratio, l2_H=m * alpha_H * (1 - self.l1_ratio),
+            verbose=self.verbose, callback=self.callback, checkpoint=self.checkpoint,
+            checkpoint_every=self.checkpoint_every, resume=self.resume, keep_in_memory=self.keep_in_memory)
+
+    def _store_result(self, result: FitResult, source: BlockSource) -> None:
+        self.components_ = result.H
+        self.n_components_ = result.H.shape[0]
+        self.n_iter_ = result.n_iter
+        self.error_history_ = list(result.errors)
+        self.reconstruction_err_ = float(result.reconstruction_err)
+        if not result.converged and self.tol > 0 and result.n_iter >= self.max_iter:
+            warnings.warn(f"Maximum number of iterations {self.max_iter} reached. Increase it to improve "
+                          f"convergence.", ConvergenceWarning, stacklevel=3)
+
+    def _output_w(self, runner: Any, result: FitResult, source: BlockSource) -> np.ndarray | da.Array:
+        if not source.out_of_core and self.W_store is None:
+            return np.concatenate(runner.gather(result.w_handles))
+        path = Path(self.W_store) if self.W_store is not None else Path(tempfile.mkdtemp(prefix="distnmf-W-")) / "W.zarr"
+        write_w_store(runner, result.w_handles, source.bounds, path, result.H.shape[0])
+        return da.from_zarr(str(path), component="W")
+
+    # ------------------------------------------------------------------ using the fit
+
+    def transform(self, X: Any) -> np.ndarray | da.Array:
+        """Coefficients W of new samples X (n_samples, n_features) with H fixed (fold-in)."""
+        check_is_fitted(self)
+        runner = make_runner()
+        try:
+            source = self._source(X, reset=False, n_blocks_hint=_blocks_hint(runner))
+            w_handles = transform_blocks(runner, source, self.components_, kernels.beta_to_float(self.beta_loss),
+                                         self.solver, self.max_iter, self.tol)
+            if source.out_of_core:
+                path = Path(tempfile.mkdtemp(prefix="distnmf-W-")) / "W.zarr"
+                write_w_store(runner, w_handles, source.bounds, path, self.n_components_)
+                return da.from_zarr(str(path), component="W")
+            return np.concatenate(runner.gather(w_handles))
+        finally:
+            runner.close()
+
+    def inverse_transform(self, X: np.ndarray) -> np.ndarray:
+        """Reconstruct data from coefficients: X (n_samples, n_components) @ components_."""
+        check_is_fitted(self)
+        X = check_array(X, accept_sparse=("csr", "csc"), dtype=[np.float32, np.float64])
+        if X.shape[1] != self.n_components_:
+            raise ValueError(f"W must have shape (n_samples, {self.n_components_}), got {X.shape}")
+        return np.asarray(X @ self.components_, dtype=np.float32)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.positive_only = True
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.components_.shape[0]
+
+
+# --------------------------------------------------------------------------- fold-in
+
+
+def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, beta: float, solver: str, max_iter: int,
+                  tol: float) -> np.ndarray:
+    """Coefficients of one block with H fixed: HALS (or MU) to convergence, from a flat start."""
+    block = materialize(x)
+    k = H.shape[0]
+    _, x_sum = kernels.block_stats(block)
+    avg = np.sqrt(max(x_sum / max(1, block.shape[0] * block.shape[1]), 0.0) / k)
+    W = np.full((block.shape[0], k), avg, dtype=np.float32)
+    if solver == "hals":
+        XHt = kernels.x_ht(block, H)
+        kernels.hals_sweeps(W, XHt, HHt, max_sweeps=max_iter, inner_tol=np.sqrt(tol) * 0.1)
+        return W
+    for _ in range(max_iter):
+        previous = W
+        W = kernels.mu_update_block(block, W, H, beta, HHt=HHt if beta == 2.0 else None)
+        change = np.linalg.norm(W - previous)
+        if change <= tol * max(np.linalg.norm(W), 1e-12):
+            break
+    return W
+
+
+def transform_blocks(runner: Any, source: BlockSource, H: np.ndarray, beta: float, solver: str,
+                     max_iter: int, tol: float) -> list[Any]:
+    """Fold-in over row blocks: per-block W handles for fixed H (k, n)."""
+    x_handles = runner.load(source, keep=False)
+    checks = runner.map("nmf-check-X", _check_task, x_handles, list(source.bounds[:-1]))
+    runner.gather(checks)
+    H = np.asarray(H, dtype=np.float32)
+    return runner.map("nmf-fold-in", _fold_in_task, x_handles,
+                      shared=(runner.broadcast(H), H @ H.T, beta, solver, max_iter, tol))
+
+
+def _check_task(x: Any, start: int) -> None:
+    check_block(materialize(x), start)
+
+
+def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", solver: str | None = None,
+            max_iter: int = 200, tol: float = 1e-4) -> np.ndarray:
+    """Coefficients W (r, k) of new rows X_new (r, n) with H (k, n) fixed.
+
+    Uses HALS for the Frobenius loss and multiplicative updates otherwise (or ``solver``).
+    X_new may be numpy, scipy.sparse, a Dask array, a Matrix or a store path.
+    """
+    H = np.asarray(H, dtype=np.float32)
+    if H.ndim != 2:
+        raise ValueError(f"H must be 2-D (n_components, n_features), got shape {H.shape}")
+    beta = kernels.beta_to_float(beta_loss)
+    solver = solver or ("hals" if beta == 2.0 else "mu")
+    if not sp.issparse(X_new) and not isinstance(X_new, (Matrix, da.Array, zarr.Array, str, Path)):
+        X_new = np.atleast_2d(np.asarray(X_new, dtype=np.float32))
+    runner = make_runner()
+    try:
+        source = as_source(X_new, n_blocks_hint=_blocks_hint(runner))
+        if source.shape[1] != H.shape[1]:
+            raise ValueError(f"X_new has {source.shape[1]} columns but H has {H.shape[1]}")
+        return np.concatenate(runner.gather(transform_blocks(runner, source, H, beta, solver, max_iter, tol)))
+    finally:
+        runner.close()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_w_store(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], path: Path, k: int) -> None:
+    """Write W blocks to a new Zarr group at ``path`` (array ``W``), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    zarr.open_group(tmp, mode="w", zarr_format=3)
+    try:
+        write_w(runner, w_handles, bounds, tmp, k)
+        publish(tmp, path, overwrite=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _blocks_hint(runner: Any) -> int:
+    return 1 if runner.__class__.__name__ == "LocalRunner" else 2 * runner.n_workers
+
+
+def _check_custom(W0: np.ndarray | None, H0: np.ndarray | None, m: int, n: int, k: int) -> None:
+    if W0 is None or H0 is None:
+        raise ValueError("init='custom' needs both W and H")
+    for name, arr, shape in (("W", W0, (m, k)), ("H", H0, (k, n))):
+        arr = np.asarray(arr)
+        if arr.shape != shape:
+            raise ValueError(f"custom {name} has shape {arr.shape}, expected {shape}")
+        check_non_negative(arr, f"NMF (input {name})")
+
