@@ -1,0 +1,411 @@
+"""Queries on a factorization: topics, similar rows and columns, co-occurrence, recommendations,
+fold-in of new rows, and rank sweeps.
+
+Every query that touches W (n_rows, k) or X (n_rows, n_cols) reads them in row blocks, one Dask
+task per block, so they work when W or X is larger than memory; only per-block candidates
+(at most ``k`` per query) or one length-n_cols vector per block travel back. The pure numerical
+parts (``block_candidates``, ``merge_candidates``, ``column_cooccurrence``) hold no I/O.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import scipy.sparse as sp
+
+from distnmf.factors import Factors
+from distnmf.store import Matrix, open_matrix
+
+AXES = ("rows", "columns")
+_SUGGEST_MAX_LABELS = 200_000
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result of a query: position along its axis, its label (if stored) and its score."""
+
+    index: int
+    label: str | None
+    score: float
+
+
+class UnknownLabelError(ValueError, KeyError):
+    """A label that is not on the axis; a ``ValueError`` (bad input) and a ``KeyError`` (lookup)."""
+
+    __str__ = ValueError.__str__
+
+
+class IndexOutOfRangeError(ValueError, IndexError):
+    """An integer position outside the axis; a ``ValueError`` and an ``IndexError``."""
+
+    __str__ = ValueError.__str__
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def resolve_index(labels: np.ndarray | None, key: str | int, n: int, axis_name: str) -> int:
+    """Position of ``key`` (a label or an integer index) on an axis of length ``n``.
+
+    A string is looked up among ``labels``; when the axis has no labels a string of digits is
+    taken as an index. Raises :class:`UnknownLabelError` (naming the label and close matches)
+    or :class:`IndexOutOfRangeError`; both are ``ValueError``.
+    """
+    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+        index = int(key)
+        if not 0 <= index < n:
+            raise IndexOutOfRangeError(f"{axis_name} index {index} is out of range: there are {n} "
+                                       f"{axis_name}s (valid indices 0..{n - 1})")
+        return index
+    if not isinstance(key, str):
+        raise ValueError(f"{axis_name} must be a label (str) or an index (int), got {type(key).__name__} {key!r}")
+    if labels is None:
+        if key.strip().isdigit():
+            return resolve_index(None, int(key), n, axis_name)
+        raise UnknownLabelError(f"{axis_name} {key!r} not found: this store has no {axis_name} labels; "
+                                f"pass an integer index in 0..{n - 1}")
+    matches = np.flatnonzero(labels == key)
+    if len(matches):
+        return int(matches[0])
+    hint = ""
+    if len(labels) <= _SUGGEST_MAX_LABELS:
+        close = difflib.get_close_matches(key, labels.tolist(), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise UnknownLabelError(f"{axis_name} label {key!r} not found among {len(labels)} {axis_name} labels{hint}")
+
+
+def _check_k(k: int, available: int, what: str, name: str = "k") -> int:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {k!r}")
+    if k < 1:
+        raise ValueError(f"{name} must be >= 1, got {k}")
+    if k > available:
+        raise ValueError(f"{name}={k} is larger than the number of {what} ({available})")
+    return int(k)
+
+
+def _check_axis(axis: str) -> str:
+    if axis not in AXES:
+        raise ValueError(f"axis must be 'rows' or 'columns', got {axis!r}")
+    return axis
+
+
+def _hits(indices: np.ndarray, scores: np.ndarray, labels: np.ndarray | None) -> list[Hit]:
+    return [Hit(int(i), None if labels is None else str(labels[i]), float(s)) for i, s in zip(indices, scores)]
+
+
+# --------------------------------------------------------------------------- top-k kernels
+
+
+def block_candidates(scores: np.ndarray, offset: int, k: int, least: bool = False,
+                     exclude: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The best ``k`` entries of each row of a score block, with global indices.
+
+    Parameters
+    ----------
+    scores : ndarray of shape (n_queries, m)
+        Scores of the block's m items (global positions ``offset .. offset + m``) per query.
+    k : entries kept per query; ties at the k-th score are all kept, so merging is exact.
+    least : keep the lowest scores instead of the highest.
+    exclude : optional int array (n_queries,) of a global index to skip per query (-1: none).
+
+    Returns
+    -------
+    One ``(indices, scores)`` pair per query, unsorted.
+    """
+    key = scores if least else -scores
+    out = []
+    for q in range(scores.shape[0]):
+        row = key[q].astype(np.float64)
+        if exclude is not None and offset <= exclude[q] < offset + row.shape[0]:
+            row[exclude[q] - offset] = np.inf
+        keep = np.flatnonzero(np.isfinite(row))
+        if len(keep) > k:
+            threshold = np.partition(row[keep], k - 1)[k - 1]
+            keep = keep[row[keep] <= threshold]
+        out.append((keep + offset, scores[q, keep]))
+    return out
+
+
+def merge_candidates(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int,
+                     least: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-block candidates of one query into the exact top ``k``: (indices, scores),
+    best first, ties broken by the lower index."""
+    if not parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    idx = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    val = np.concatenate([p[1] for p in parts])
+    order = np.lexsort((idx, val if least else -val))[:k]
+    return idx[order], val[order]
+
+
+def normalize_rows(A: np.ndarray) -> np.ndarray:
+    """Rows of A (m, k) scaled to unit L2 norm; all-zero rows stay zero. float32."""
+    A = np.asarray(A, dtype=np.float32)
+    norms = np.linalg.norm(A, axis=1, keepdims=True)
+    return A / np.where(norms > 0, norms, 1.0)
+
+
+def _cosine_candidates(block: np.ndarray, offset: int, Q: np.ndarray, k: int, least: bool,
+                       exclude: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cosine of each query row of Q (q, k_c), already unit-norm, with the block's rows (m, k_c)."""
+    return block_candidates(Q @ normalize_rows(block).T, offset, k, least, exclude)
+
+
+def _column_candidates(block: np.ndarray, offset: int, component: int, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return block_candidates(np.asarray(block[:, component], dtype=np.float32)[None, :], offset, k)
+
+
+def _scan_w(factors: Factors, fn: Any, *args: Any, block_rows: int | None = None) -> list[list[tuple]]:
+    """Run ``fn(W_block, offset, *args)`` on every row block of W (one Dask task each)."""
+    W = factors.W
+    if block_rows is not None:
+        if block_rows < 1:
+            raise ValueError(f"block_rows must be >= 1, got {block_rows}")
+        W = W.rechunk((block_rows, W.shape[1]))
+    offsets = np.concatenate([[0], np.cumsum(W.chunks[0])[:-1]])
+    tasks = [dask.delayed(fn)(blk, int(off), *args) for blk, off in zip(W.to_delayed().ravel(), offsets)]
+    return list(dask.compute(*tasks))
+
+
+def _query_topk(results: list[list[tuple]], n_queries: int, k: int, least: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [merge_candidates([r[q] for r in results], k, least) for q in range(n_queries)]
+
+
+# --------------------------------------------------------------------------- queries on factors
+
+
+def top_components(factors: Factors, component: int, top: int = 10) -> dict:
+    """The rows with the largest ``W[:, component]`` and the columns with the largest ``H[component]``.
+
+    Returns ``{"component": c, "rows": [Hit ...], "columns": [Hit ...]}``, each list best first
+    and at most ``top`` long (shorter only when the axis has fewer entries). W is scanned in
+    row blocks.
+    """
+    k_c = factors.n_components
+    if isinstance(component, bool) or not isinstance(component, (int, np.integer)) or not 0 <= component < k_c:
+        raise ValueError(f"component must be an integer in 0..{k_c - 1} (the fit has {k_c} components), "
+                         f"got {component!r}")
+    _check_k(top, max(factors.shape), "rows or columns", name="top")
+    n_rows, n_cols = factors.shape
+    rows = _query_topk(_scan_w(factors, _column_candidates, int(component), min(top, n_rows)), 1,
+                       min(top, n_rows), False)[0]
+    h = factors.H[int(component)][None, :]
+    cols = merge_candidates(block_candidates(h, 0, min(top, n_cols)), min(top, n_cols))
+    return {"component": int(component), "rows": _hits(*rows, factors.row_labels),
+            "columns": _hits(*cols, factors.col_labels)}
+
+
+def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", least: bool = False,
+            *, block_rows: int | None = None) -> list[Hit]:
+    """The ``k`` rows (or columns) most (or, with ``least``, least) similar to one of them.
+
+    Similarity is the cosine of L2-normalised coefficient vectors: rows of W for
+    ``axis="rows"``, rows of H^T for ``axis="columns"``. The query itself is excluded. W is
+    scanned in row blocks of ``block_rows`` (default: its storage chunks), exactly.
+    """
+    _check_axis(axis)
+    n = factors.shape[0] if axis == "rows" else factors.shape[1]
+    axis_name = axis[:-1]
+    labels = factors.row_labels if axis == "rows" else factors.col_labels
+    index = resolve_index(labels, key, n, axis_name)
+    k = _check_k(k, n - 1, f"other {axis}")
+    if axis == "rows":
+        query = factors.read_W(index, index + 1)
+    else:
+        query = factors.H[:, index][None, :]
+    _check_nonzero(query, f"{axis_name} {key!r}")
+    exclude = np.array([index])
+    Q = normalize_rows(query)
+    if axis == "rows":
+        results = _scan_w(factors, _cosine_candidates, Q, k, least, exclude, block_rows=block_rows)
+    else:
+        HT = factors.H.T
+        step = block_rows or len(HT)
+        results = [_cosine_candidates(HT[a:a + step], a, Q, k, least, exclude) for a in range(0, len(HT), step)]
+    return _hits(*_query_topk(results, 1, k, least)[0], labels)
+
+
+def similar_to_vector(factors: Factors, w: np.ndarray, k: int = 10, least: bool = False,
+                      *, block_rows: int | None = None) -> list[Hit]:
+    """The ``k`` rows whose W row has the highest (lowest with ``least``) cosine with ``w`` (k_c,)."""
+    return _similar_to_vectors(factors, np.atleast_2d(np.asarray(w, dtype=np.float32)), k, least,
+                               block_rows, strict=True)[0]
+
+
+def _similar_to_vectors(factors: Factors, Wq: np.ndarray, k: int, least: bool, block_rows: int | None,
+                        strict: bool) -> list[list[Hit]]:
+    """Nearest rows for each row of Wq (q, k_c); all-zero queries raise (strict) or get []."""
+    if Wq.ndim != 2 or Wq.shape[1] != factors.n_components:
+        raise ValueError(f"coefficient vector must have length n_components={factors.n_components}, "
+                         f"got shape {Wq.shape[1:] if Wq.ndim == 2 else Wq.shape}")
+    k = _check_k(k, factors.shape[0], "rows")
+    zero = ~np.any(Wq > 0, axis=1)
+    if strict and zero.any():
+        _check_nonzero(Wq[zero][:1], "the coefficient vector")
+    if zero.all():
+        return [[] for _ in range(len(Wq))]
+    results = _scan_w(factors, _cosine_candidates, normalize_rows(Wq), k, least, None, block_rows=block_rows)
+    labels = factors.row_labels
+    return [[] if zero[q] else _hits(*pair, labels) for q, pair in enumerate(_query_topk(results, len(Wq), k, least))]
+
+
+def _check_nonzero(vectors: np.ndarray, what: str) -> None:
+    if not np.any(vectors > 0):
+        raise ValueError(f"{what} has an all-zero coefficient vector, so cosine similarity is undefined "
+                         f"(it is not explained by any component)")
+
+
+# --------------------------------------------------------------------------- queries on the data
+
+
+def column_cooccurrence(block: np.ndarray | sp.sparray, column: int) -> np.ndarray:
+    """``X_i^T x_c`` of shape (1, n_cols), float64: a block's contribution to column ``c`` of X^T X."""
+    if sp.issparse(block):
+        block = sp.csr_array(block)
+        col = block[:, [column]].toarray().ravel()
+    else:
+        col = np.asarray(block[:, column])
+    rows = np.flatnonzero(col)
+    if len(rows) == 0:
+        return np.zeros((1, block.shape[1]), dtype=np.float64)
+    sub = block[rows]
+    product = sub.T @ col[rows].astype(np.float64)
+    return np.asarray(product, dtype=np.float64).reshape(1, -1)
+
+
+def cooccurring(matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10) -> list[Hit]:
+    """The ``k`` columns co-occurring most with column ``key``: the top of ``X^T x_c``.
+
+    Computed block by block (one task per row block, tree-summed), never forming X^T X.
+    Columns that never co-occur (score 0) and the column itself are left out, so fewer than
+    ``k`` hits may come back.
+    """
+    matrix = open_matrix(matrix) if not isinstance(matrix, Matrix) else matrix
+    n_rows, n_cols = matrix.shape
+    labels = matrix.col_labels
+    c = resolve_index(labels, key, n_cols, "column")
+    k = _check_k(k, n_cols - 1, "other columns")
+    X = matrix.dask
+    parts = X.map_blocks(column_cooccurrence, c, dtype=np.float64, chunks=((1,) * X.numblocks[0], (n_cols,)),
+                         meta=np.empty((0, 0), dtype=np.float64))
+    scores = da.sum(parts, axis=0).compute()
+    scores[c] = 0.0
+    candidates = np.flatnonzero(scores > 0)
+    idx, val = merge_candidates([(candidates, scores[candidates])], k)
+    return _hits(idx, val, labels)
+
+
+def recommend(factors: Factors, matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10) -> list[Hit]:
+    """The ``k`` columns with the highest reconstructed score ``W_i H`` among those row ``i`` has
+    no stored entry for (e.g. films a user has not rated). Fewer come back if fewer are unseen."""
+    matrix = open_matrix(matrix) if not isinstance(matrix, Matrix) else matrix
+    if tuple(matrix.shape) != tuple(factors.shape):
+        raise ValueError(f"matrix {matrix.path} has shape {matrix.shape} but the factors were fitted on "
+                         f"shape {factors.shape}; pass the matrix the factors came from")
+    n_rows, n_cols = factors.shape
+    labels = factors.row_labels if factors.row_labels is not None else matrix.row_labels
+    i = resolve_index(labels, key, n_rows, "row")
+    k = _check_k(k, n_cols, "columns")
+    scores = (factors.read_W(i, i + 1) @ factors.H).ravel()
+    row = matrix.read_rows(i, i + 1)
+    seen = sp.csr_array(row).indices if sp.issparse(row) else np.flatnonzero(np.asarray(row).ravel())
+    unseen = np.setdiff1d(np.arange(n_cols), seen, assume_unique=True)
+    idx, val = merge_candidates([(unseen, scores[unseen])], k)
+    col_labels = factors.col_labels if factors.col_labels is not None else matrix.col_labels
+    return _hits(idx, val, col_labels)
+
+
+# --------------------------------------------------------------------------- new rows and ranks
+
+
+def fold_in(factors: Factors, X_new: Any, similar_k: int = 0) -> tuple[np.ndarray, list[list[Hit]]]:
+    """Coefficients of new rows with H fixed, and optionally their nearest stored rows.
+
+    Parameters
+    ----------
+    X_new : array-like of shape (r, n_cols) or (n_cols,): numpy, scipy.sparse, Dask, Matrix or path.
+    similar_k : when > 0, also return the ``similar_k`` rows nearest (cosine on W) to each new row.
+
+    Returns
+    -------
+    W_new : ndarray of shape (r, n_components), float32
+    neighbours : one list of :class:`Hit` per new row (empty when ``similar_k`` is 0 or the
+        new row's coefficients are all zero).
+
+    The loss and regularisation of the original fit (``attrs["params"]``) are reused.
+    """
+    from distnmf.estimator import fold_in as fold_in_rows
+
+    if isinstance(X_new, np.ndarray) and X_new.ndim == 1:
+        X_new = X_new[None, :]
+    if hasattr(X_new, "shape") and len(X_new.shape) == 2 and X_new.shape[1] != factors.shape[1]:
+        raise ValueError(f"X_new has {X_new.shape[1]} columns but the factors have {factors.shape[1]}")
+    params = dict(factors.attrs.get("params", {}))
+    fold_params = {name: params[name] for name in ("beta_loss", "alpha_W", "l1_ratio") if name in params}
+    W_new = np.asarray(fold_in_rows(X_new, factors.H, **fold_params), dtype=np.float32)
+    if similar_k < 0:
+        raise ValueError(f"similar_k must be >= 0, got {similar_k}")
+    if similar_k == 0:
+        return W_new, [[] for _ in range(len(W_new))]
+    return W_new, _similar_to_vectors(factors, W_new, similar_k, False, None, strict=False)
+
+
+def rank_sweep(source: Any, ks: Sequence[int], **nmf_params: Any) -> list[dict]:
+    """Fit NMF once per rank in ``ks`` and report how well each explains X.
+
+    Returns one dict per rank, in the order given: ``{"n_components", "reconstruction_err",
+    "relative_error" (reconstruction_err / ||X||_F), "n_iter"}``. With an active
+    ``distributed.Client`` several fits run at once (up to the cluster's thread count, and only
+    as many copies of X as fit in 40% of the cluster's memory); otherwise they run one by one.
+    """
+    from distnmf.estimator import NMF
+    from distnmf.runner import active_client
+    from distnmf.source import as_source
+
+    if isinstance(source, (str, os.PathLike)):
+        source = open_matrix(source)
+    ks = [int(k) for k in ks]
+    if not ks:
+        raise ValueError("ks is empty; give at least one n_components value, e.g. [5, 10, 20]")
+    info = as_source(source)
+    limit = min(info.shape)
+    for k in ks:
+        if not 1 <= k <= limit:
+            raise ValueError(f"n_components={k} must be in 1..{limit} (min of the matrix shape {info.shape})")
+    if "n_components" in nmf_params:
+        raise ValueError("pass the ranks through ks, not n_components")
+
+    def fit(k: int) -> dict:
+        model = NMF(n_components=k, **nmf_params).fit(source)
+        relative = model.error_history_[-1] if model.error_history_ else None
+        return {"n_components": k, "reconstruction_err": float(model.reconstruction_err_),
+                "relative_error": None if relative is None else float(relative), "n_iter": int(model.n_iter_)}
+
+    parallel = _parallel_fits(active_client(), info.nbytes, len(ks))
+    if parallel == 1:
+        return [fit(k) for k in ks]
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="distnmf-sweep") as pool:
+        return list(pool.map(fit, ks))
+
+
+def _parallel_fits(client: Any, x_nbytes: int, n_fits: int) -> int:
+    """How many fits to run at once on ``client``: bounded by its threads and its memory."""
+    from distnmf.runner import _accepts_n_workers
+
+    if client is None:
+        return 1
+    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
+    workers = info.get("workers", {}).values()
+    threads = sum(int(w.get("nthreads", 1)) for w in workers)
+    memory = sum(int(w.get("memory_limit") or 0) for w in workers)
+    by_memory = int(0.4 * memory // max(1, x_nbytes)) if memory else threads
+    return max(1, min(n_fits, threads, by_memory))
