@@ -1,0 +1,377 @@
+"""The ``distnmf`` command line: fit, query and picture factorizations of Zarr matrix stores.
+
+Every command prints a one-line ``error: ...`` on stderr and exits with status 1 on bad input
+(a missing store, an unknown label, a rank too large) instead of a traceback.
+"""
+
+import contextlib
+import dataclasses
+import functools
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from distnmf.ingest.cli import app as ingest_app
+
+app = typer.Typer(
+    name="distnmf",
+    help="Distributed, out-of-core non-negative matrix factorization of Zarr matrix stores.\n\n"
+         "Typical session: distnmf fit tags.zarr -k 20 --out tags.nmf.zarr; distnmf top tags.nmf.zarr; "
+         "distnmf similar tags.nmf.zarr --column mountain; distnmf plot tags.nmf.zarr",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(ingest_app, name="ingest",
+              help="Build a matrix store from images, tag sets, text, rating tables or arrays. "
+                   "Example: distnmf ingest images ./cats cats.zarr --shape 64x64")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+USER_ERRORS = (ValueError, KeyError, IndexError, OSError)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and type(exc) is KeyError and exc.args else str(exc)
+    return " ".join(str(text).split()) or type(exc).__name__
+
+
+def _user_errors(fn: Callable) -> Callable:
+    """Turn bad-input exceptions into ``error: ...`` on stderr and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as exc:
+            typer.echo(f"error: {_one_line(exc)}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def _cluster(scheduler: str | None) -> Iterator[Any]:
+    """A ``distributed.Client`` on ``scheduler`` for the block's duration, else the embedded default."""
+    if scheduler is None:
+        yield None
+        return
+    from distributed import Client
+
+    with Client(scheduler, timeout="10s") as client:
+        err.print(f"connected to {scheduler}; dashboard: {client.dashboard_link}")
+        yield client
+
+
+def _hit_dicts(hits: list) -> list[dict]:
+    return [dataclasses.asdict(h) for h in hits]
+
+
+def _print_hits(title: str, hits: list) -> None:
+    table = Table(title=title, title_justify="left")
+    table.add_column("rank", justify="right")
+    table.add_column("index", justify="right")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    for rank, h in enumerate(hits, 1):
+        table.add_row(str(rank), str(h.index), "" if h.label is None else h.label, f"{h.score:.4g}")
+    out.print(table)
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ValueError(f"-k must be a comma-separated list of integers like 5,10,20, got {text!r}") from None
+    if not ks:
+        raise ValueError("-k is empty; give ranks like 5,10,20")
+    return ks
+
+
+def _fit_params(solver: str, init: str, beta_loss: str, max_iter: int, tol: float,
+                random_state: int | None) -> dict[str, Any]:
+    return {"solver": solver, "init": init, "beta_loss": beta_loss, "max_iter": max_iter, "tol": tol,
+            "random_state": random_state}
+
+
+def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
+    """Write arrays to ``path`` (.npz) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+StoreArg = Annotated[Path, typer.Argument(help="Matrix store (.zarr) written by 'distnmf ingest' or save_matrix.",
+                                          show_default=False)]
+ResultsArg = Annotated[Path, typer.Argument(help="Factors store (.zarr) written by 'distnmf fit'.", show_default=False)]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786. "
+                                                  "Default: run on this machine.")]
+SolverOpt = Annotated[str, typer.Option("--solver", help="hals (Frobenius loss) or mu (any beta loss).")]
+InitOpt = Annotated[str, typer.Option("--init", help="nndsvda, nndsvd, nndsvdar or random.")]
+BetaOpt = Annotated[str, typer.Option("--beta-loss", help="frobenius, kullback-leibler or itakura-saito (needs --solver mu).")]
+MaxIterOpt = Annotated[int, typer.Option("--max-iter", help="Maximum number of iterations.")]
+TolOpt = Annotated[float, typer.Option("--tol", help="Stop when the relative error improves by less than this.")]
+SeedOpt = Annotated[int | None, typer.Option("--random-state", help="Seed for reproducible initialisation.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+
+
+# --------------------------------------------------------------------------- fit
+
+
+@app.command()
+@_user_errors
+def fit(
+    store: StoreArg,
+    k: Annotated[int, typer.Option("-k", "--n-components", help="Rank: number of components.", show_default=False)],
+    solver: SolverOpt = "hals",
+    init: InitOpt = "nndsvda",
+    beta_loss: BetaOpt = "frobenius",
+    max_iter: MaxIterOpt = 200,
+    tol: TolOpt = 1e-4,
+    random_state: SeedOpt = None,
+    scheduler: SchedulerOpt = None,
+    results: Annotated[Path | None, typer.Option("--out", help="Where to write the factors. "
+                                                 "Default: STORE's name with .nmf-k<K>.zarr.")] = None,
+) -> None:
+    """Factorize a matrix store X ≈ W H and write W, H, labels and the error history.
+
+    Example: distnmf fit tags.zarr -k 20 --out tags.nmf.zarr --scheduler tcp://head:8786
+    """
+    from distnmf import factorize
+    from distnmf.store import open_matrix
+
+    matrix = open_matrix(store)
+    target = results or store.with_name(f"{store.name.removesuffix('.zarr')}.nmf-k{k}.zarr")
+    params = _fit_params(solver, init, beta_loss, max_iter, tol, random_state)
+    started = time.perf_counter()
+    with _cluster(scheduler), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                       TextColumn("rel. error {task.fields[error]}"), TimeElapsedColumn(),
+                                       console=err, transient=False) as progress:
+        task = progress.add_task(f"NMF k={k} on {matrix.shape[0]}x{matrix.shape[1]}", total=max_iter, error="-")
+
+        def report(iteration: int, relative_error: float, elapsed: float) -> None:
+            progress.update(task, completed=iteration, error=f"{relative_error:.5g}")
+
+        factors = factorize(store, target, n_components=k, callback=report, **params)
+        progress.update(task, total=max(1, int(factors.attrs.get("n_iter", max_iter))),
+                        completed=max(1, int(factors.attrs.get("n_iter", max_iter))))
+    history = factors.error_history
+    error = f"{history[-1]:.5g}" if history else "n/a"
+    out.print(f"wrote {factors.path}: W {factors.shape[0]}x{k}, H {k}x{factors.shape[1]}, "
+              f"{factors.attrs.get('n_iter', '?')} iterations, relative error {error}, "
+              f"{time.perf_counter() - started:.1f} s")
+    out.print(f"next: distnmf top {factors.path}   |   distnmf plot {factors.path}")
+
+
+# --------------------------------------------------------------------------- queries
+
+
+@app.command()
+@_user_errors
+def top(
+    results: ResultsArg,
+    component: Annotated[int | None, typer.Option("--component", "-c", help="One component (default: all).")] = None,
+    top_n: Annotated[int, typer.Option("--top", "-n", help="How many rows and columns per component.")] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each component's heaviest columns (tags, words ...) and rows (images, documents ...).
+
+    Example: distnmf top tags.nmf.zarr --component 3 --top 15
+    """
+    from distnmf.analysis import top_components
+    from distnmf.factors import open_factors
+
+    factors = open_factors(results)
+    components = range(factors.n_components) if component is None else [component]
+    found = [top_components(factors, c, top_n) for c in components]
+    if as_json:
+        out.print_json(json.dumps([{**t, "rows": _hit_dicts(t["rows"]), "columns": _hit_dicts(t["columns"])}
+                                   for t in found]))
+        return
+    for t in found:
+        names = [h.label if h.label is not None else str(h.index) for h in t["columns"]]
+        rows = [h.label if h.label is not None else str(h.index) for h in t["rows"]]
+        out.print(f"component {t['component']}")
+        out.print(f"  columns: {' '.join(names)}")
+        out.print(f"  rows:    {' '.join(rows)}")
+
+
+@app.command()
+@_user_errors
+def similar(
+    results: ResultsArg,
+    row: Annotated[str | None, typer.Option("--row", "-r", help="Label (or index) of the row to query.")] = None,
+    column: Annotated[str | None, typer.Option("--column", help="Label (or index) of a column to query "
+                                               "(same as --row LABEL --axis columns).")] = None,
+    axis: Annotated[str, typer.Option("--axis", help="rows (cosine on W) or columns (cosine on H^T).")] = "rows",
+    k: Annotated[int, typer.Option("--k", "-k", help="How many results.")] = 10,
+    least: Annotated[bool, typer.Option("--least", help="Show the least similar instead.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Find the rows (or columns) most similar to one of them, by cosine of their coefficients.
+
+    Example: distnmf similar cats.nmf.zarr --row cat_0042.png -k 5;
+    distnmf similar tags.nmf.zarr --column mountain
+    """
+    from distnmf.analysis import similar as similar_query
+    from distnmf.factors import open_factors
+
+    if (row is None) == (column is None):
+        raise ValueError("give exactly one of --row LABEL or --column LABEL")
+    key, axis = (row, axis) if row is not None else (column, "columns")
+    hits = similar_query(open_factors(results), key, k=k, axis=axis, least=least)
+    if as_json:
+        out.print_json(json.dumps(_hit_dicts(hits)))
+        return
+    _print_hits(f"{'least' if least else 'most'} similar {axis} to {key}", hits)
+
+
+# --------------------------------------------------------------------------- ranks, SVD, pictures
+
+
+@app.command()
+@_user_errors
+def sweep(
+    store: StoreArg,
+    ks: Annotated[str, typer.Option("-k", "--ranks", help="Comma-separated ranks, e.g. 5,10,20,40.", show_default=False)],
+    solver: SolverOpt = "hals",
+    init: InitOpt = "nndsvda",
+    beta_loss: BetaOpt = "frobenius",
+    max_iter: MaxIterOpt = 200,
+    tol: TolOpt = 1e-4,
+    random_state: SeedOpt = None,
+    scheduler: SchedulerOpt = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also write the error-vs-rank (elbow) PNG here.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit several ranks and compare their reconstruction errors, to choose k at the elbow.
+
+    Example: distnmf sweep ratings.zarr -k 5,10,20,40 --plot elbow.png
+    """
+    from distnmf.analysis import rank_sweep
+    from distnmf.plots import elbow_plot
+    from distnmf.store import open_matrix
+
+    ranks = _parse_ks(ks)
+    matrix = open_matrix(store)
+    params = _fit_params(solver, init, beta_loss, max_iter, tol, random_state)
+    with _cluster(scheduler), err.status(f"fitting ranks {', '.join(map(str, ranks))} on "
+                                         f"{matrix.shape[0]}x{matrix.shape[1]} ..."):
+        found = rank_sweep(matrix, ranks, **params)
+    if as_json:
+        out.print_json(json.dumps(found))
+    else:
+        table = Table(title=f"rank sweep of {store}", title_justify="left")
+        for name in ("n_components", "reconstruction_err", "relative_error", "n_iter"):
+            table.add_column(name, justify="right")
+        for r in found:
+            rel = "n/a" if r["relative_error"] is None else f"{r['relative_error']:.5g}"
+            table.add_row(str(r["n_components"]), f"{r['reconstruction_err']:.5g}", rel, str(r["n_iter"]))
+        out.print(table)
+    if plot is not None:
+        err.print(f"wrote {elbow_plot(found, plot)}")
+
+
+@app.command()
+@_user_errors
+def svd(
+    store: StoreArg,
+    k: Annotated[int, typer.Option("-k", "--n-components", help="Number of singular triplets.", show_default=False)],
+    random_state: SeedOpt = None,
+    scheduler: SchedulerOpt = None,
+    save: Annotated[Path | None, typer.Option("--out", help="Write U, S, Vt to this .npz file.")] = None,
+) -> None:
+    """Randomized truncated SVD of a matrix store (chunked, out-of-core): print the singular values.
+
+    Example: distnmf svd tags.zarr -k 10 --out tags-svd.npz
+    """
+    from distnmf.init import truncated_svd
+    from distnmf.store import open_matrix
+
+    matrix = open_matrix(store)
+    with _cluster(scheduler), err.status(f"randomized SVD, k={k}, of {matrix.shape[0]}x{matrix.shape[1]} ..."):
+        U, S, Vt = truncated_svd(matrix, k, random_state=random_state)
+    out.print("singular values: " + " ".join(f"{s:.5g}" for s in S))
+    if save is not None:
+        err.print(f"wrote {_save_npz(save, U=U, S=S, Vt=Vt)} (U {U.shape}, S {S.shape}, Vt {Vt.shape})")
+
+
+@app.command()
+@_user_errors
+def plot(
+    results: ResultsArg,
+    directory: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: RESULTS name + '-plots'.")] = None,
+    matrix: Annotated[Path | None, typer.Option("--matrix", help="Source matrix for reconstructions "
+                                                "(default: the store the fit read, if it still exists).")] = None,
+    rows: Annotated[int, typer.Option("--rows", help="How many rows to show original vs reconstruction for.")] = 4,
+) -> None:
+    """Write every picture that applies: component images and grid (image data) or topic bars,
+    the convergence curve, and originals vs reconstructions.
+
+    Example: distnmf plot faces.nmf.zarr --out faces-plots
+    """
+    from distnmf.factors import open_factors
+    from distnmf.plots import plot_all
+
+    factors = open_factors(results)
+    target = directory or results.with_name(f"{results.name.removesuffix('.zarr')}-plots")
+    with err.status("drawing ..."):
+        written = plot_all(factors, target, matrix=matrix, n_rows=rows)
+    for name, paths in written.items():
+        if isinstance(paths, list):
+            out.print(f"{name}: {len(paths)} files in {paths[0].parent}" if paths else f"{name}: none")
+        else:
+            out.print(f"{name}: {paths}")
+
+
+# --------------------------------------------------------------------------- service and demo
+
+
+@app.command()
+@_user_errors
+def serve(
+    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+) -> None:
+    """Run the HTTP service (job submission and queries on results).
+
+    Example: distnmf serve --host 0.0.0.0 --port 8000
+    """
+    from api.server import serve as run_server
+
+    run_server(host, port)
+
+
+@app.command()
+@_user_errors
+def demo(
+    directory: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, results and pictures.")] = Path("demo-output"),
+    small: Annotated[bool, typer.Option("--small", help="A quick, small version (seconds instead of minutes).")] = False,
+) -> None:
+    """Generate synthetic data, factorize it and write the pictures: the whole product in one go.
+
+    Example: distnmf demo --out demo-output --small
+    """
+    from distnmf.demo import run_demo
+
+    run_demo(directory, small)
+
+
+if __name__ == "__main__":
+    app(prog_name="distnmf")
