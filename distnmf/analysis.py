@@ -218,17 +218,14 @@ def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", l
     labels = factors.row_labels if axis == "rows" else factors.col_labels
     index = resolve_index(labels, key, n, axis_name)
     k = _check_k(k, n - 1, f"other {axis}")
-    if axis == "rows":
-        query = factors.read_W(index, index + 1)
-    else:
-        query = factors.H[:, index][None, :]
+    HT = None if axis == "rows" else factors.H.T
+    query = factors.read_W(index, index + 1) if HT is None else HT[index][None, :]
     _check_nonzero(query, f"{axis_name} {key!r}")
     exclude = np.array([index])
     Q = normalize_rows(query)
-    if axis == "rows":
+    if HT is None:
         results = _scan_w(factors, _cosine_candidates, Q, k, least, exclude, block_rows=block_rows)
     else:
-        HT = factors.H.T
         step = block_rows or len(HT)
         results = [_cosine_candidates(HT[a:a + step], a, Q, k, least, exclude) for a in range(0, len(HT), step)]
     return _hits(*_query_topk(results, 1, k, least)[0], labels)
