@@ -1,0 +1,154 @@
+"""Matrices known to the service: safe paths under the data directory, ingest, validation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+import zarr
+from fastapi import HTTPException, status
+
+from api.jobstore import JobStore
+from api.runner import Cluster
+from api.schemas import MatrixFormat
+from distnmf.ingest import ingest_array
+from distnmf.store import Matrix, _write_labels, check_block, open_matrix, publish, read_rows
+
+SUFFIXES = {MatrixFormat.npy: ".npy", MatrixFormat.npz: ".npz", MatrixFormat.mtx: ".mtx", MatrixFormat.csv: ".csv"}
+
+
+def bad_request(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_400_BAD_REQUEST, detail)
+
+
+def unprocessable(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
+
+
+def resolve_inside(data_dir: Path, relative: str) -> Path:
+    """The existing path ``relative`` names inside ``data_dir``; 400 if it could lead outside.
+
+    Absolute paths, ``..`` components and symlinks whose target is outside the data directory
+    (the path itself, a parent, or any entry inside a store directory) are all refused.
+    """
+    if "\x00" in relative or relative.startswith("~"):
+        raise bad_request(f"path {relative!r} is not a plain relative path inside the data directory")
+    posix = PurePosixPath(relative.replace("\\", "/"))
+    if posix.is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
+        raise bad_request(f"path {relative!r} is absolute; give a path relative to the data directory")
+    if ".." in posix.parts:
+        raise bad_request(f"path {relative!r} contains '..'; paths must stay inside the data directory")
+    root = data_dir.resolve()
+    target = (root / posix).resolve()
+    if not target.is_relative_to(root):
+        raise bad_request(f"path {relative!r} leads outside the data directory (through a symlink)")
+    if not target.exists():
+        raise bad_request(f"nothing at {relative!r} in the data directory")
+    if target.is_dir():
+        for folder, dirs, files in os.walk(target):
+            for name in dirs + files:
+                entry = Path(folder, name)
+                if entry.is_symlink() and not entry.resolve().is_relative_to(root):
+                    raise bad_request(f"path {relative!r} holds a symlink ({entry.relative_to(root)}) "
+                                      f"leading outside the data directory")
+    return target
+
+
+def _check_rows(path: Path, is_sparse: bool, start: int, stop: int, n_cols: int) -> None:
+    check_block(read_rows(path, is_sparse, start, stop, n_cols), start)
+
+
+def validate_on_cluster(matrix: Matrix, cluster: Cluster) -> None:
+    """Check every row block for negative or non-finite values, in parallel on the cluster."""
+    bounds = matrix.row_bounds
+    n = len(bounds) - 1
+    futures = cluster.client.map(_check_rows, [matrix.path] * n, [matrix.is_sparse] * n, bounds[:-1], bounds[1:],
+                                 [matrix.shape[1]] * n, key=[f"distnmf-validate-{uuid.uuid4().hex[:8]}-{i}"
+                                                             for i in range(n)])
+    try:
+        cluster.client.gather(futures)
+    finally:
+        cluster.client.cancel(futures)
+
+
+def _record(matrix_id: str, name: str, path: str, fmt: MatrixFormat, owned: bool, matrix: Matrix) -> dict[str, Any]:
+    return {"id": matrix_id, "name": name, "path": path, "format": str(fmt), "owned": owned,
+            "n_rows": matrix.shape[0], "n_cols": matrix.shape[1], "nnz": matrix.nnz, "is_sparse": matrix.is_sparse,
+            "image_shape": list(matrix.image_shape) if matrix.image_shape else None,
+            "has_row_labels": matrix.row_labels is not None, "has_col_labels": matrix.col_labels is not None}
+
+
+def register(store: JobStore, cluster: Cluster, data_dir: Path, relative: str, fmt: MatrixFormat,
+             name: str | None) -> dict[str, Any]:
+    """Register a store (or ingest a file) found at ``relative`` inside the data directory."""
+    source = resolve_inside(data_dir, relative)
+    matrix_id = uuid.uuid4().hex[:16]
+    name = name or source.name
+    if fmt == MatrixFormat.zarr:
+        try:
+            matrix = open_matrix(source)
+        except (ValueError, FileNotFoundError) as exc:
+            raise unprocessable(str(exc)) from None
+        try:
+            validate_on_cluster(matrix, cluster)
+        except ValueError as exc:
+            raise unprocessable(str(exc)) from None
+        path = str(source.relative_to(data_dir.resolve()))
+        return store.add_matrix(_record(matrix_id, name, path, fmt, False, matrix))
+    if not source.is_file():
+        raise bad_request(f"{relative!r} is not a file; format {fmt} needs a {SUFFIXES[fmt]} file")
+    return ingest(store, data_dir, source, fmt, matrix_id, name)
+
+
+def ingest(store: JobStore, data_dir: Path, source: Path, fmt: MatrixFormat, matrix_id: str, name: str, *,
+           row_labels: list[str] | None = None, col_labels: list[str] | None = None,
+           image_shape: list[int] | None = None) -> dict[str, Any]:
+    """Ingest a npy/npz/mtx/csv file into a new store of the service, then record it."""
+    if fmt == MatrixFormat.zarr:
+        raise unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and register its path")
+    relative = f"matrices/{matrix_id}.zarr"
+    final = data_dir / relative
+    staging = final.with_name(f".{final.name}.staging")
+    linked = None
+    if source.suffix.lower() != SUFFIXES[fmt]:  # the ingest reads the format from the suffix
+        linked = source.with_name(f".{source.name}.{uuid.uuid4().hex[:8]}{SUFFIXES[fmt]}")
+        os.link(source, linked)
+    try:
+        try:
+            matrix = ingest_array(linked or source, staging, overwrite=True, show_progress=False).matrix
+            _add_metadata(staging, matrix, row_labels, col_labels, image_shape)
+        except (ValueError, TypeError, OSError, EOFError, KeyError) as exc:
+            raise unprocessable(f"cannot ingest the {fmt} file {name!r}: {exc}") from None
+        publish(staging, final, overwrite=False)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if linked is not None:
+            linked.unlink(missing_ok=True)
+    return store.add_matrix(_record(matrix_id, name, relative, fmt, True, open_matrix(final)))
+
+
+def _add_metadata(path: Path, matrix: Matrix, row_labels: list[str] | None, col_labels: list[str] | None,
+                  image_shape: list[int] | None) -> None:
+    group = zarr.open_group(path, mode="r+")
+    if row_labels is not None:
+        _write_labels(group, "row_labels", row_labels, matrix.shape[0])
+    if col_labels is not None:
+        _write_labels(group, "col_labels", col_labels, matrix.shape[1])
+    if image_shape is not None:
+        size = 1
+        for side in image_shape:
+            size *= side
+        if size != matrix.shape[1]:
+            raise ValueError(f"image_shape {image_shape} has {size} pixels but rows have {matrix.shape[1]} columns")
+        meta = dict(group.attrs["distnmf"])
+        group.attrs["distnmf"] = {**meta, "image_shape": list(image_shape)}
+
+
+def delete(store: JobStore, data_dir: Path, record: dict[str, Any]) -> None:
+    """Forget a matrix; stores the service ingested itself are removed from disk."""
+    store.delete_matrix(record["id"])
+    if record["owned"]:
+        shutil.rmtree(data_dir / record["path"], ignore_errors=True)

@@ -1,0 +1,78 @@
+"""Request dependencies: settings, the job store, the runner, auth, and loaded records."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from api.jobstore import JobStatus, JobStore
+from api.runner import Cluster, JobRunner
+from api.settings import Settings
+from distnmf.factors import Factors, open_factors
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> JobStore:
+    return request.app.state.store
+
+
+def get_runner(request: Request) -> JobRunner:
+    return request.app.state.runner
+
+
+def get_cluster(request: Request) -> Cluster:
+    return request.app.state.cluster
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ClusterDep = Annotated[Cluster, Depends(get_cluster)]
+StoreDep = Annotated[JobStore, Depends(get_store)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+
+bearer = HTTPBearer(auto_error=False, description="Needed when the service runs with DISTNMF_API_TOKEN.")
+
+
+def require_token(settings: SettingsDep,
+                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """Check the bearer token in constant time when the service has one."""
+    if settings.api_token is None:
+        return
+    expected = settings.api_token.get_secret_value().encode()
+    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def get_matrix(store: StoreDep, matrix_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+    record = store.get_matrix(matrix_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {matrix_id!r}")
+    return record
+
+
+def get_job(store: StoreDep, job_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+    record = store.get_job(job_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
+    return record
+
+
+MatrixDep = Annotated[dict[str, Any], Depends(get_matrix)]
+JobDep = Annotated[dict[str, Any], Depends(get_job)]
+
+
+def get_factors(job: JobDep, runner: RunnerDep) -> Factors:
+    """The job's factors; 409 until the job has succeeded."""
+    if job["status"] != JobStatus.succeeded:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"job {job['id']} is {job['status']}; its factors exist once it has succeeded")
+    return open_factors(runner.factors_path(job["id"]))
+
+
+FactorsDep = Annotated[Factors, Depends(get_factors)]

@@ -1,0 +1,55 @@
+"""The FastAPI app factory: settings, the job store and runner in the lifespan, one router per resource."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from api.deps import require_token
+from api.jobstore import JobStore
+from api.routers import health, jobs, matrices, results
+from api.runner import Cluster, JobRunner
+from api.settings import Settings
+from distnmf import __version__
+
+log = logging.getLogger("distnmf.api")
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. On start it creates the data directory and the SQLite schema,
+    connects to (or starts) the Dask cluster and re-queues jobs a previous run left unfinished."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = JobStore(settings.data_dir / "distnmf.sqlite")
+        cluster = await asyncio.to_thread(Cluster, settings)
+        runner = JobRunner(settings, store, cluster)
+        app.state.settings, app.state.store, app.state.cluster, app.state.runner = settings, store, cluster, runner
+        runner.start()
+        log.info("distnmf service ready: data in %s, scheduler %s, dashboard %s", settings.data_dir.resolve(),
+                 cluster.address, cluster.dashboard_url)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(runner.stop)
+            await asyncio.to_thread(cluster.close)
+            store.close()
+
+    app = FastAPI(title="distnmf", version=__version__, lifespan=lifespan,
+                  summary="Distributed, out-of-core NMF: register matrices, run jobs on Dask, query the factors.")
+    api = APIRouter(prefix=API_PREFIX)
+    api.include_router(health.router)
+    protected = [Depends(require_token)]
+    api.include_router(matrices.router, dependencies=protected)
+    api.include_router(jobs.router, dependencies=protected)
+    api.include_router(results.router, dependencies=protected)
+    app.include_router(api)
+    return app

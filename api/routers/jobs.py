@@ -1,0 +1,98 @@
+"""Jobs: submit (idempotent with a job_id), list, status with long-polling, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import ClusterDep, JobDep, RunnerDep, SettingsDep, StoreDep
+from api.jobstore import JobStatus
+from api.schemas import BetaLoss, Error, JobRecord, SubmitJob
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+POLL_SECONDS = 0.2
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRecord,
+             responses={404: {"model": Error, "description": "No such matrix"},
+                        409: {"model": Error, "description": "job_id already used with another body"},
+                        422: {"description": "Invalid parameters or a limit exceeded"}})
+def submit_job(body: SubmitJob, store: StoreDep, runner: RunnerDep, settings: SettingsDep,
+               cluster: ClusterDep) -> JobRecord:
+    """Queue a factorization of a registered matrix; it runs on the cluster without blocking.
+
+    With a ``job_id``, submitting the same body again returns the same job (safe to retry);
+    the same ``job_id`` with another body is a 409.
+    """
+    for limit, value in (("max_components", body.n_components), ("max_iter", body.max_iter)):
+        if message := settings.limit_error(limit, value):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{limit.removeprefix('max_')}: {message}")
+    matrix = store.get_matrix(body.matrix_id)
+    if matrix is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {body.matrix_id!r}")
+    rank_limit = min(matrix["n_rows"], matrix["n_cols"])
+    if body.n_components > rank_limit:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            f"n_components={body.n_components} must be <= min(n_rows, n_cols) = {rank_limit} "
+                            f"for matrix {matrix['id']} of shape ({matrix['n_rows']}, {matrix['n_cols']})")
+    if body.beta_loss == BetaLoss.itakura_saito and matrix["nnz"] < matrix["n_rows"] * matrix["n_cols"]:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
+                            "beta_loss='itakura-saito' needs a matrix without zeros; this one has zeros")
+    params = body.params()
+    job_id = body.job_id or uuid.uuid4().hex[:16]
+    try:
+        record = store.add_job(job_id, body.matrix_id, params)
+    except sqlite3.IntegrityError:
+        record = store.get_job(job_id)
+        if record["matrix_id"] != body.matrix_id or record["params"] != params:
+            raise HTTPException(status.HTTP_409_CONFLICT,
+                                f"job_id {job_id!r} was already submitted with a different body") from None
+        return JobRecord.from_record(record, cluster.dashboard_url)
+    runner.submit(job_id)
+    return JobRecord.from_record(record, cluster.dashboard_url)
+
+
+@router.get("", response_model=list[JobRecord])
+def list_jobs(store: StoreDep, cluster: ClusterDep, status: JobStatus | None = None,
+              matrix_id: Annotated[str | None, Query(max_length=64)] = None) -> list[JobRecord]:
+    """All jobs in submission order, optionally only those with a status or on one matrix."""
+    return [JobRecord.from_record(r, cluster.dashboard_url) for r in store.list_jobs(status, matrix_id)]
+
+
+@router.get("/{job_id}", response_model=JobRecord, responses={404: {"model": Error}})
+async def get_job(job: JobDep, store: StoreDep, cluster: ClusterDep,
+                  wait: Annotated[float, Query(ge=0, le=60, description="Long-poll up to this many seconds")] = 0,
+                  after: Annotated[int | None, Query(ge=-1, description="With wait: return once the iteration "
+                                                                         "is past this (default: the current)")] = None,
+                  ) -> JobRecord:
+    """Status, iteration, relative error and its history, timestamps, dashboard URL, failure message.
+
+    With ``wait``, the answer comes as soon as the job finishes or its iteration passes
+    ``after``, or after ``wait`` seconds: a client can follow progress without busy polling.
+    """
+    after = job["iteration"] if after is None else after
+    deadline = time.monotonic() + wait
+    while (not JobStatus(job["status"]).finished and job["iteration"] <= after
+           and time.monotonic() < deadline):
+        await asyncio.sleep(POLL_SECONDS)
+        job = await run_in_threadpool(store.get_job, job["id"])
+    return JobRecord.from_record(job, cluster.dashboard_url)
+
+
+@router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobRecord,
+             responses={404: {"model": Error}, 409: {"model": Error, "description": "The job already finished"}})
+def cancel_job(job: JobDep, store: StoreDep, runner: RunnerDep, cluster: ClusterDep) -> JobRecord:
+    """Cancel a queued job, or stop a running one at its next iteration (its cluster work is freed)."""
+    if job["status"] == JobStatus.cancelled:
+        return JobRecord.from_record(job, cluster.dashboard_url)
+    if JobStatus(job["status"]).finished:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job['id']} already {job['status']}")
+    runner.cancel(job["id"])
+    return JobRecord.from_record(store.get_job(job["id"]), cluster.dashboard_url)

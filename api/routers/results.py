@@ -1,0 +1,203 @@
+"""Results of a succeeded job: W and H ranges, top of a component, similar rows, fold-in, recommend."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import StrEnum
+from typing import Annotated, Any
+
+import numpy as np
+import scipy.sparse as sp
+from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi.responses import FileResponse, StreamingResponse
+
+from api import factor_io
+from api.deps import FactorsDep, JobDep, SettingsDep, StoreDep
+from api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, Hit, LabelRow, Similar, SparseRow, \
+    TransformRequest, TransformResult
+from api.settings import Settings
+from distnmf import analysis, plots
+from distnmf.factors import Factors
+
+router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
+
+NOT_READY = {404: {"model": Error, "description": "No such job, or no such row/column"},
+             409: {"model": Error, "description": "The job has not succeeded (yet)"}}
+QUERY_ERRORS = {**NOT_READY, 422: {"description": "Invalid query, or a limit exceeded"}}
+
+
+class Factor(StrEnum):
+    W = "W"
+    H = "H"
+
+
+def unprocessable(detail: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
+
+
+def _check_k(settings: Settings, name: str, value: int) -> None:
+    if message := settings.limit_error("max_k", value):
+        raise unprocessable(f"{name}: {message}")
+
+
+@contextmanager
+def _query_errors() -> Iterator[None]:
+    """Unknown labels and out-of-range indices are 404; other invalid queries are 422."""
+    try:
+        yield
+    except (analysis.UnknownLabelError, analysis.IndexOutOfRangeError) as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
+    except ValueError as exc:
+        raise unprocessable(str(exc)) from None
+
+
+def _hits(hits: Sequence[analysis.Hit]) -> list[Hit]:
+    return [Hit(index=h.index, label=h.label, score=h.score) for h in hits]
+
+
+@router.get("/factors/{factor}", response_class=StreamingResponse,
+            responses={200: {"model": FactorRange, "description": "JSON, or .npy bytes with format=npy",
+                             "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}},
+                       **QUERY_ERRORS})
+def get_factor(factor: Factor, factors: FactorsDep, settings: SettingsDep,
+               start: Annotated[int, Query(ge=0, description="First row of W / column of H")] = 0,
+               stop: Annotated[int | None, Query(ge=0, description="End of the range, clipped to the length")] = None,
+               format: FactorFormat = FactorFormat.json) -> StreamingResponse:
+    """Rows ``start:stop`` of W, or columns ``start:stop`` of H, streamed as JSON or ``.npy``."""
+    n = factors.shape[0] if factor == Factor.W else factors.shape[1]
+    stop = n if stop is None else min(stop, n)
+    if start > stop:
+        raise unprocessable(f"start={start} is past the end of the range (stop={stop}; {factor} has {n} "
+                            f"{'rows' if factor == Factor.W else 'columns'})")
+    if message := settings.limit_error("max_range", stop - start):
+        raise unprocessable(f"range length: {message}; download it in several ranges")
+    if format == FactorFormat.npy:
+        return StreamingResponse(factor_io.stream_npy(factors, factor, start, stop),
+                                 media_type="application/octet-stream",
+                                 headers={"Content-Disposition": f'attachment; filename="{factor}.npy"'})
+    return StreamingResponse(factor_io.stream_json(factors, factor, start, stop), media_type="application/json")
+
+
+PNG = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+             "description": "A PNG image"}}
+
+
+@router.get("/components/{component}.png", response_class=FileResponse, responses={**PNG, **QUERY_ERRORS})
+def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep,
+                      component: Annotated[int, Path(ge=0)]) -> FileResponse:
+    """A component as an image (for matrices whose rows are images, i.e. with an image_shape)."""
+    if component >= factors.n_components:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"component {component} does not exist: the fit has {factors.n_components}")
+    path = settings.data_dir / "plots" / job["id"] / f"component_{component:03d}.png"
+    if not path.exists():
+        with _query_errors():
+            plots.component_image(factors, component, path)
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/loss.png", response_class=FileResponse, responses={**PNG, **NOT_READY})
+def get_loss_png(job: JobDep, factors: FactorsDep, settings: SettingsDep) -> FileResponse:
+    """The relative error against the iteration (log scale)."""
+    path = settings.data_dir / "plots" / job["id"] / "loss.png"
+    if not path.exists():
+        plots.error_curve(factors, path)
+    return FileResponse(path, media_type="image/png")
+
+
+@router.get("/components/{component}", response_model=ComponentTop, responses=QUERY_ERRORS)
+def get_component(factors: FactorsDep, settings: SettingsDep, component: Annotated[int, Path(ge=0)],
+                  top: Annotated[int, Query(ge=1)] = 10) -> ComponentTop:
+    """The rows and columns with the largest weights in a component, with labels."""
+    _check_k(settings, "top", top)
+    if component >= factors.n_components:
+        raise HTTPException(status.HTTP_404_NOT_FOUND,
+                            f"component {component} does not exist: the fit has {factors.n_components} (0..."
+                            f"{factors.n_components - 1})")
+    with _query_errors():
+        result = analysis.top_components(factors, component, top=min(top, max(factors.shape)))
+    return ComponentTop(component=result["component"], rows=_hits(result["rows"]), columns=_hits(result["columns"]))
+
+
+@router.get("/similar", response_model=Similar, responses=QUERY_ERRORS)
+def get_similar(factors: FactorsDep, settings: SettingsDep,
+                row: Annotated[str, Query(min_length=1, max_length=1000, description="A label or an index")],
+                k: Annotated[int, Query(ge=1)] = 10, axis: Axis = Axis.rows, least: bool = False) -> Similar:
+    """The rows (cosine on W) or columns (cosine on H^T) most (or least) similar to one of them."""
+    _check_k(settings, "k", k)
+    labels = factors.row_labels if axis == Axis.rows else factors.col_labels
+    n = factors.shape[0] if axis == Axis.rows else factors.shape[1]
+    with _query_errors():
+        index = analysis.resolve_index(labels, row, n, axis.value[:-1])
+        hits = analysis.similar(factors, index, k=min(k, n - 1), axis=axis.value, least=least)
+    return Similar(index=index, label=None if labels is None else str(labels[index]), axis=axis, least=least,
+                   hits=_hits(hits))
+
+
+@router.get("/recommend", response_model=list[Hit], responses=QUERY_ERRORS)
+def get_recommendations(job: JobDep, factors: FactorsDep, store: StoreDep, settings: SettingsDep,
+                        row: Annotated[str, Query(min_length=1, max_length=1000, description="A label or an index")],
+                        k: Annotated[int, Query(ge=1)] = 10) -> list[Hit]:
+    """The best-scoring columns (W_i H) the row has no entry for."""
+    _check_k(settings, "k", k)
+    matrix = store.get_matrix(job["matrix_id"])
+    if matrix is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"matrix {job['matrix_id']} of this job was deleted")
+    with _query_errors():
+        return _hits(analysis.recommend(factors, settings.data_dir / matrix["path"], row,
+                                        k=min(k, factors.shape[1])))
+
+
+@router.post("/transform", response_model=TransformResult, responses=QUERY_ERRORS)
+def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep) -> TransformResult:
+    """Coefficients of new rows (dense, sparse or tag lists) with H fixed, and their nearest rows."""
+    if message := settings.limit_error("max_transform_rows", len(body.rows)):
+        raise unprocessable(f"rows: {message}")
+    _check_k(settings, "similar_k", body.similar_k)
+    X = _new_rows(body.rows, factors)
+    with _query_errors():
+        W, neighbours = analysis.fold_in(factors, X, similar_k=min(body.similar_k, factors.shape[0]))
+    return TransformResult(coefficients=W.tolist(), similar=[_hits(h) for h in neighbours])
+
+
+def _new_rows(rows: list[Any], factors: Factors) -> sp.csr_array:
+    """The request's rows as a CSR matrix of shape (len(rows), n_cols), validated."""
+    n_cols = factors.shape[1]
+    labels = factors.col_labels
+    position = {str(label): i for i, label in enumerate(labels)} if labels is not None and any(
+        isinstance(r, LabelRow) for r in rows) else {}
+    indptr, indices, values = [0], [], []
+    for i, row in enumerate(rows):
+        if isinstance(row, SparseRow):
+            cols = row.indices
+            vals = row.values if row.values is not None else [1.0] * len(cols)
+            if len(vals) != len(cols):
+                raise unprocessable(f"row {i}: {len(cols)} indices but {len(vals)} values")
+        elif isinstance(row, LabelRow):
+            if labels is None:
+                raise unprocessable(f"row {i}: the matrix has no column labels; send indices instead")
+            unknown = [label for label in row.labels if label not in position]
+            if unknown:
+                raise unprocessable(f"row {i}: unknown column labels {unknown[:5]}")
+            cols = sorted({position[label] for label in row.labels})
+            vals = [1.0] * len(cols)
+        else:
+            if len(row) != n_cols:
+                raise unprocessable(f"row {i} has {len(row)} values; the matrix has {n_cols} columns")
+            dense = np.asarray(row, dtype=np.float32)
+            cols = np.flatnonzero(dense).tolist()
+            vals = dense[cols].tolist()
+        bad = [c for c in cols if not 0 <= c < n_cols]
+        if bad:
+            raise unprocessable(f"row {i}: column indices {bad[:5]} out of range 0..{n_cols - 1}")
+        if any(v < 0 for v in vals):
+            raise unprocessable(f"row {i} has negative values; NMF needs non-negative input")
+        indices.extend(cols)
+        values.extend(vals)
+        indptr.append(len(indices))
+    X = sp.csr_array((np.asarray(values, dtype=np.float32), np.asarray(indices, dtype=np.int64), indptr),
+                     shape=(len(rows), n_cols))
+    X.sum_duplicates()
+    return X

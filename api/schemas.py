@@ -1,0 +1,225 @@
+"""Request and response bodies of the REST API (with the examples shown at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.jobstore import JobStatus
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Body(BaseModel):
+    """Request bodies: unknown fields and NaN/inf are rejected."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class MatrixFormat(StrEnum):
+    zarr = "zarr"
+    npy = "npy"
+    npz = "npz"
+    mtx = "mtx"
+    csv = "csv"
+
+
+class Solver(StrEnum):
+    hals = "hals"
+    mu = "mu"
+
+
+class BetaLoss(StrEnum):
+    frobenius = "frobenius"
+    kullback_leibler = "kullback-leibler"
+    itakura_saito = "itakura-saito"
+
+
+class Init(StrEnum):
+    nndsvda = "nndsvda"
+    nndsvd = "nndsvd"
+    nndsvdar = "nndsvdar"
+    random = "random"
+
+
+class Axis(StrEnum):
+    rows = "rows"
+    columns = "columns"
+
+
+class FactorFormat(StrEnum):
+    json = "json"
+    npy = "npy"
+
+
+class Error(BaseModel):
+    detail: str
+
+
+# --------------------------------------------------------------------------- health
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    scheduler: str = Field(description="Address of the Dask scheduler the jobs run on.")
+    n_workers: int
+    dashboard_url: str | None
+    auth: bool = Field(description="Whether requests need a bearer token.")
+
+
+# --------------------------------------------------------------------------- matrices
+
+
+class RegisterMatrix(Body):
+    """A matrix already under the data directory: a Zarr store, or a file to ingest to Zarr."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "digits", "path": "incoming/digits.npy", "format": "npy"},
+        {"name": "tags", "path": "stores/tags.zarr", "format": "zarr"},
+    ]})
+
+    name: str | None = Field(None, min_length=1, max_length=200, description="Defaults to the file name.")
+    path: str = Field(min_length=1, max_length=4096, description="Relative to DISTNMF_DATA_DIR.")
+    format: MatrixFormat = MatrixFormat.zarr
+
+
+class MatrixRecord(BaseModel):
+    id: str
+    name: str
+    format: MatrixFormat
+    shape: tuple[int, int]
+    nnz: int
+    density: float
+    is_sparse: bool
+    image_shape: list[int] | None
+    has_row_labels: bool
+    has_col_labels: bool
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> MatrixRecord:
+        n_rows, n_cols = record["n_rows"], record["n_cols"]
+        return cls(**record, shape=(n_rows, n_cols), density=record["nnz"] / (n_rows * n_cols))
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class JobParams(Body):
+    """NMF parameters, with the engine's defaults (see ``distnmf.NMF``)."""
+
+    n_components: int = Field(ge=1, description="Rank k of the factorization.")
+    solver: Solver = Solver.hals
+    beta_loss: BetaLoss = BetaLoss.frobenius
+    init: Init = Init.nndsvda
+    max_iter: int = Field(200, ge=1)
+    tol: float = Field(1e-4, ge=0)
+    random_state: int | None = Field(None, ge=0, le=2**32 - 1)
+    alpha_W: float = Field(0.0, ge=0, le=1e6)
+    alpha_H: float | Literal["same"] = Field("same", description='A number >= 0, or "same" as alpha_W.')
+    l1_ratio: float = Field(0.0, ge=0, le=1)
+    checkpoint_every: int = Field(10, ge=1, description="Iterations between checkpoints (resumed after a restart).")
+
+    @model_validator(mode="after")
+    def _check(self) -> JobParams:
+        if self.solver == Solver.hals and self.beta_loss != BetaLoss.frobenius:
+            raise ValueError("solver='hals' supports only beta_loss='frobenius'; use solver='mu'")
+        if isinstance(self.alpha_H, float) and not 0 <= self.alpha_H <= 1e6:
+            raise ValueError("alpha_H must be between 0 and 1e6, or 'same'")
+        return self
+
+
+class SubmitJob(JobParams):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"matrix_id": "3f2a9c0d7e1b4a56", "n_components": 10, "max_iter": 200, "random_state": 0},
+        {"matrix_id": "3f2a9c0d7e1b4a56", "job_id": "tags-k20", "n_components": 20, "solver": "mu",
+         "beta_loss": "kullback-leibler", "init": "nndsvda", "max_iter": 300, "tol": 1e-4,
+         "alpha_W": 0.0, "alpha_H": "same", "l1_ratio": 0.0, "checkpoint_every": 10},
+    ]})
+
+    matrix_id: str = Field(min_length=1, max_length=64)
+    job_id: str | None = Field(None, pattern=NAME_PATTERN,
+                               description="Client-chosen id: resubmitting the same body returns the same job.")
+
+    def params(self) -> dict:
+        return self.model_dump(mode="json", exclude={"matrix_id", "job_id"})
+
+
+class JobRecord(BaseModel):
+    id: str
+    matrix_id: str
+    status: JobStatus
+    params: JobParams
+    iteration: int
+    max_iter: int
+    error: float | None = Field(description="Relative error ||X - WH|| / ||X|| after the last iteration.")
+    error_history: list[float]
+    message: str | None = Field(description="Why the job failed or was cancelled.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    dashboard_url: str | None
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], dashboard_url: str | None) -> JobRecord:
+        return cls(**record, dashboard_url=dashboard_url)
+
+
+# --------------------------------------------------------------------------- results
+
+
+class FactorRange(BaseModel):
+    factor: Literal["W", "H"]
+    start: int
+    stop: int
+    shape: tuple[int, int]
+    data: list[list[float]] = Field(description="W rows start:stop, or H columns start:stop (as k rows).")
+
+
+class Hit(BaseModel):
+    index: int
+    label: str | None
+    score: float
+
+
+class ComponentTop(BaseModel):
+    component: int
+    rows: list[Hit]
+    columns: list[Hit]
+
+
+class Similar(BaseModel):
+    index: int
+    label: str | None
+    axis: Axis
+    least: bool
+    hits: list[Hit]
+
+
+class SparseRow(Body):
+    indices: list[int] = Field(description="Column indices of the non-zero entries.")
+    values: list[float] | None = Field(None, description="Their values; default 1 for each index.")
+
+
+class LabelRow(Body):
+    labels: list[str] = Field(description="Column labels present in the row (a tag list); each counts 1.")
+
+
+class TransformRequest(Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"rows": [[0.0, 1.0, 0.0, 2.0]], "similar_k": 0},
+        {"rows": [{"indices": [3, 17, 42], "values": [1.0, 2.0, 1.0]}], "similar_k": 5},
+        {"rows": [{"labels": ["cat", "sunset", "beach"]}], "similar_k": 5},
+    ]})
+
+    rows: list[list[float] | SparseRow | LabelRow] = Field(min_length=1)
+    similar_k: int = Field(0, ge=0, description="Also return this many most similar stored rows per new row.")
+
+
+class TransformResult(BaseModel):
+    coefficients: list[list[float]] = Field(description="W of the new rows, shape (rows, n_components).")
+    similar: list[list[Hit]] = Field(description="Per new row, its nearest stored rows (empty without similar_k).")

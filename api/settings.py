@@ -1,0 +1,33 @@
+"""Service settings, read from ``DISTNMF_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be configured with; each field is ``DISTNMF_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="DISTNMF_")
+
+    data_dir: Path = Field(Path("distnmf-data"), description="Matrices, factors and the SQLite file live here.")
+    scheduler: str | None = Field(None, description="Dask scheduler address; none starts a LocalCluster.")
+    api_token: SecretStr | None = Field(None, description="Bearer token; none binds the service to 127.0.0.1.")
+    n_workers: int | None = Field(None, ge=1, description="Workers of the embedded LocalCluster (default: cores).")
+    max_concurrent_jobs: int = Field(1, ge=1, description="Jobs running on the cluster at the same time.")
+    max_upload_bytes: int = Field(2 * 2**30, ge=1, description="Largest accepted upload.")
+    max_components: int = Field(1000, ge=1, description="Largest n_components of a job.")
+    max_iter: int = Field(10_000, ge=1, description="Largest max_iter of a job.")
+    max_k: int = Field(1000, ge=1, description="Largest k (or top) in queries.")
+    max_range: int = Field(2**22, ge=1, description="Most rows (W) or columns (H) in one factor download.")
+    max_transform_rows: int = Field(10_000, ge=1, description="Most rows in one transform request.")
+
+    def limit_error(self, name: str, value: int) -> str | None:
+        """A message naming the limit ``name`` when ``value`` exceeds it, else None."""
+        limit = getattr(self, name)
+        if value <= limit:
+            return None
+        return f"{value} exceeds the limit {name}={limit} (set DISTNMF_{name.upper()} to change it)"

@@ -1,0 +1,519 @@
+"""Python client for the distnmf service (``distnmf serve``).
+
+One implementation, written async on httpx (:class:`AsyncClient`, :class:`AsyncJob`); the
+synchronous :class:`Client` and :class:`Job` run it on a private event loop thread.
+
+>>> from distnmf.client import Client                               # doctest: +SKIP
+>>> with Client("http://127.0.0.1:8000") as client:
+...     matrix = client.upload(X)                                   # numpy, scipy.sparse or a file
+...     job = client.submit(matrix, n_components=10, random_state=0)
+...     job.wait()                                                  # progress bar; raises JobFailed
+...     W, H = job.W(), job.H()
+
+HTTP errors become :class:`DistnmfError` subclasses carrying the server's message. Connection
+errors and 5xx answers to idempotent calls (reads, cancel, and submit, which always sends a
+``job_id``) are retried with exponential backoff.
+
+Only httpx, numpy and tqdm are needed: no server or Dask packages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+
+T = TypeVar("T")
+
+API_PREFIX = "/api/v1"
+PAGE = 2**18  # rows of W (columns of H) per download request
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class DistnmfError(Exception):
+    """An error answer from the service (``status_code``, ``detail``), or no answer at all."""
+
+    def __init__(self, detail: str, status_code: int | None = None) -> None:
+        super().__init__(detail if status_code is None else f"{status_code}: {detail}")
+        self.detail = detail
+        self.status_code = status_code
+
+
+class BadRequest(DistnmfError):
+    """400: e.g. a path outside the service's data directory."""
+
+
+class Unauthorized(DistnmfError):
+    """401: missing or wrong token."""
+
+
+class NotFound(DistnmfError):
+    """404: no such matrix, job, component, row or column."""
+
+
+class Conflict(DistnmfError):
+    """409: e.g. factors of an unfinished job, or a job_id reused with another body."""
+
+
+class PayloadTooLarge(DistnmfError):
+    """413: an upload over the service's limit."""
+
+
+class InvalidRequest(DistnmfError):
+    """422: invalid parameters, a limit exceeded, or a matrix with negative values."""
+
+
+class ServerError(DistnmfError):
+    """5xx (after retries for idempotent calls)."""
+
+
+class ServiceUnavailable(DistnmfError):
+    """The service could not be reached (after retries for idempotent calls)."""
+
+
+class JobFailed(DistnmfError):
+    """The job ended ``failed``; ``job`` holds its record."""
+
+    def __init__(self, detail: str, job: JobInfo) -> None:
+        super().__init__(detail)
+        self.job = job
+
+
+class JobCancelled(JobFailed):
+    """The job ended ``cancelled``."""
+
+
+_ERRORS = {400: BadRequest, 401: Unauthorized, 404: NotFound, 409: Conflict, 413: PayloadTooLarge,
+           422: InvalidRequest}
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.is_success:
+        return
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text or response.reason_phrase
+    if isinstance(detail, list):  # validation errors: [{"loc": [...], "msg": ...}, ...]
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', []))}: {e.get('msg')}" for e in detail)
+    code = response.status_code
+    cls = _ERRORS.get(code, ServerError if code >= 500 else DistnmfError)
+    raise cls(str(detail), code)
+
+
+# --------------------------------------------------------------------------- records
+
+
+class JobStatus(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A query result: the row's (column's) index, its label and the score."""
+
+    index: int
+    label: str | None
+    score: float
+
+
+@dataclass(frozen=True)
+class MatrixInfo:
+    id: str
+    name: str
+    format: str
+    shape: tuple[int, int]
+    nnz: int
+    density: float
+    is_sparse: bool
+    image_shape: list[int] | None
+    has_row_labels: bool
+    has_col_labels: bool
+    created_at: str
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: str
+    matrix_id: str
+    status: JobStatus
+    params: dict[str, Any]
+    iteration: int
+    max_iter: int
+    error: float | None
+    error_history: list[float]
+    message: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    dashboard_url: str | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+def _record(cls: type[T], data: dict[str, Any]) -> T:
+    values = {f.name: data.get(f.name) for f in fields(cls)}
+    if cls is MatrixInfo:
+        values["shape"] = tuple(values["shape"])
+    if cls is JobInfo:
+        values["status"] = JobStatus(values["status"])
+    return cls(**values)
+
+
+def _hits(items: list[dict[str, Any]]) -> list[Hit]:
+    return [Hit(int(h["index"]), h["label"], float(h["score"])) for h in items]
+
+
+def _load_npy(content: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(content), allow_pickle=False)
+
+
+# --------------------------------------------------------------------------- async implementation
+
+
+class AsyncClient:
+    """Asynchronous client; use ``async with AsyncClient(url) as client``."""
+
+    def __init__(self, url: str, token: str | None = None, *, timeout: float = 120.0, retries: int = 4,
+                 backoff: float = 0.25) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self._http = httpx.AsyncClient(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> httpx.Response:
+        """Send one request; retry connection errors and 5xx when the call is idempotent."""
+        attempts = self.retries + 1 if idempotent else 1
+        attempt = 0
+        while True:
+            attempt += 1
+            last = attempt == attempts
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if last:
+                    raise ServiceUnavailable(f"{method} {self.url}{API_PREFIX}{path} failed: "
+                                             f"{type(exc).__name__}: {exc}") from exc
+            else:
+                if response.status_code < 500 or last:
+                    _raise_for_status(response)
+                    return response
+            await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+
+    async def _get(self, path: str, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        return (await self._request("GET", path, idempotent=True, params=query)).json()
+
+    # -- service
+    async def health(self) -> dict[str, Any]:
+        """Status, scheduler address, number of workers, dashboard URL."""
+        return await self._get("/health")
+
+    # -- matrices
+    async def upload(self, data: Any, name: str | None = None, *, format: str | None = None,
+                     row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
+                     image_shape: Sequence[int] | None = None) -> MatrixInfo:
+        """Upload a matrix: a numpy array, a scipy.sparse matrix, or a .npy/.npz/.mtx/.csv file path.
+
+        Labels are sent along (one per row / column); ``image_shape`` marks rows as images.
+        """
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            filename, content = path.name, path.read_bytes()
+        elif hasattr(data, "tocsr"):  # scipy.sparse, saved as .npz
+            import scipy.sparse as sp
+
+            buffer = io.BytesIO()
+            sp.save_npz(buffer, sp.csr_matrix(data))
+            filename, content = "matrix.npz", buffer.getvalue()
+        else:
+            buffer = io.BytesIO()
+            np.save(buffer, np.asarray(data, dtype=np.float32), allow_pickle=False)
+            filename, content = "matrix.npy", buffer.getvalue()
+        files: dict[str, Any] = {"file": (filename, content, "application/octet-stream")}
+        for field, labels in (("row_labels", row_labels), ("col_labels", col_labels)):
+            if labels is not None:
+                files[field] = (f"{field}.txt", "\n".join(str(v) for v in labels).encode(), "text/plain")
+        form = {"name": name, "format": format,
+                "image_shape": ",".join(str(int(s)) for s in image_shape) if image_shape else None}
+        response = await self._request("POST", "/matrices", idempotent=False, files=files,
+                                       data={k: v for k, v in form.items() if v is not None})
+        return _record(MatrixInfo, response.json())
+
+    async def register(self, path: str, name: str | None = None, format: str = "zarr") -> MatrixInfo:
+        """Register a store (or ingest a file) at ``path``, relative to the service's data directory."""
+        body = {"path": str(path), "format": format, **({"name": name} if name else {})}
+        return _record(MatrixInfo, (await self._request("POST", "/matrices", idempotent=False, json=body)).json())
+
+    async def matrices(self) -> list[MatrixInfo]:
+        return [_record(MatrixInfo, m) for m in await self._get("/matrices")]
+
+    async def matrix(self, matrix_id: str) -> MatrixInfo:
+        return _record(MatrixInfo, await self._get(f"/matrices/{matrix_id}"))
+
+    async def delete_matrix(self, matrix: str | MatrixInfo) -> None:
+        matrix_id = matrix.id if isinstance(matrix, MatrixInfo) else matrix
+        await self._request("DELETE", f"/matrices/{matrix_id}", idempotent=True)
+
+    # -- jobs
+    async def submit(self, matrix: str | MatrixInfo, n_components: int, *, job_id: str | None = None,
+                     **params: Any) -> AsyncJob:
+        """Queue an NMF of ``matrix`` (parameters as for ``distnmf.NMF``); safe to retry (job_id)."""
+        matrix_id = matrix.id if isinstance(matrix, MatrixInfo) else matrix
+        body = {"matrix_id": matrix_id, "n_components": n_components, "job_id": job_id or uuid.uuid4().hex[:16],
+                **params}
+        record = (await self._request("POST", "/jobs", idempotent=True, json=body)).json()
+        return AsyncJob(self, record["id"])
+
+    def job(self, job_id: str) -> AsyncJob:
+        """A handle on an existing job."""
+        return AsyncJob(self, job_id)
+
+    async def jobs(self, status: str | None = None) -> list[JobInfo]:
+        return [_record(JobInfo, j) for j in await self._get("/jobs", status=status)]
+
+
+class AsyncJob:
+    """A submitted job; its results are available once ``wait()`` returns."""
+
+    def __init__(self, client: AsyncClient, job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    async def status(self, wait: float = 0, after: int | None = None) -> JobInfo:
+        """The job's record; with ``wait``, long-poll until its iteration passes ``after``."""
+        return _record(JobInfo, await self.client._get(f"/jobs/{self.id}", wait=wait or None, after=after))
+
+    async def wait(self, progress: bool = True, timeout: float | None = None, poll: float = 10.0) -> JobInfo:
+        """Wait for the job to finish, with a progress bar; raise JobFailed / JobCancelled."""
+        from tqdm.auto import tqdm
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        info = await self.status()
+        bar = None
+        try:
+            while not info.finished:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {self.id} is still {info.status} after {timeout} s")
+                if progress and bar is None:
+                    bar = tqdm(total=info.max_iter, desc=f"job {self.id}", unit="it")
+                    if info.dashboard_url:
+                        bar.write(f"job {self.id}: Dask dashboard at {info.dashboard_url}")
+                info = await self.status(wait=poll, after=info.iteration)
+                if bar is not None:
+                    bar.n = info.iteration
+                    bar.set_postfix_str(f"{info.status} error={info.error:.5f}" if info.error is not None
+                                        else str(info.status), refresh=True)
+        finally:
+            if bar is not None:
+                bar.close()
+        if info.status == JobStatus.cancelled:
+            raise JobCancelled(f"job {self.id} was cancelled: {info.message}", info)
+        if info.status == JobStatus.failed:
+            raise JobFailed(f"job {self.id} failed: {info.message}", info)
+        return info
+
+    async def cancel(self) -> JobInfo:
+        """Cancel the job (a running one stops at its next iteration)."""
+        return _record(JobInfo, (await self.client._request("POST", f"/jobs/{self.id}/cancel",
+                                                            idempotent=True)).json())
+
+    async def _factor(self, factor: str, start: int, stop: int | None) -> np.ndarray:
+        """Download a range in pages of ``PAGE``; the server clips ``stop`` to the factor's length."""
+        axis = 0 if factor == "W" else 1
+        pieces = []
+        while True:
+            requested = PAGE if stop is None else max(0, min(PAGE, stop - start))
+            response = await self.client._request("GET", f"/jobs/{self.id}/factors/{factor}", idempotent=True,
+                                                  params={"start": start, "stop": start + requested, "format": "npy"})
+            pieces.append(_load_npy(response.content))
+            got = pieces[-1].shape[axis]
+            start += got
+            if got < requested or requested == 0 or (stop is not None and start >= stop):
+                return np.concatenate(pieces, axis=axis)
+
+    async def W(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Rows ``start:stop`` of W, shape (rows, n_components), float32 (via .npy transfer)."""
+        return await self._factor("W", start, stop)
+
+    async def H(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Columns ``start:stop`` of H, shape (n_components, columns), float32."""
+        return await self._factor("H", start, stop)
+
+    async def top(self, component: int, top: int = 10) -> dict[str, Any]:
+        """``{"component": c, "rows": [Hit], "columns": [Hit]}``: the heaviest rows and columns."""
+        data = await self.client._get(f"/jobs/{self.id}/components/{component}", top=top)
+        return {"component": data["component"], "rows": _hits(data["rows"]), "columns": _hits(data["columns"])}
+
+    async def similar(self, row: str | int, k: int = 10, axis: str = "rows", least: bool = False) -> list[Hit]:
+        """The rows (or columns, ``axis="columns"``) most (or ``least``) similar to ``row``."""
+        data = await self.client._get(f"/jobs/{self.id}/similar", row=str(row), k=k, axis=axis,
+                                      least=str(least).lower())
+        return _hits(data["hits"])
+
+    async def recommend(self, row: str | int, k: int = 10) -> list[Hit]:
+        """The best-scoring columns the row has no entry for."""
+        return _hits(await self.client._get(f"/jobs/{self.id}/recommend", row=str(row), k=k))
+
+    async def transform(self, rows: Any, similar_k: int = 0) -> tuple[np.ndarray, list[list[Hit]]]:
+        """Coefficients (r, n_components) of new rows, and their ``similar_k`` nearest stored rows.
+
+        ``rows``: a numpy array (r, n_cols) or (n_cols,), a scipy.sparse matrix, or a list whose
+        items are dense lists, ``{"indices": [...], "values": [...]}`` dicts, or lists of column
+        labels (tag lists).
+        """
+        body = {"rows": _rows_payload(rows), "similar_k": similar_k}
+        data = (await self.client._request("POST", f"/jobs/{self.id}/transform", idempotent=True,
+                                           json=body)).json()
+        coefficients = np.asarray(data["coefficients"], dtype=np.float32).reshape(len(body["rows"]), -1)
+        return coefficients, [_hits(h) for h in data["similar"]]
+
+    async def component_png(self, component: int) -> bytes:
+        """PNG bytes of one component drawn as an image (matrices with an image shape)."""
+        return (await self.client._request("GET", f"/jobs/{self.id}/components/{component}.png",
+                                           idempotent=True)).content
+
+    async def loss_png(self) -> bytes:
+        """PNG bytes of the error curve."""
+        return (await self.client._request("GET", f"/jobs/{self.id}/loss.png", idempotent=True)).content
+
+
+def _rows_payload(rows: Any) -> list[Any]:
+    if hasattr(rows, "tocsr"):
+        csr = rows.tocsr()
+        return [{"indices": csr.indices[a:b].tolist(), "values": csr.data[a:b].astype(float).tolist()}
+                for a, b in zip(csr.indptr[:-1], csr.indptr[1:])]
+    if isinstance(rows, np.ndarray):
+        return np.atleast_2d(rows).astype(float).tolist()
+    payload = []
+    for row in rows:
+        if isinstance(row, dict):
+            payload.append(row)
+        elif len(row) and all(isinstance(v, str) for v in row):
+            payload.append({"labels": list(row)})
+        else:
+            payload.append(np.asarray(row, dtype=float).tolist())
+    return payload
+
+
+# --------------------------------------------------------------------------- sync face
+
+
+class _Loop:
+    """A private event loop on a daemon thread that runs the async implementation."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="distnmf-client", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+def _sync(name: str, owner: type) -> Callable[..., Any]:
+    """A blocking method running ``owner.name`` on the client's loop (AsyncJob results become Job)."""
+    async_method = getattr(owner, name)
+
+    @functools.wraps(async_method)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = self._loop.run(async_method(self._impl, *args, **kwargs))
+        return Job(self._loop, result) if isinstance(result, AsyncJob) else result
+
+    return method
+
+
+class Client:
+    """Synchronous client: the same methods as :class:`AsyncClient`, blocking."""
+
+    def __init__(self, url: str, token: str | None = None, **options: Any) -> None:
+        self._loop = _Loop()
+        self._impl = self._loop.run(_make_async_client(url, token, options))
+        self.url = self._impl.url
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._loop.run(self._impl.close())
+        self._loop.stop()
+
+    def job(self, job_id: str) -> Job:
+        return Job(self._loop, self._impl.job(job_id))
+
+    health = _sync("health", AsyncClient)
+    upload = _sync("upload", AsyncClient)
+    register = _sync("register", AsyncClient)
+    matrices = _sync("matrices", AsyncClient)
+    matrix = _sync("matrix", AsyncClient)
+    delete_matrix = _sync("delete_matrix", AsyncClient)
+    submit = _sync("submit", AsyncClient)
+    jobs = _sync("jobs", AsyncClient)
+
+
+async def _make_async_client(url: str, token: str | None, options: dict[str, Any]) -> AsyncClient:
+    return AsyncClient(url, token, **options)
+
+
+class Job:
+    """Synchronous handle on a job: the same methods as :class:`AsyncJob`, blocking."""
+
+    def __init__(self, loop: _Loop, impl: AsyncJob) -> None:
+        self._loop = loop
+        self._impl = impl
+        self.id = impl.id
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    status = _sync("status", AsyncJob)
+    wait = _sync("wait", AsyncJob)
+    cancel = _sync("cancel", AsyncJob)
+    W = _sync("W", AsyncJob)
+    H = _sync("H", AsyncJob)
+    top = _sync("top", AsyncJob)
+    similar = _sync("similar", AsyncJob)
+    recommend = _sync("recommend", AsyncJob)
+    transform = _sync("transform", AsyncJob)
+    component_png = _sync("component_png", AsyncJob)
+    loss_png = _sync("loss_png", AsyncJob)
