@@ -80,10 +80,10 @@ def _stats_task(x: Any, start: int) -> tuple[float, float]:
 
 
 def _hals_task(x: Any, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, sweeps: int, l1: float,
-               l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+               l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, float]]:
     block = materialize(x)
-    W = kernels.hals_update_block(block, W, H, HHt, max_sweeps=sweeps, l1=l1, l2=l2)
-    return W, (kernels.wt_x(W, block).astype(np.float64), (W.T @ W).astype(np.float64))
+    W, violation = kernels.hals_update_block(block, W, H, HHt, max_sweeps=sweeps, l1=l1, l2=l2)
+    return W, (kernels.wt_x(W, block).astype(np.float64), (W.T @ W).astype(np.float64), violation)
 
 
 def _mu_frobenius_task(x: Any, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, l1: float,
@@ -173,11 +173,14 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
     k = config.n_components
     x_norm = math.sqrt(x_sq) or 1.0
     gram_path = config.solver == "hals" or config.beta == 2.0
-    avg_rows, avg_nnz = m / source.n_blocks, source.nnz / source.n_blocks
-    sweeps_w = kernels.accelerated_sweeps(int(avg_rows), n, k, int(avg_nnz))
+    # Sweep budgets from whole-matrix sizes, and a fixed count per block (no per-block early
+    # stop), so the iterates do not depend on how X is split into blocks.
+    sweeps_w = kernels.accelerated_sweeps(m, n, k, source.nnz)
     sweeps_h = kernels.accelerated_sweeps(n, m, k, source.nnz)
     iteration, converged = first_iter, False
-    pending_loss = None  # beta != 2: the loss of the iterate before this one
+    pending_loss = False  # beta != 2: the loss of the final iterate is still to be computed
+    violations: list[float] = []
+    error_at_init = _initial_error(runner, config, x_handles, w_handles, H, x_sq, x_norm, errors)
     while iteration < config.max_iter and not converged:
         iteration += 1
         H_handle = runner.broadcast(H)
@@ -198,23 +201,25 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
         runner.release(w_handles)
         runner.release(H_handle)
         w_handles = new_w
-        if gram_path:
+        if config.solver == "hals":
+            WtX, WtW, violation_w = terms
+            H, violation_h = kernels.hals_update_h(H, WtX, WtW, max_sweeps=sweeps_h, l1=config.l1_H,
+                                                   l2=config.l2_H)
+            errors.append(math.sqrt(kernels.frobenius_error_sq(x_sq, WtX, WtW, H)) / x_norm)
+            violations.append(violation_w + violation_h)
+        elif gram_path:
             WtX, WtW = terms
-            if config.solver == "hals":
-                H = kernels.hals_update_h(H, WtX, WtW, max_sweeps=sweeps_h, l1=config.l1_H, l2=config.l2_H)
-            else:
-                H = kernels.mu_update_h(H, WtX, (WtW @ H.astype(np.float64)), 2.0, l1=config.l1_H,
-                                        l2=config.l2_H)
-            loss = 0.5 * kernels.frobenius_error_sq(x_sq, WtX, WtW, H)
-            errors.append(math.sqrt(2 * loss) / x_norm)
+            H = kernels.mu_update_h(H, WtX, (WtW @ H.astype(np.float64)), 2.0, l1=config.l1_H,
+                                    l2=config.l2_H)
+            errors.append(math.sqrt(kernels.frobenius_error_sq(x_sq, WtX, WtW, H)) / x_norm)
         else:
             numerator, denominator, previous = terms
             H = kernels.mu_update_h(H, numerator, denominator, config.beta, l1=config.l1_H, l2=config.l2_H)
             if iteration > first_iter + 1:
                 errors.append(math.sqrt(2 * max(previous, 0.0)) / x_norm)
             pending_loss = True
-        converged = _converged(errors, config.tol)
-        _report(config, iteration, errors, start_time)
+        converged = _converged(config, errors, violations, error_at_init)
+        _report(config, iteration if gram_path else iteration - 1, errors, start_time)
         if config.checkpoint and iteration % config.checkpoint_every == 0:
             write_checkpoint(runner, config.checkpoint, w_handles, H, source.bounds, iteration, errors,
                              config)
@@ -228,12 +233,38 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
     return FitResult(w_handles, H, iteration, errors, reconstruction_err, converged=converged)
 
 
-def _converged(errors: list[float], tol: float) -> bool:
-    """Stop when the error's relative decrease over the last iteration falls below ``tol``."""
-    if tol <= 0 or len(errors) < 2:
+MU_CHECK_EVERY = 10
+
+
+def _initial_error(runner: Any, config: FitConfig, x_handles: list[Any], w_handles: list[Any],
+                   H: np.ndarray, x_sq: float, x_norm: float, errors: list[float]) -> float:
+    """The relative error of the starting point, which MU's stopping rule is relative to.
+
+    On resume it is the first recorded error; otherwise one pass computes it (MU only).
+    """
+    if config.solver == "hals":
+        return float("nan")
+    if errors:
+        return errors[0]
+    loss = runner.reduce(runner.map("nmf-loss", _divergence_task, x_handles, w_handles,
+                                    shared=(runner.broadcast(H), config.beta)), "nmf-reduce-loss")
+    return math.sqrt(2 * max(loss, 0.0)) / x_norm
+
+
+def _converged(config: FitConfig, errors: list[float], violations: list[float], error_at_init: float) -> bool:
+    """scikit-learn's stopping rules, so ``tol`` means what it means there.
+
+    HALS (as scikit-learn's cd): the projected-gradient violation has fallen below ``tol``
+    times the first iteration's. MU: every 10 iterations, the error decreased by less than
+    ``tol`` times the initial error since the last check.
+    """
+    if config.tol <= 0:
         return False
-    previous, current = errors[-2], errors[-1]
-    return current == 0.0 or (previous - current) / max(previous, 1e-300) < tol
+    if config.solver == "hals":
+        return bool(violations) and (violations[0] == 0 or violations[-1] <= config.tol * violations[0])
+    if len(errors) < MU_CHECK_EVERY + 1 or len(errors) % MU_CHECK_EVERY:
+        return False
+    return (errors[-1 - MU_CHECK_EVERY] - errors[-1]) / max(error_at_init, 1e-300) < config.tol
 
 
 def _report(config: FitConfig, iteration: int, errors: list[float], start_time: float) -> None:

@@ -46,7 +46,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Accelerated HALS (Frobenius loss only) or multiplicative updates (any beta loss).
     beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float, default="frobenius"
     tol : float, default=1e-4
-        Stop when the relative error decreases by less than ``tol`` (relatively) in one iteration.
+        Tolerance of the stopping rule, with scikit-learn's meaning per solver. ``hals`` (like
+        scikit-learn's ``cd``): stop when the projected-gradient violation falls below ``tol``
+        times the first iteration's. ``mu``: stop when, over 10 iterations, the error decreased
+        by less than ``tol`` times the initial error. 0 runs exactly ``max_iter`` iterations.
     max_iter : int, default=200
     random_state : int, RandomState or None
     alpha_W, alpha_H, l1_ratio : regularization with scikit-learn's meaning and scaling
@@ -266,7 +269,7 @@ def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, beta: float, solver: s
     W = np.full((block.shape[0], k), avg, dtype=np.float32)
     if solver == "hals":
         XHt = kernels.x_ht(block, H)
-        kernels.hals_sweeps(W, XHt, HHt, max_sweeps=max_iter, inner_tol=np.sqrt(tol) * 0.1)
+        kernels.hals_sweeps(W, XHt, HHt, max_sweeps=max_iter, inner_tol=tol)
         return W
     for _ in range(max_iter):
         previous = W

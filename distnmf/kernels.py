@@ -111,21 +111,46 @@ def accelerated_sweeps(n_rows: int, n_cols: int, k: int, nnz: int | None = None,
     return int(max(1, min(cap, 1 + np.floor(alpha * rho))))
 
 
+def projected_gradient_l1(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, l1: float = 0.0,
+                          l2: float = 0.0) -> float:
+    """Σ |projected gradient| of the objective in W: scikit-learn cd's "violation".
+
+    The gradient is ``W HHt - XHt + l1 + l2 W``; where W is 0 only its negative part counts.
+    """
+    grad = W @ HHt - XHt
+    if l1:
+        grad += l1
+    if l2:
+        grad += l2 * W
+    return float(np.abs(np.where(W > 0, grad, np.minimum(grad, 0))).sum(dtype=np.float64))
+
+
 def hals_update_block(X: Block, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, *, max_sweeps: int,
-                      l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
-    """HALS update of one row block W_i given X_i, H and H H^T; returns the new W_i (m_i, k)."""
+                      l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, float]:
+    """HALS update of one row block W_i given X_i, H and H H^T.
+
+    Exactly ``max_sweeps`` sweeps, so the result does not depend on how rows are blocked.
+    Returns the new W_i (m_i, k) and the projected-gradient violation before the update.
+    """
     W = np.array(W, dtype=np.float32, copy=True)
-    hals_sweeps(W, x_ht(X, H), HHt, max_sweeps=max_sweeps, l1=l1, l2=l2)
-    return W
+    XHt = x_ht(X, H)
+    violation = projected_gradient_l1(W, XHt, HHt, l1, l2)
+    hals_sweeps(W, XHt, HHt, max_sweeps=max_sweeps, inner_tol=0.0, l1=l1, l2=l2)
+    return W, violation
 
 
 def hals_update_h(H: np.ndarray, WtX: np.ndarray, WtW: np.ndarray, *, max_sweeps: int,
-                  l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
-    """HALS update of H (k, n) from the reduced W^T X (k, n) and W^T W (k, k)."""
+                  l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, float]:
+    """HALS update of H (k, n) from the reduced W^T X (k, n) and W^T W (k, k).
+
+    Returns the new H and the projected-gradient violation before the update.
+    """
     Ht = np.array(H.T, dtype=np.float32, order="C", copy=True)
-    hals_sweeps(Ht, np.ascontiguousarray(WtX.T, dtype=np.float32), WtW.astype(np.float32),
-                max_sweeps=max_sweeps, l1=l1, l2=l2)
-    return np.ascontiguousarray(Ht.T)
+    XtW = np.ascontiguousarray(WtX.T, dtype=np.float32)
+    WtW = WtW.astype(np.float32)
+    violation = projected_gradient_l1(Ht, XtW, WtW, l1, l2)
+    hals_sweeps(Ht, XtW, WtW, max_sweeps=max_sweeps, l1=l1, l2=l2)
+    return np.ascontiguousarray(Ht.T), violation
 
 
 def frobenius_error_sq(x_sq: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray) -> float:

@@ -1,0 +1,120 @@
+"""Each block kernel against a direct numpy (or scikit-learn) reference on small data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from sklearn.decomposition._nmf import _beta_divergence, _multiplicative_update_h, _multiplicative_update_w
+
+from distnmf import kernels
+
+
+@pytest.fixture
+def problem():
+    rng = np.random.default_rng(0)
+    X = rng.random((40, 25)).astype(np.float32)
+    W = rng.random((40, 4)).astype(np.float32)
+    H = rng.random((4, 25)).astype(np.float32)
+    return X, W, H
+
+
+def reference_hals_sweep(X, W, H, l1=0.0, l2=0.0):
+    """One HALS sweep written out from the definition: each column solves its 1-D problem."""
+    W = W.astype(np.float64).copy()
+    H = H.astype(np.float64)
+    for j in range(W.shape[1]):
+        residual = X - W @ H + np.outer(W[:, j], H[j])
+        W[:, j] = np.maximum((residual @ H[j] - l1) / (H[j] @ H[j] + l2), 0)
+    return W
+
+
+@pytest.mark.parametrize("l1,l2", [(0.0, 0.0), (0.3, 0.0), (0.0, 2.0)])
+def test_hals_sweep_matches_definition(problem, l1, l2):
+    X, W, H = problem
+    got, sweeps = kernels.hals_sweeps(W.copy(), kernels.x_ht(X, H), H @ H.T, max_sweeps=1, l1=l1, l2=l2)
+    assert sweeps == 1
+    np.testing.assert_allclose(got, reference_hals_sweep(X, W, H, l1, l2), rtol=1e-4, atol=1e-5)
+
+
+def test_hals_inner_sweeps_decrease_objective(problem):
+    X, W, H = problem
+    XHt, HHt = kernels.x_ht(X, H), H @ H.T
+    losses = []
+    for _ in range(5):
+        kernels.hals_sweeps(W, XHt, HHt, max_sweeps=1)
+        losses.append(np.linalg.norm(X - W @ H))
+    assert all(b <= a + 1e-5 for a, b in zip(losses, losses[1:]))
+
+
+def test_hals_update_h_is_the_transposed_problem(problem):
+    X, W, H = problem
+    got, _ = kernels.hals_update_h(H, kernels.wt_x(W, X), W.T @ W, max_sweeps=1)
+    np.testing.assert_allclose(got, reference_hals_sweep(X.T, H.T, W.T).T, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_products_and_stats(problem, sparse):
+    X, W, H = problem
+    Xs = sp.csr_array(np.where(X > 0.5, X, 0)) if sparse else X
+    dense = Xs.toarray() if sparse else X
+    np.testing.assert_allclose(kernels.x_ht(Xs, H), dense @ H.T, rtol=1e-5)
+    np.testing.assert_allclose(kernels.wt_x(W, Xs), W.T @ dense, rtol=1e-5)
+    sq, total = kernels.block_stats(Xs)
+    assert sq == pytest.approx(float((dense.astype(np.float64) ** 2).sum()))
+    assert total == pytest.approx(float(dense.sum(dtype=np.float64)))
+
+
+def test_frobenius_error_without_forming_wh(problem):
+    X, W, H = problem
+    sq, _ = kernels.block_stats(X)
+    got = kernels.frobenius_error_sq(sq, kernels.wt_x(W, X), W.T @ W, H)
+    expected = np.linalg.norm(X.astype(np.float64) - W.astype(np.float64) @ H) ** 2
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.0, 0.0, 1.5])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_mu_updates_match_scikit_learn(problem, beta, sparse):
+    X, W, H = problem
+    if sparse and beta <= 0:
+        pytest.skip("scikit-learn rejects zeros in X for beta <= 0")
+    Xs = sp.csr_array(np.where(X > 0.3, X, 0)) if sparse else X
+    Xsk = sp.csr_matrix(Xs) if sparse else X
+    gamma = kernels.mu_gamma(beta)
+    W_ref, *_ = _multiplicative_update_w(Xsk, W.astype(np.float64).copy(), H.astype(np.float64), beta, 0, 0, gamma)
+    W_got = kernels.mu_update_block(Xs, W, H, beta)
+    np.testing.assert_allclose(W_got, W_ref, rtol=2e-4)
+    H_ref = _multiplicative_update_h(Xsk, W_ref, H.astype(np.float64).copy(), beta, 0, 0, gamma)
+    if beta == 2.0:
+        num, den = kernels.wt_x(W_got, Xs), (W_got.T @ W_got) @ H
+    else:
+        num, den = kernels.mu_h_terms(Xs, W_got, H, beta)
+    np.testing.assert_allclose(kernels.mu_update_h(H, num, den, beta), H_ref, rtol=5e-4)
+
+
+@pytest.mark.parametrize("beta", [2.0, 1.0, 0.0, 1.5])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_beta_divergence_sums_over_blocks(problem, beta, sparse):
+    X, W, H = problem
+    if sparse and beta <= 0:
+        pytest.skip("scikit-learn rejects zeros in X for beta <= 0")
+    Xs = sp.csr_array(np.where(X > 0.3, X, 0)) if sparse else X
+    Xsk = sp.csr_matrix(Xs) if sparse else X
+    expected = _beta_divergence(Xsk, W.astype(np.float64), H.astype(np.float64), beta)
+    blocks = [(slice(0, 15)), slice(15, 40)]
+    got = sum(kernels.beta_divergence_block(Xs[b], W[b], H, beta) for b in blocks)
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_accelerated_sweep_budget():
+    assert kernels.accelerated_sweeps(1000, 4096, 50) > 1  # X_i H^T dominates: reuse it
+    assert kernels.accelerated_sweeps(1000, 10, 50) == 1  # sweeps cost as much as X_i H^T
+    assert kernels.accelerated_sweeps(10**6, 10**6, 5, cap=10) == 10
+
+
+def test_projected_gradient_counts_only_feasible_directions():
+    W = np.array([[0.0, 1.0]], dtype=np.float32)
+    HHt = np.eye(2, dtype=np.float32)
+    XHt = np.array([[-2.0, 3.0]], dtype=np.float32)  # gradient (2, -2): W[0,0]=0 can't decrease
+    assert kernels.projected_gradient_l1(W, XHt, HHt) == pytest.approx(2.0)
