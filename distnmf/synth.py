@@ -262,7 +262,8 @@ def _blobs(rng: np.random.Generator, n_parts: int, h: int, w: int) -> np.ndarray
         dy, dx = y - cy, x - cx
         u = dx * np.cos(angle) + dy * np.sin(angle)
         v = -dx * np.sin(angle) + dy * np.cos(angle)
-        parts[k] = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2)).ravel()
+        blob = np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2)).ravel()
+        parts[k] = blob / blob.max()
     return parts
 
 
