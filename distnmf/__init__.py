@@ -10,6 +10,7 @@ from typing import Any
 _LAZY = {
     "NMF": "distnmf.estimator",
     "fold_in": "distnmf.estimator",
+    "factorize": "distnmf.factorize",
     "Factors": "distnmf.factors",
     "open_factors": "distnmf.factors",
     "save_factors": "distnmf.factors",

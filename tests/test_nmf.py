@@ -304,3 +304,30 @@ def test_resume_rejects_a_checkpoint_of_another_shape(tmp_path):
         distnmf.NMF(4, resume=tmp_path / "c.zarr").fit(X)
     with pytest.raises(FileNotFoundError):
         distnmf.NMF(3, resume=tmp_path / "nope.zarr").fit(X)
+
+
+def test_factorize_writes_a_complete_factors_store(tmp_path):
+    X, _, _ = planted(200, 30, 3, noise=0.01, seed=17)
+    store = distnmf.save_matrix(X, tmp_path / "x.zarr", row_labels=[f"r{i}" for i in range(200)],
+                                col_labels=[f"c{j}" for j in range(30)], attrs={"image_shape": [5, 6]},
+                                chunk_rows=64)
+    seen = []
+    factors = distnmf.factorize(store.path, tmp_path / "f.zarr", n_components=3, max_iter=30, random_state=0,
+                                callback=lambda *args: seen.append(args))
+    reference = distnmf.NMF(3, max_iter=30, random_state=0).fit(store)
+    np.testing.assert_allclose(factors.H, reference.components_, rtol=1e-5)
+    assert factors.read_W().shape == (200, 3) and factors.image_shape == (5, 6)
+    assert factors.row_labels[5] == "r5" and factors.col_labels[29] == "c29"
+    assert factors.attrs["params"]["n_components"] == 3 and factors.attrs["source"] == str(store.path)
+    assert factors.error_history == pytest.approx(reference.error_history_) and len(seen) == reference.n_iter_
+
+
+def test_factorize_leaves_nothing_when_aborted(tmp_path):
+    X, _, _ = planted(100, 20, 3, seed=18)
+
+    def abort(iteration, error, elapsed):
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        distnmf.factorize(X, tmp_path / "f.zarr", n_components=3, callback=abort)
+    assert list(tmp_path.iterdir()) == []
