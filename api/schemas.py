@@ -69,6 +69,7 @@ class Health(BaseModel):
     n_workers: int
     dashboard_url: str | None
     auth: bool = Field(description="Whether requests need a bearer token.")
+    limits: dict[str, int] = Field(description="Upload size, n_components, max_iter, k, download range, ...")
 
 
 # --------------------------------------------------------------------------- matrices

@@ -8,6 +8,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+LIMITS = ("max_upload_bytes", "max_components", "max_iter", "max_k", "max_range", "max_transform_rows")
+
+
 class Settings(BaseSettings):
     """Everything the service can be configured with; each field is ``DISTNMF_<NAME>``."""
 
@@ -25,9 +28,12 @@ class Settings(BaseSettings):
     max_range: int = Field(2**22, ge=1, description="Most rows (W) or columns (H) in one factor download.")
     max_transform_rows: int = Field(10_000, ge=1, description="Most rows in one transform request.")
 
-    def limit_error(self, name: str, value: int) -> str | None:
-        """A message naming the limit ``name`` when ``value`` exceeds it, else None."""
+    def limit_error(self, name: str, what: str, value: int) -> str | None:
+        """A message naming the limit ``name`` when ``value`` (of ``what``) exceeds it, else None."""
         limit = getattr(self, name)
         if value <= limit:
             return None
-        return f"{value} exceeds the limit {name}={limit} (set DISTNMF_{name.upper()} to change it)"
+        return f"{what}={value} exceeds the limit {name}={limit} (set DISTNMF_{name.upper()} to change it)"
+
+    def limits(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in LIMITS}

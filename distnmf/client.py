@@ -200,6 +200,13 @@ class AsyncClient:
         self.retries = retries
         self.backoff = backoff
         self._http = httpx.AsyncClient(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout)
+        self._page: int | None = None
+
+    async def _download_page(self) -> int:
+        """Rows per factor download: ``PAGE``, or less if the service's max_range is lower."""
+        if self._page is None:
+            self._page = min(PAGE, int((await self.health())["limits"]["max_range"]))
+        return self._page
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -351,11 +358,12 @@ class AsyncJob:
                                                             idempotent=True)).json())
 
     async def _factor(self, factor: str, start: int, stop: int | None) -> np.ndarray:
-        """Download a range in pages of ``PAGE``; the server clips ``stop`` to the factor's length."""
+        """Download a range in pages; the server clips ``stop`` to the factor's length."""
         axis = 0 if factor == "W" else 1
+        page = await self.client._download_page()
         pieces = []
         while True:
-            requested = PAGE if stop is None else max(0, min(PAGE, stop - start))
+            requested = page if stop is None else max(0, min(page, stop - start))
             response = await self.client._request("GET", f"/jobs/{self.id}/factors/{factor}", idempotent=True,
                                                   params={"start": start, "stop": start + requested, "format": "npy"})
             pieces.append(_load_npy(response.content))

@@ -15,4 +15,4 @@ router = APIRouter(tags=["health"])
 def health(cluster: ClusterDep, settings: SettingsDep) -> Health:
     """Status, the scheduler address, the number of workers and the dashboard URL (no auth)."""
     return Health(version=__version__, scheduler=cluster.address, n_workers=cluster.n_workers(),
-                  dashboard_url=cluster.dashboard_url, auth=settings.api_token is not None)
+                  dashboard_url=cluster.dashboard_url, auth=settings.api_token is not None, limits=settings.limits())

@@ -31,9 +31,10 @@ def submit_job(body: SubmitJob, store: StoreDep, runner: RunnerDep, settings: Se
     With a ``job_id``, submitting the same body again returns the same job (safe to retry);
     the same ``job_id`` with another body is a 409.
     """
-    for limit, value in (("max_components", body.n_components), ("max_iter", body.max_iter)):
-        if message := settings.limit_error(limit, value):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{limit.removeprefix('max_')}: {message}")
+    for limit, what, value in (("max_components", "n_components", body.n_components),
+                               ("max_iter", "max_iter", body.max_iter)):
+        if message := settings.limit_error(limit, what, value):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
     matrix = store.get_matrix(body.matrix_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {body.matrix_id!r}")

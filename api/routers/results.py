@@ -37,8 +37,8 @@ def unprocessable(detail: str) -> HTTPException:
 
 
 def _check_k(settings: Settings, name: str, value: int) -> None:
-    if message := settings.limit_error("max_k", value):
-        raise unprocessable(f"{name}: {message}")
+    if message := settings.limit_error("max_k", name, value):
+        raise unprocessable(message)
 
 
 @contextmanager
@@ -50,6 +50,16 @@ def _query_errors() -> Iterator[None]:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except ValueError as exc:
         raise unprocessable(str(exc)) from None
+
+
+def _resolve(labels: np.ndarray | None, key: str, n: int, axis_name: str) -> int:
+    """A label, else (for a string of digits that is no label) an index."""
+    try:
+        return analysis.resolve_index(labels, key, n, axis_name)
+    except analysis.UnknownLabelError:
+        if key.strip().isdigit():
+            return analysis.resolve_index(labels, int(key), n, axis_name)
+        raise
 
 
 def _hits(hits: Sequence[analysis.Hit]) -> list[Hit]:
@@ -71,8 +81,8 @@ def get_factor(factor: Factor, factors: FactorsDep, settings: SettingsDep,
     if start > stop:
         raise unprocessable(f"start={start} is past the end of the range (stop={stop}; {factor} has {n} "
                             f"{'rows' if factor == Factor.W else 'columns'})")
-    if message := settings.limit_error("max_range", stop - start):
-        raise unprocessable(f"range length: {message}; download it in several ranges")
+    if message := settings.limit_error("max_range", "stop - start", stop - start):
+        raise unprocessable(f"{message}; download it in several ranges")
     if format == FactorFormat.npy:
         return StreamingResponse(factor_io.stream_npy(factors, factor, start, stop),
                                  media_type="application/octet-stream",
@@ -123,14 +133,14 @@ def get_component(factors: FactorsDep, settings: SettingsDep, component: Annotat
 
 @router.get("/similar", response_model=Similar, responses=QUERY_ERRORS)
 def get_similar(factors: FactorsDep, settings: SettingsDep,
-                row: Annotated[str, Query(min_length=1, max_length=1000, description="A label or an index")],
+                row: Annotated[str, Query(min_length=1, max_length=1000, description="A label, or an index")],
                 k: Annotated[int, Query(ge=1)] = 10, axis: Axis = Axis.rows, least: bool = False) -> Similar:
     """The rows (cosine on W) or columns (cosine on H^T) most (or least) similar to one of them."""
     _check_k(settings, "k", k)
     labels = factors.row_labels if axis == Axis.rows else factors.col_labels
     n = factors.shape[0] if axis == Axis.rows else factors.shape[1]
     with _query_errors():
-        index = analysis.resolve_index(labels, row, n, axis.value[:-1])
+        index = _resolve(labels, row, n, axis.value[:-1])
         hits = analysis.similar(factors, index, k=min(k, n - 1), axis=axis.value, least=least)
     return Similar(index=index, label=None if labels is None else str(labels[index]), axis=axis, least=least,
                    hits=_hits(hits))
@@ -138,7 +148,7 @@ def get_similar(factors: FactorsDep, settings: SettingsDep,
 
 @router.get("/recommend", response_model=list[Hit], responses=QUERY_ERRORS)
 def get_recommendations(job: JobDep, factors: FactorsDep, store: StoreDep, settings: SettingsDep,
-                        row: Annotated[str, Query(min_length=1, max_length=1000, description="A label or an index")],
+                        row: Annotated[str, Query(min_length=1, max_length=1000, description="A label, or an index")],
                         k: Annotated[int, Query(ge=1)] = 10) -> list[Hit]:
     """The best-scoring columns (W_i H) the row has no entry for."""
     _check_k(settings, "k", k)
@@ -146,15 +156,16 @@ def get_recommendations(job: JobDep, factors: FactorsDep, store: StoreDep, setti
     if matrix is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"matrix {job['matrix_id']} of this job was deleted")
     with _query_errors():
-        return _hits(analysis.recommend(factors, settings.data_dir / matrix["path"], row,
+        index = _resolve(factors.row_labels, row, factors.shape[0], "row")
+        return _hits(analysis.recommend(factors, settings.data_dir / matrix["path"], index,
                                         k=min(k, factors.shape[1])))
 
 
 @router.post("/transform", response_model=TransformResult, responses=QUERY_ERRORS)
 def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep) -> TransformResult:
     """Coefficients of new rows (dense, sparse or tag lists) with H fixed, and their nearest rows."""
-    if message := settings.limit_error("max_transform_rows", len(body.rows)):
-        raise unprocessable(f"rows: {message}")
+    if message := settings.limit_error("max_transform_rows", "len(rows)", len(body.rows)):
+        raise unprocessable(message)
     _check_k(settings, "similar_k", body.similar_k)
     X = _new_rows(body.rows, factors)
     with _query_errors():

@@ -1,0 +1,253 @@
+"""The service end to end: real uvicorn on a loopback port, a real LocalCluster, the Python client."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from api.server import BackgroundServer
+from api.settings import Settings
+from distnmf import analysis
+from distnmf.client import BadRequest, Client, Conflict, InvalidRequest, JobCancelled, NotFound, \
+    PayloadTooLarge, Unauthorized
+from distnmf.factors import open_factors
+from distnmf.store import MatrixWriter
+from distnmf.synth import tag_set
+
+LIMITS = {"max_components": 40, "max_k": 50, "max_range": 100, "max_upload_bytes": 400_000}
+
+
+def pixel_rows(n: int = 240, seed: int = 0) -> np.ndarray:
+    """Images of 6x6 pixels mixed from 4 planted parts: shape (n, 36)."""
+    rng = np.random.default_rng(seed)
+    parts = np.zeros((4, 6, 6), dtype=np.float32)
+    parts[0, :3, :3] = parts[1, :3, 3:] = parts[2, 3:, :3] = parts[3, 3:, 3:] = 1
+    coefficients = rng.gamma(1.0, 1.0, size=(n, 4)) * (rng.random((n, 4)) < 0.6)
+    return (coefficients @ parts.reshape(4, -1) + 0.01 * rng.random((n, 36))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def service(dask_cluster, tmp_path_factory) -> Iterator[tuple[str, Settings]]:
+    data_dir = tmp_path_factory.mktemp("service-data")
+    settings = Settings(data_dir=data_dir, scheduler=dask_cluster.scheduler_address, **LIMITS)
+    with BackgroundServer(settings) as server:
+        yield server.url, settings
+
+
+@pytest.fixture(scope="module")
+def client(service) -> Iterator[Client]:
+    with Client(service[0]) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def pixels(client):
+    X = pixel_rows()
+    matrix = client.upload(X, name="pixels", row_labels=[f"img{i:03d}" for i in range(len(X))], image_shape=(6, 6))
+    return X, matrix
+
+
+@pytest.fixture(scope="module")
+def tags(client, service):
+    tag_set(service[1].data_dir / "stores" / "tags.zarr", n_items=300, n_tags=120, n_assignments=3000,
+            n_topics=4, topic_size=8, seed=1)
+    return client.register("stores/tags.zarr", name="tags")
+
+
+def test_health(client, dask_cluster) -> None:
+    health = client.health()
+    assert health["status"] == "ok"
+    assert health["scheduler"] == dask_cluster.scheduler_address
+    assert health["n_workers"] == 2
+    assert health["dashboard_url"].startswith("http://127.0.0.1:")
+    assert health["auth"] is False
+
+
+def test_full_flow_matches_library(client, service, pixels, tags) -> None:
+    X, matrix = pixels
+    assert matrix.shape == X.shape and matrix.image_shape == [6, 6] and matrix.has_row_labels
+    assert {m.id for m in client.matrices()} >= {matrix.id, tags.id}
+    job = client.submit(matrix, n_components=4, random_state=0, max_iter=60)
+    info = job.wait(progress=False, timeout=120)
+    assert info.status == "succeeded" and info.iteration == len(info.error_history) > 0
+    assert info.error == info.error_history[-1] < 0.2
+    assert [j.id for j in client.jobs(status="succeeded")].count(job.id) == 1
+
+    factors = open_factors(service[1].data_dir / "factors" / f"{job.id}.zarr")
+    np.testing.assert_array_equal(job.W(), factors.read_W())
+    np.testing.assert_array_equal(job.W(10, 20), factors.read_W(10, 20))
+    np.testing.assert_array_equal(job.H(), factors.H)
+    np.testing.assert_allclose(info.error_history, factors.error_history, rtol=1e-6)
+    relative = np.linalg.norm(X - factors.read_W() @ factors.H) / np.linalg.norm(X)
+    assert relative == pytest.approx(info.error, rel=1e-2)
+
+    top = job.top(1, top=5)
+    expected = analysis.top_components(factors, 1, top=5)
+    assert [(h.index, h.label) for h in top["rows"]] == [(h.index, h.label) for h in expected["rows"]]
+    assert [h.index for h in top["columns"]] == [h.index for h in expected["columns"]]
+
+    hits = job.similar("img007", k=5)
+    assert [(h.index, h.label) for h in hits] == [(h.index, h.label) for h in analysis.similar(factors, 7, k=5)]
+    assert job.similar(7, k=3, least=True)[0].score <= hits[-1].score
+    assert len(job.similar(3, k=4, axis="columns")) == 4
+
+    coefficients, near = job.transform(X[:3], similar_k=2)
+    library, library_near = analysis.fold_in(factors, X[:3], similar_k=2)
+    np.testing.assert_allclose(coefficients, library, rtol=1e-4, atol=1e-5)
+    assert [h.index for h in near[0]] == [h.index for h in library_near[0]]
+
+    assert job.component_png(0).startswith(b"\x89PNG")
+    assert job.loss_png().startswith(b"\x89PNG")
+
+    raw = httpx.get(f"{service[0]}/api/v1/jobs/{job.id}/factors/W", params={"start": 5, "stop": 8}).json()
+    assert raw["shape"] == [3, 4]
+    np.testing.assert_allclose(raw["data"], factors.read_W(5, 8), rtol=1e-6)
+
+    tag_job = client.submit(tags, n_components=4, random_state=0, max_iter=40)
+    tag_job.wait(progress=False, timeout=120)
+    tag_factors = open_factors(service[1].data_dir / "factors" / f"{tag_job.id}.zarr")
+    recommended = tag_job.recommend("item005", k=5)
+    expected_hits = analysis.recommend(tag_factors, service[1].data_dir / "stores" / "tags.zarr", "item005", k=5)
+    assert [(h.index, h.label) for h in recommended] == [(h.index, h.label) for h in expected_hits]
+    labels = list(tag_factors.col_labels[:3])
+    by_label, _ = tag_job.transform([labels, {"indices": [0, 1, 2]}])
+    np.testing.assert_allclose(by_label[0], by_label[1], rtol=1e-5)
+
+
+def test_cancel_running_job(client, pixels) -> None:
+    job = client.submit(pixels[1], n_components=4, max_iter=5000, tol=0.0, init="random", random_state=0)
+    info = job.status()
+    deadline = time.monotonic() + 60
+    while info.iteration < 2 and time.monotonic() < deadline:
+        info = job.status(wait=5, after=info.iteration)
+    assert info.status == "running"
+    job.cancel()
+    start = time.monotonic()
+    with pytest.raises(JobCancelled):
+        job.wait(progress=False, timeout=30)
+    assert time.monotonic() - start < 5
+    with pytest.raises(Conflict, match="cancelled"):
+        job.W()
+
+
+def test_idempotent_submission(client, pixels) -> None:
+    first = client.submit(pixels[1], n_components=2, max_iter=5, job_id="same-job")
+    again = client.submit(pixels[1], n_components=2, max_iter=5, job_id="same-job")
+    assert first.id == again.id == "same-job"
+    with pytest.raises(Conflict, match="different body"):
+        client.submit(pixels[1], n_components=3, max_iter=5, job_id="same-job")
+    first.wait(progress=False, timeout=60)
+
+
+def test_unknown_ids_are_404(client, service) -> None:
+    with pytest.raises(NotFound):
+        client.matrix("nope")
+    with pytest.raises(NotFound):
+        client.job("nope").status()
+    with pytest.raises(NotFound):
+        client.submit("nope", n_components=2)
+    response = httpx.get(f"{service[0]}/api/v1/jobs/nope/factors/W")
+    assert response.status_code == 404 and "nope" in response.json()["detail"]
+
+
+def test_invalid_bodies_are_422(client, service, pixels) -> None:
+    url = f"{service[0]}/api/v1/jobs"
+    for body in ({"matrix_id": pixels[1].id, "n_components": 0},
+                 {"matrix_id": pixels[1].id, "n_components": 2, "solver": "magic"},
+                 {"matrix_id": pixels[1].id, "n_components": 2, "unknown": 1},
+                 {"matrix_id": pixels[1].id, "n_components": 2, "solver": "hals", "beta_loss": "kullback-leibler"},
+                 {"n_components": 2}):
+        response = httpx.post(url, json=body)
+        assert response.status_code == 422, body
+    with pytest.raises(InvalidRequest, match="min"):
+        client.submit(pixels[1], n_components=37)
+    response = httpx.post(f"{service[0]}/api/v1/matrices", json={"path": 3})
+    assert response.status_code == 422
+
+
+def test_limits(client, service, pixels) -> None:
+    with pytest.raises(InvalidRequest, match="n_components=41 exceeds the limit max_components=40"):
+        client.submit(pixels[1], n_components=41)
+    job = client.submit(pixels[1], n_components=3, max_iter=5, random_state=0)
+    job.wait(progress=False, timeout=60)
+    with pytest.raises(InvalidRequest, match="max_k=50"):
+        job.similar(0, k=51)
+    response = httpx.get(f"{service[0]}/api/v1/jobs/{job.id}/factors/W", params={"start": 0, "stop": 150})
+    assert response.status_code == 422 and "max_range=100" in response.json()["detail"]
+    assert job.W().shape == (240, 3)  # the client downloads in pages of max_range rows
+    with pytest.raises(PayloadTooLarge, match="max_upload_bytes"):
+        client.upload(np.ones((1000, 120), dtype=np.float32))
+
+
+def test_paths_outside_the_data_dir_are_400(client, service, tmp_path) -> None:
+    data_dir = service[1].data_dir
+    outside = tmp_path / "secret.npy"
+    np.save(outside, np.ones((4, 4), dtype=np.float32))
+    os.symlink(tmp_path, data_dir / "link-out")
+    store = data_dir / "escape.zarr"
+    store.mkdir()
+    os.symlink(outside, store / "X")
+    for path in ("../secret.npy", "a/../../secret.npy", str(outside), "/etc/passwd", "link-out/secret.npy",
+                 "escape.zarr"):
+        with pytest.raises(BadRequest):
+            client.register(path, format="npy" if path.endswith(".npy") else "zarr")
+
+
+def test_negative_values_are_422_with_the_reason(client, service) -> None:
+    with MatrixWriter(service[1].data_dir / "negative.zarr", n_cols=3, validate=False) as writer:
+        writer.append(np.array([[1, 2, 3], [4, -5, 6]], dtype=np.float32))
+    with pytest.raises(InvalidRequest, match=r"negative value \(-5.0\) at row 1, column 1"):
+        client.register("negative.zarr")
+    with pytest.raises(InvalidRequest, match="negative"):
+        client.upload(np.array([[1.0, -1.0]]))
+
+
+def test_auth(dask_cluster, tmp_path) -> None:
+    settings = Settings(data_dir=tmp_path, scheduler=dask_cluster.scheduler_address, api_token="s3cret")
+    with BackgroundServer(settings) as server:
+        assert httpx.get(f"{server.url}/api/v1/health").status_code == 200
+        assert httpx.get(f"{server.url}/docs").status_code == 200
+        for token in (None, "wrong"):
+            with Client(server.url, token=token) as client, pytest.raises(Unauthorized):
+                client.matrices()
+        response = httpx.get(f"{server.url}/api/v1/jobs", headers={"Authorization": "Bearer wrong"})
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+        with Client(server.url, token="s3cret") as client:
+            assert client.matrices() == []
+            assert client.health()["auth"] is True
+
+
+def test_factors_of_unfinished_job_are_409(client, pixels) -> None:
+    job = client.submit(pixels[1], n_components=3, max_iter=5000, tol=0.0, init="random")
+    with pytest.raises(Conflict):
+        job.H()
+    job.cancel()
+    with pytest.raises(JobCancelled):
+        job.wait(progress=False, timeout=30)
+
+
+def test_openapi_has_examples_for_every_body(service) -> None:
+    schema = httpx.get(f"{service[0]}/openapi.json").json()
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            for media, content in operation.get("requestBody", {}).get("content", {}).items():
+                schema_ref = content.get("schema", {}).get("$ref", "")
+                component = schema["components"]["schemas"].get(schema_ref.rsplit("/", 1)[-1], {})
+                assert content.get("examples") or component.get("examples"), (method, path, media)
+
+
+def test_delete_matrix(client, service) -> None:
+    matrix = client.upload(np.ones((5, 4)), name="scratch")
+    store = service[1].data_dir / "matrices" / f"{matrix.id}.zarr"
+    assert store.exists()
+    client.delete_matrix(matrix)
+    assert not store.exists()
+    with pytest.raises(NotFound):
+        client.matrix(matrix.id)
+    assert Path(service[1].data_dir / "distnmf.sqlite").exists()
