@@ -148,6 +148,7 @@ def fit(
     scheduler: SchedulerOpt = None,
     results: Annotated[Path | None, typer.Option("--out", help="Where to write the factors. "
                                                  "Default: STORE's name with .nmf-k<K>.zarr.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing factors store.")] = False,
 ) -> None:
     """Factorize a matrix store X ≈ W H and write W, H, labels and the error history.
 
@@ -158,6 +159,11 @@ def fit(
 
     matrix = open_matrix(store)
     target = results or store.with_name(f"{store.name.removesuffix('.zarr')}.nmf-k{k}.zarr")
+    if not 1 <= k <= min(matrix.shape):
+        raise ValueError(f"-k must be in 1..{min(matrix.shape)} for a {matrix.shape[0]}x{matrix.shape[1]} "
+                         f"matrix, got n_components={k}")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
     params = _fit_params(solver, init, beta_loss, max_iter, tol, random_state)
     started = time.perf_counter()
     with _cluster(scheduler), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -168,7 +174,7 @@ def fit(
         def report(iteration: int, relative_error: float, elapsed: float) -> None:
             progress.update(task, completed=iteration, error=f"{relative_error:.5g}")
 
-        factors = factorize(store, target, n_components=k, callback=report, **params)
+        factors = factorize(matrix, target, n_components=k, callback=report, overwrite=overwrite, **params)
         progress.update(task, total=max(1, int(factors.attrs.get("n_iter", max_iter))),
                         completed=max(1, int(factors.attrs.get("n_iter", max_iter))))
     history = factors.error_history

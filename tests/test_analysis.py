@@ -161,3 +161,21 @@ def test_resolve_index_labels_and_errors():
         analysis.resolve_index(labels, "cats", 3, "row")
     with pytest.raises(IndexError):
         analysis.resolve_index(labels, -1, 3, "column")
+
+
+@pytest.mark.parametrize("params", [{}, {"solver": "mu", "beta_loss": "kullback-leibler"}])
+def test_fold_in_uses_the_fit_and_finds_the_row_itself(data, tmp_path, params):
+    from distnmf import factorize
+
+    X, _, _, matrix, _ = data
+    factors = factorize(matrix, tmp_path / "fit.zarr", n_components=K, max_iter=80, random_state=0, **params)
+    assert factors.attrs["params"].get("beta_loss", "frobenius") == params.get("beta_loss", "frobenius")
+    rows = [2, 30]
+    W_new, neighbours = analysis.fold_in(factors, sp.csr_array(X[rows]), similar_k=2)
+    stored = factors.read_W()[rows]
+    np.testing.assert_allclose(W_new, stored, rtol=0.1, atol=0.1)
+    cosine = (analysis.normalize_rows(W_new) * analysis.normalize_rows(stored)).sum(axis=1)
+    assert (cosine > 0.95).all()
+    assert all(len(hits) == 2 and hits[0].score >= c - 1e-5 for hits, c in zip(neighbours, cosine))
+    if not params:  # the exact Frobenius fold-in lands on the stored row itself
+        assert [n[0].label for n in neighbours] == ["r2", "r30"]

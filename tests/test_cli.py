@@ -106,7 +106,8 @@ def results(store, tmp_path_factory):
 
 @pytest.mark.parametrize(("args", "message"), [
     (["fit", "{tmp}/missing.zarr", "-k", "3"], "no matrix store at"),
-    (["fit", "{store}", "-k", "50"], "n_components=50"),
+    (["fit", "{store}", "-k", "50"], "-k must be in 1..20 for a 30x20 matrix"),
+    (["fit", "{store}", "-k", "2", "--out", "{results}"], "already exists; pass --overwrite"),
     (["top", "{tmp}/missing.zarr"], "no factors store at"),
     (["top", "{results}", "--component", "9"], "component must be an integer in 0..2"),
     (["similar", "{results}", "--row", "cat"], "row label 'cat' not found"),
