@@ -3,14 +3,36 @@
 Each ``ingest_*`` function streams its input into a new Zarr store through
 :class:`distnmf.store.MatrixWriter` (nothing is left behind on error) and returns an
 :class:`IngestReport` with the opened matrix and a one-paragraph ``summary()``.
+
+Names are imported on first use (PEP 562), so a Dask worker that unpickles an image-decoding
+task imports Pillow only, not scikit-learn.
 """
 
-from distnmf.ingest.arrays import ingest_array
-from distnmf.ingest.images import ingest_images, load_image
-from distnmf.ingest.ratings import ingest_ratings
-from distnmf.ingest.report import IngestReport
-from distnmf.ingest.tags import iter_tag_records, ingest_tags, seed_idf
-from distnmf.ingest.text import ingest_text
+from __future__ import annotations
 
-__all__ = ["IngestReport", "ingest_array", "ingest_images", "ingest_ratings", "ingest_tags", "ingest_text",
-           "iter_tag_records", "load_image", "seed_idf"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "IngestReport": "distnmf.ingest.report",
+    "ingest_array": "distnmf.ingest.arrays",
+    "ingest_images": "distnmf.ingest.images",
+    "load_image": "distnmf.ingest.images",
+    "ingest_ratings": "distnmf.ingest.ratings",
+    "ingest_tags": "distnmf.ingest.tags",
+    "iter_tag_records": "distnmf.ingest.tags",
+    "seed_idf": "distnmf.ingest.tags",
+    "ingest_text": "distnmf.ingest.text",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'distnmf.ingest' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
