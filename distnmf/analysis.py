@@ -55,8 +55,8 @@ class IndexOutOfRangeError(ValueError, IndexError):
 def resolve_index(labels: np.ndarray | None, key: str | int, n: int, axis_name: str) -> int:
     """Position of ``key`` (a label or an integer index) on an axis of length ``n``.
 
-    A string is looked up among ``labels``; when the axis has no labels a string of digits is
-    taken as an index. Raises :class:`UnknownLabelError` (naming the label and close matches)
+    A string is looked up among ``labels``; a string of digits that is not a label is taken as
+    an index (so "42" works on labelled and unlabelled axes alike). Raises :class:`UnknownLabelError` (naming the label and close matches)
     or :class:`IndexOutOfRangeError`; both are ``ValueError``.
     """
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
@@ -67,14 +67,14 @@ def resolve_index(labels: np.ndarray | None, key: str | int, n: int, axis_name: 
         return index
     if not isinstance(key, str):
         raise ValueError(f"{axis_name} must be a label (str) or an index (int), got {type(key).__name__} {key!r}")
-    if labels is None:
-        if key.strip().isdigit():
-            return resolve_index(None, int(key), n, axis_name)
-        raise UnknownLabelError(f"{axis_name} {key!r} not found: this store has no {axis_name} labels; "
-                                f"pass an integer index in 0..{n - 1}")
-    matches = np.flatnonzero(labels == key)
+    matches = np.flatnonzero(labels == key) if labels is not None else ()
     if len(matches):
         return int(matches[0])
+    if key.strip().isdigit():
+        return resolve_index(None, int(key), n, axis_name)
+    if labels is None:
+        raise UnknownLabelError(f"{axis_name} {key!r} not found: this store has no {axis_name} labels; "
+                                f"pass an integer index in 0..{n - 1}")
     hint = ""
     if len(labels) <= _SUGGEST_MAX_LABELS:
         close = difflib.get_close_matches(key, labels.tolist(), n=3)

@@ -11,6 +11,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -72,6 +73,22 @@ def _cluster(scheduler: str | None) -> Iterator[Any]:
     with Client(scheduler, timeout="10s") as client:
         err.print(f"connected to {scheduler}; dashboard: {client.dashboard_link}")
         yield client
+
+
+@contextlib.contextmanager
+def _convergence_notes() -> Iterator[None]:
+    """Show scikit-learn's ConvergenceWarning as a one-line note on stderr, without source lines."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        yield
+    notes = dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning))
+    for note in notes:
+        err.print(f"note: {note}", soft_wrap=True)
+    for w in caught:
+        if not issubclass(w.category, ConvergenceWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _hit_dicts(hits: list) -> list[dict]:
@@ -166,7 +183,7 @@ def fit(
         raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
     params = _fit_params(solver, init, beta_loss, max_iter, tol, random_state)
     started = time.perf_counter()
-    with _cluster(scheduler), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with _cluster(scheduler), _convergence_notes(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                        TextColumn("rel. error {task.fields[error]}"), TimeElapsedColumn(),
                                        console=err, transient=False) as progress:
         task = progress.add_task(f"NMF k={k} on {matrix.shape[0]}x{matrix.shape[1]}", total=max_iter, error="-")
@@ -277,7 +294,7 @@ def sweep(
     ranks = _parse_ks(ks)
     matrix = open_matrix(store)
     params = _fit_params(solver, init, beta_loss, max_iter, tol, random_state)
-    with _cluster(scheduler), err.status(f"fitting ranks {', '.join(map(str, ranks))} on "
+    with _cluster(scheduler), _convergence_notes(), err.status(f"fitting ranks {', '.join(map(str, ranks))} on "
                                          f"{matrix.shape[0]}x{matrix.shape[1]} ..."):
         found = rank_sweep(matrix, ranks, **params)
     if as_json:

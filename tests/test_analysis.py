@@ -157,6 +157,8 @@ def test_resolve_index_labels_and_errors():
     assert analysis.resolve_index(labels, "dog", 3, "row") == 1
     assert analysis.resolve_index(labels, 2, 3, "row") == 2
     assert analysis.resolve_index(None, "2", 3, "row") == 2
+    assert analysis.resolve_index(labels, "2", 3, "row") == 2  # digits that are no label: an index
+    assert analysis.resolve_index(np.array(["7", "3"]), "3", 2, "row") == 1  # a label wins over an index
     with pytest.raises(KeyError, match="did you mean 'cat'"):
         analysis.resolve_index(labels, "cats", 3, "row")
     with pytest.raises(IndexError):
