@@ -126,3 +126,12 @@ def test_bad_input_one_line_exit_1(store, results, tmp_path, args, message):
     assert message in res.stderr
     assert "Traceback" not in res.stdout + res.stderr
     assert not (tmp_path / "missing.zarr").exists()
+
+
+def test_fit_on_a_scheduler(store, tmp_path, dask_cluster):
+    results = tmp_path / "r.zarr"
+    res = invoke("fit", store[0], "-k", "2", "--max-iter", "15", "--random-state", "0", "--out", results,
+                 "--scheduler", dask_cluster.scheduler_address)
+    assert res.exit_code == 0, res.stderr
+    assert f"connected to {dask_cluster.scheduler_address}" in res.stderr
+    assert open_factors(results).attrs["n_iter"] >= 1
