@@ -44,7 +44,7 @@ USER_ERRORS = (ValueError, KeyError, IndexError, OSError)
 
 
 def _one_line(exc: BaseException) -> str:
-    text = exc.args[0] if isinstance(exc, KeyError) and type(exc) is KeyError and exc.args else str(exc)
+    text = exc.args[0] if type(exc) is KeyError and exc.args else str(exc)  # KeyError quotes its str
     return " ".join(str(text).split()) or type(exc).__name__
 
 
