@@ -14,8 +14,9 @@ from fastapi import HTTPException, status
 from api.jobstore import JobStore
 from api.runner import Cluster
 from api.schemas import MatrixFormat
+from api.tasks import check_rows
 from distnmf.ingest import ingest_array
-from distnmf.store import Matrix, _write_labels, check_block, open_matrix, publish, read_rows
+from distnmf.store import Matrix, _write_labels, open_matrix, publish
 
 SUFFIXES = {MatrixFormat.npy: ".npy", MatrixFormat.npz: ".npz", MatrixFormat.mtx: ".mtx", MatrixFormat.csv: ".csv"}
 
@@ -57,15 +58,11 @@ def resolve_inside(data_dir: Path, relative: str) -> Path:
     return target
 
 
-def _check_rows(path: Path, is_sparse: bool, start: int, stop: int, n_cols: int) -> None:
-    check_block(read_rows(path, is_sparse, start, stop, n_cols), start)
-
-
 def validate_on_cluster(matrix: Matrix, cluster: Cluster) -> None:
     """Check every row block for negative or non-finite values, in parallel on the cluster."""
     bounds = matrix.row_bounds
     n = len(bounds) - 1
-    futures = cluster.client.map(_check_rows, [matrix.path] * n, [matrix.is_sparse] * n, bounds[:-1], bounds[1:],
+    futures = cluster.client.map(check_rows, [matrix.path] * n, [matrix.is_sparse] * n, bounds[:-1], bounds[1:],
                                  [matrix.shape[1]] * n, key=[f"distnmf-validate-{uuid.uuid4().hex[:8]}-{i}"
                                                              for i in range(n)])
     try:

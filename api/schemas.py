@@ -177,7 +177,7 @@ class FactorRange(BaseModel):
     factor: Literal["W", "H"]
     start: int
     stop: int
-    shape: tuple[int, int]
+    shape: list[int] = Field(min_length=2, max_length=2)
     data: list[list[float]] = Field(description="W rows start:stop, or H columns start:stop (as k rows).")
 
 

@@ -1,0 +1,12 @@
+"""Functions the service runs as Dask tasks; kept light so workers import only the store module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from distnmf.store import check_block, read_rows
+
+
+def check_rows(path: Path, is_sparse: bool, start: int, stop: int, n_cols: int) -> None:
+    """Raise ``ValueError`` naming the first negative or non-finite value of rows ``start:stop``."""
+    check_block(read_rows(path, is_sparse, start, stop, n_cols), start)
