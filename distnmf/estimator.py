@@ -336,7 +336,8 @@ def write_w_store(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], pa
 
 
 def _blocks_hint(runner: Any) -> int:
-    return 1 if runner.__class__.__name__ == "LocalRunner" else 2 * runner.n_workers
+    """At least one block per thread in-process, two per worker thread on a cluster."""
+    return runner.n_workers if runner.__class__.__name__ == "LocalRunner" else 2 * runner.n_workers
 
 
 def _check_custom(W0: np.ndarray | None, H0: np.ndarray | None, m: int, n: int, k: int) -> None:
