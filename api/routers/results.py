@@ -13,9 +13,10 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from fastapi.responses import FileResponse, StreamingResponse
 
 from api import factor_io
-from api.deps import FactorsDep, JobDep, SettingsDep, StoreDep
+from api.deps import ClusterDep, FactorsDep, JobDep, SettingsDep, StoreDep
 from api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, Hit, LabelRow, Similar, SparseRow, \
     TransformRequest, TransformResult
+from api.runner import Cluster
 from api.settings import Settings
 from distnmf import analysis, plots
 from distnmf.factors import Factors
@@ -42,10 +43,14 @@ def _check_k(settings: Settings, name: str, value: int) -> None:
 
 
 @contextmanager
-def _query_errors() -> Iterator[None]:
-    """Unknown labels and out-of-range indices are 404; other invalid queries are 422."""
+def _query(cluster: Cluster) -> Iterator[None]:
+    """Run a query's Dask work on the service's cluster; map its errors to HTTP.
+
+    Unknown labels and out-of-range indices are 404; other invalid queries are 422.
+    """
     try:
-        yield
+        with cluster.client.as_current():
+            yield
     except (analysis.UnknownLabelError, analysis.IndexOutOfRangeError) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except ValueError as exc:
@@ -95,7 +100,7 @@ PNG = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "b
 
 
 @router.get("/components/{component}.png", response_class=FileResponse, responses={**PNG, **QUERY_ERRORS})
-def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep,
+def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep,
                       component: Annotated[int, Path(ge=0)]) -> FileResponse:
     """A component as an image (for matrices whose rows are images, i.e. with an image_shape)."""
     if component >= factors.n_components:
@@ -103,7 +108,7 @@ def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep,
                             f"component {component} does not exist: the fit has {factors.n_components}")
     path = settings.data_dir / "plots" / job["id"] / f"component_{component:03d}.png"
     if not path.exists():
-        with _query_errors():
+        with _query(cluster):
             plots.component_image(factors, component, path)
     return FileResponse(path, media_type="image/png")
 
@@ -118,7 +123,8 @@ def get_loss_png(job: JobDep, factors: FactorsDep, settings: SettingsDep) -> Fil
 
 
 @router.get("/components/{component}", response_model=ComponentTop, responses=QUERY_ERRORS)
-def get_component(factors: FactorsDep, settings: SettingsDep, component: Annotated[int, Path(ge=0)],
+def get_component(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep,
+                  component: Annotated[int, Path(ge=0)],
                   top: Annotated[int, Query(ge=1)] = 10) -> ComponentTop:
     """The rows and columns with the largest weights in a component, with labels."""
     _check_k(settings, "top", top)
@@ -126,20 +132,20 @@ def get_component(factors: FactorsDep, settings: SettingsDep, component: Annotat
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"component {component} does not exist: the fit has {factors.n_components} (0..."
                             f"{factors.n_components - 1})")
-    with _query_errors():
+    with _query(cluster):
         result = analysis.top_components(factors, component, top=min(top, max(factors.shape)))
     return ComponentTop(component=result["component"], rows=_hits(result["rows"]), columns=_hits(result["columns"]))
 
 
 @router.get("/similar", response_model=Similar, responses=QUERY_ERRORS)
-def get_similar(factors: FactorsDep, settings: SettingsDep,
+def get_similar(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep,
                 row: Annotated[str, Query(min_length=1, max_length=1000, description="A label, or an index")],
                 k: Annotated[int, Query(ge=1)] = 10, axis: Axis = Axis.rows, least: bool = False) -> Similar:
     """The rows (cosine on W) or columns (cosine on H^T) most (or least) similar to one of them."""
     _check_k(settings, "k", k)
     labels = factors.row_labels if axis == Axis.rows else factors.col_labels
     n = factors.shape[0] if axis == Axis.rows else factors.shape[1]
-    with _query_errors():
+    with _query(cluster):
         index = _resolve(labels, row, n, axis.value[:-1])
         hits = analysis.similar(factors, index, k=min(k, n - 1), axis=axis.value, least=least)
     return Similar(index=index, label=None if labels is None else str(labels[index]), axis=axis, least=least,
@@ -148,6 +154,7 @@ def get_similar(factors: FactorsDep, settings: SettingsDep,
 
 @router.get("/recommend", response_model=list[Hit], responses=QUERY_ERRORS)
 def get_recommendations(job: JobDep, factors: FactorsDep, store: StoreDep, settings: SettingsDep,
+                        cluster: ClusterDep,
                         row: Annotated[str, Query(min_length=1, max_length=1000, description="A label, or an index")],
                         k: Annotated[int, Query(ge=1)] = 10) -> list[Hit]:
     """The best-scoring columns (W_i H) the row has no entry for."""
@@ -155,20 +162,21 @@ def get_recommendations(job: JobDep, factors: FactorsDep, store: StoreDep, setti
     matrix = store.get_matrix(job["matrix_id"])
     if matrix is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"matrix {job['matrix_id']} of this job was deleted")
-    with _query_errors():
+    with _query(cluster):
         index = _resolve(factors.row_labels, row, factors.shape[0], "row")
         return _hits(analysis.recommend(factors, settings.data_dir / matrix["path"], index,
                                         k=min(k, factors.shape[1])))
 
 
 @router.post("/transform", response_model=TransformResult, responses=QUERY_ERRORS)
-def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep) -> TransformResult:
+def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep,
+              cluster: ClusterDep) -> TransformResult:
     """Coefficients of new rows (dense, sparse or tag lists) with H fixed, and their nearest rows."""
     if message := settings.limit_error("max_transform_rows", "len(rows)", len(body.rows)):
         raise unprocessable(message)
     _check_k(settings, "similar_k", body.similar_k)
     X = _new_rows(body.rows, factors)
-    with _query_errors():
+    with _query(cluster):
         W, neighbours = analysis.fold_in(factors, X, similar_k=min(body.similar_k, factors.shape[0]))
     return TransformResult(coefficients=W.tolist(), similar=[_hits(h) for h in neighbours])
 
