@@ -239,8 +239,14 @@ class MatrixWriter:
                 x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
                                 "shape": [self.n_rows, self.n_cols]})
                 bounds = sparse_row_bounds(indptr)
+                if self._nnz < SPARSE_CHUNK_ELEMENTS:
+                    _shrink_to_one_chunk(x, "data", self._nnz)
+                    _shrink_to_one_chunk(x, "indices", self._nnz)
             else:
                 self._flush_dense(final=True)
+                if self.n_rows < self.chunk_rows:
+                    _shrink_to_one_chunk(self._group, "X", self.n_rows)
+                    self.chunk_rows = self.n_rows
                 bounds = list(range(0, self.n_rows, self.chunk_rows)) + [self.n_rows]
             _write_labels(self._group, "row_labels", self.row_labels, self.n_rows)
             _write_labels(self._group, "col_labels", self.col_labels, self.n_cols)
@@ -265,6 +271,18 @@ class MatrixWriter:
             self.matrix = self.close()
         else:
             self.abort()
+
+
+def _shrink_to_one_chunk(group: zarr.Group, name: str, length: int) -> None:
+    """Rewrite a small array as one chunk of its own size: an uncompressed partial chunk is
+    otherwise stored at full chunk size (a tiny matrix would take 16-32 MiB on disk)."""
+    old = group[name]
+    values = old[:]
+    chunks = (max(1, length),) + tuple(old.shape[1:])
+    new = group.create_array(name, shape=old.shape, chunks=chunks, dtype=old.dtype,
+                             compressors=old.compressors or None, fill_value=old.fill_value, overwrite=True)
+    if length:
+        new[:] = values
 
 
 def default_chunk_rows(n_cols: int, itemsize: int = 4, target_bytes: int = DENSE_BLOCK_BYTES) -> int:
