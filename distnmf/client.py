@@ -194,12 +194,13 @@ class AsyncClient:
     """Asynchronous client; use ``async with AsyncClient(url) as client``."""
 
     def __init__(self, url: str, token: str | None = None, *, timeout: float = 120.0, retries: int = 4,
-                 backoff: float = 0.25) -> None:
+                 backoff: float = 0.25, transport: httpx.AsyncBaseTransport | None = None) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
-        self._http = httpx.AsyncClient(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout)
+        self._http = httpx.AsyncClient(base_url=self.url + API_PREFIX, headers=headers, timeout=timeout,
+                                       transport=transport)
         self._page: int | None = None
 
     async def _download_page(self) -> int:
