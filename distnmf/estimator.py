@@ -25,7 +25,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
 from distnmf import kernels
-from distnmf.driver import FitConfig, FitResult, fit_blocks, write_w
+from distnmf.driver import FitConfig, FitResult, _stats_task, fit_blocks, write_w
 from distnmf.runner import make_runner
 from distnmf.source import BlockSource, as_source, materialize
 from distnmf.store import Matrix, _temporary_sibling, check_block, publish
@@ -147,7 +147,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self._validate_params()
         runner = make_runner()
         try:
-            source = self._source(X, reset=True, n_blocks_hint=_blocks_hint(runner))
+            source = self._source(X, reset=True, n_blocks_hint=_blocks_hint(runner, X))
             config = self._config(source, W0, H0)
             result = fit_blocks(runner, source, config, W0, H0)
             self._store_result(result, source)
@@ -225,7 +225,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self)
         runner = make_runner()
         try:
-            source = self._source(X, reset=False, n_blocks_hint=_blocks_hint(runner))
+            source = self._source(X, reset=False, n_blocks_hint=_blocks_hint(runner, X))
             w_handles = transform_blocks(runner, source, self.components_, kernels.beta_to_float(self.beta_loss),
                                          self.solver, self.max_iter, self.tol)
             if source.out_of_core:
@@ -259,18 +259,15 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 # --------------------------------------------------------------------------- fold-in
 
 
-def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, beta: float, solver: str, max_iter: int,
-                  tol: float) -> np.ndarray:
-    """Coefficients of one block with H fixed: HALS (or MU) to convergence, from a flat start."""
+def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: float, solver: str,
+                  max_iter: int, tol: float) -> np.ndarray:
+    """Coefficients of one block with H fixed: HALS (or MU) to convergence from the flat start
+    ``avg`` (scikit-learn's ``sqrt(mean(X) / k)`` over all of X, so rows don't depend on blocks)."""
     block = materialize(x)
-    k = H.shape[0]
-    _, x_sum = kernels.block_stats(block)
-    avg = np.sqrt(max(x_sum / max(1, block.shape[0] * block.shape[1]), 0.0) / k)
-    W = np.full((block.shape[0], k), avg, dtype=np.float32)
+    W = np.full((block.shape[0], H.shape[0]), avg, dtype=np.float32)
     if solver == "hals":
         XHt = kernels.x_ht(block, H)
-        kernels.hals_sweeps(W, XHt, HHt, max_sweeps=max_iter, inner_tol=tol)
-        return W
+        return kernels.hals_fold_in(W, XHt, HHt, max_sweeps=max_iter, tol=tol)
     for _ in range(max_iter):
         previous = W
         W = kernels.mu_update_block(block, W, H, beta, HHt=HHt if beta == 2.0 else None)
@@ -284,15 +281,12 @@ def transform_blocks(runner: Any, source: BlockSource, H: np.ndarray, beta: floa
                      max_iter: int, tol: float) -> list[Any]:
     """Fold-in over row blocks: per-block W handles for fixed H (k, n)."""
     x_handles = runner.load(source, keep=False)
-    checks = runner.map("nmf-check-X", _check_task, x_handles, list(source.bounds[:-1]))
-    runner.gather(checks)
+    _, x_sum = runner.reduce(runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1])),
+                             "nmf-reduce-stats")
     H = np.asarray(H, dtype=np.float32)
+    avg = float(np.sqrt(max(x_sum, 0.0) / (source.shape[0] * source.shape[1]) / H.shape[0]))
     return runner.map("nmf-fold-in", _fold_in_task, x_handles,
-                      shared=(runner.broadcast(H), H @ H.T, beta, solver, max_iter, tol))
-
-
-def _check_task(x: Any, start: int) -> None:
-    check_block(materialize(x), start)
+                      shared=(runner.broadcast(H), H @ H.T, avg, beta, solver, max_iter, tol))
 
 
 def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", solver: str | None = None,
@@ -311,7 +305,7 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
         X_new = np.atleast_2d(np.asarray(X_new, dtype=np.float32))
     runner = make_runner()
     try:
-        source = as_source(X_new, n_blocks_hint=_blocks_hint(runner))
+        source = as_source(X_new, n_blocks_hint=_blocks_hint(runner, X_new))
         if source.shape[1] != H.shape[1]:
             raise ValueError(f"X_new has {source.shape[1]} columns but H has {H.shape[1]}")
         return np.concatenate(runner.gather(transform_blocks(runner, source, H, beta, solver, max_iter, tol)))
@@ -335,9 +329,19 @@ def write_w_store(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], pa
         raise
 
 
-def _blocks_hint(runner: Any) -> int:
-    """At least one block per thread in-process, two per worker thread on a cluster."""
-    return runner.n_workers if runner.__class__.__name__ == "LocalRunner" else 2 * runner.n_workers
+SMALL_INPUT_BYTES = 16 * 2**20
+
+
+def _blocks_hint(runner: Any, X: Any) -> int:
+    """Two blocks per worker thread on a cluster; in-process one per thread, except that small
+    in-memory input stays one block (splitting it gains nothing and changes float rounding)."""
+    if runner.__class__.__name__ != "LocalRunner":
+        return 2 * runner.n_workers
+    nbytes = X.nnz * 8 if sp.issparse(X) else getattr(X, "nbytes", None)
+    if isinstance(X, (list, tuple)) or (nbytes is not None and not isinstance(X, (da.Array, zarr.Array))
+                                        and nbytes < SMALL_INPUT_BYTES):
+        return 1
+    return runner.n_workers
 
 
 def _check_custom(W0: np.ndarray | None, H0: np.ndarray | None, m: int, n: int, k: int) -> None:

@@ -118,3 +118,17 @@ def test_projected_gradient_counts_only_feasible_directions():
     HHt = np.eye(2, dtype=np.float32)
     XHt = np.array([[-2.0, 3.0]], dtype=np.float32)  # gradient (2, -2): W[0,0]=0 can't decrease
     assert kernels.projected_gradient_l1(W, XHt, HHt) == pytest.approx(2.0)
+
+
+def test_fold_in_rows_do_not_depend_on_their_block(problem):
+    X, _, H = problem
+    XHt, HHt = kernels.x_ht(X, H), H @ H.T
+    start = np.full((40, 4), 0.3, dtype=np.float32)
+    together = kernels.hals_fold_in(start.copy(), XHt, HHt, max_sweeps=300, tol=1e-4)
+    alone = kernels.hals_fold_in(start[7:8].copy(), XHt[7:8], HHt, max_sweeps=300, tol=1e-4)
+    np.testing.assert_allclose(together[7:8], alone, rtol=1e-6)
+    # converged: each row is the non-negative least-squares solution
+    from scipy.optimize import nnls
+
+    expected, _ = nnls(H.T.astype(np.float64), X[7].astype(np.float64))
+    np.testing.assert_allclose(together[7], expected, rtol=1e-2, atol=1e-3)
