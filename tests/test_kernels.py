@@ -126,7 +126,7 @@ def test_fold_in_rows_do_not_depend_on_their_block(problem):
     start = np.full((40, 4), 0.3, dtype=np.float32)
     together = kernels.hals_fold_in(start.copy(), XHt, HHt, max_sweeps=300, tol=1e-4)
     alone = kernels.hals_fold_in(start[7:8].copy(), XHt[7:8], HHt, max_sweeps=300, tol=1e-4)
-    np.testing.assert_allclose(together[7:8], alone, rtol=1e-6)
+    np.testing.assert_allclose(together[7:8], alone, rtol=1e-5)  # up to BLAS rounding
     # converged: each row is the non-negative least-squares solution
     from scipy.optimize import nnls
 
