@@ -14,12 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from distnmf.ingest.arrays import ingest_array
-from distnmf.ingest.images import ingest_images
-from distnmf.ingest.ratings import ingest_ratings
-from distnmf.ingest.report import IngestReport
-from distnmf.ingest.tags import DEFAULT_TAG_FIELDS, ingest_tags
-from distnmf.ingest.text import ingest_text
+import distnmf.ingest as ingesters  # loads each ingester on first use: `distnmf --help` stays fast
 
 app = typer.Typer(help="Build a matrix store from the data you have: images, tags, text, ratings or arrays.",
                   no_args_is_help=True)
@@ -33,7 +28,7 @@ Scheduler = Annotated[str | None, typer.Option(help="Dask scheduler address (tcp
                                                     "default: in this process.")]
 
 
-def _run(ingest: Callable[..., IngestReport], *args: Any, **kwargs: Any) -> IngestReport:
+def _run(ingest: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run an ingest, print its summary, turn bad input into exit status 1."""
     if kwargs.get("compression") == "none":
         kwargs["compression"] = None
@@ -109,7 +104,7 @@ def images(
         distnmf ingest images ./cats cats.zarr --shape 64x64
     """
     with _client(scheduler) as client:
-        _run(ingest_images, folder, store, image_shape=_shape(shape), crop=crop, batch_size=batch_size,
+        _run(ingesters.ingest_images, folder, store, image_shape=_shape(shape), crop=crop, batch_size=batch_size,
              client=client, compression=compression, overwrite=overwrite, show_progress=progress)
 
 
@@ -135,8 +130,8 @@ def tags(
 
         distnmf ingest tags tags.jsonl tags.zarr --min-count 21 --tfidf
     """
-    _run(ingest_tags, source, store, min_count=min_count, max_tags=max_tags, tfidf=tfidf, strict=strict,
-         id_field=id_field, tag_fields=tuple(tag_field) if tag_field else DEFAULT_TAG_FIELDS,
+    _run(ingesters.ingest_tags, source, store, min_count=min_count, max_tags=max_tags, tfidf=tfidf, strict=strict,
+         id_field=id_field, **({"tag_fields": tuple(tag_field)} if tag_field else {}),
          compression=compression, overwrite=overwrite, show_progress=progress)
 
 
@@ -162,7 +157,7 @@ def text(
         distnmf ingest text articles.txt articles.zarr --max-features 20000 --min-df 5
     """
     with _client(scheduler) as client:
-        _run(ingest_text, source, store, max_features=max_features, min_df=_df(min_df), max_df=_df(max_df),
+        _run(ingesters.ingest_text, source, store, max_features=max_features, min_df=_df(min_df), max_df=_df(max_df),
              stop_words="english" if stop_words else None, docs_per_partition=docs_per_partition,
              client=client, compression=compression, overwrite=overwrite, show_progress=progress)
 
@@ -188,7 +183,7 @@ def ratings(
 
         distnmf ingest ratings ratings.csv ratings.zarr --user-col userId --item-col movieId
     """
-    _run(ingest_ratings, source, store, user_col=_column(user_col), item_col=_column(item_col),
+    _run(ingesters.ingest_ratings, source, store, user_col=_column(user_col), item_col=_column(item_col),
          rating_col=_column(rating_col), header=header, delimiter=delimiter, duplicates=duplicates,
          compression=compression, overwrite=overwrite, show_progress=progress)
 
@@ -215,5 +210,5 @@ def array(
 
         distnmf ingest array faces.npy faces.zarr
     """
-    _run(ingest_array, source, store, sparse=sparse, key=key, delimiter=delimiter, header=header, index=index,
+    _run(ingesters.ingest_array, source, store, sparse=sparse, key=key, delimiter=delimiter, header=header, index=index,
          compression=compression, overwrite=overwrite, show_progress=progress)
