@@ -83,9 +83,8 @@ def hals_sweeps(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps: 
     for sweep in range(1, max_sweeps + 1):
         change = 0.0
         for j in range(k):
-            if B[j, j] <= 0:  # a dead component: keep it at zero
-                W[:, j] = 0
-                continue
+            if B[j, j] <= 0:  # the other factor's column j is all zero: no information, keep W[:, j]
+                continue  # (zeroing it would kill component j for good; it can revive next update)
             step = (A[:, j] - W @ B[:, j]) / B[j, j]
             new = np.maximum(W[:, j] + step, 0.0)
             delta = new - W[:, j]

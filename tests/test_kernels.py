@@ -132,3 +132,27 @@ def test_fold_in_rows_do_not_depend_on_their_block(problem):
 
     expected, _ = nnls(H.T.astype(np.float64), X[7].astype(np.float64))
     np.testing.assert_allclose(together[7], expected, rtol=1e-2, atol=1e-3)
+
+
+def test_a_collapsed_column_does_not_kill_its_component(problem):
+    """If W[:, j] is all zero, H[j] carries no information and must be left alone (as in
+    scikit-learn), so the next W update can revive component j."""
+    X, W, H = problem
+    W[:, 2] = 0
+    H_new, _ = kernels.hals_update_h(H, kernels.wt_x(W, X), W.T @ W, max_sweeps=1)
+    np.testing.assert_array_equal(H_new[2], H[2])
+    W_next, _ = kernels.hals_update_block(X, W, H_new, H_new @ H_new.T, max_sweeps=1)
+    assert W_next[:, 2].any()
+
+
+def test_one_sweep_iteration_equals_scikit_learn_cd(problem):
+    from sklearn.decomposition._nmf import _update_coordinate_descent
+
+    X, W, H = problem
+    W_sk, Ht_sk = W.copy(), np.ascontiguousarray(H.T)
+    _update_coordinate_descent(X, W_sk, Ht_sk, 0, 0, False, None)
+    _update_coordinate_descent(X.T, Ht_sk, W_sk, 0, 0, False, None)
+    W_new, _ = kernels.hals_update_block(X, W, H, H @ H.T, max_sweeps=1)
+    H_new, _ = kernels.hals_update_h(H, kernels.wt_x(W_new, X), W_new.T @ W_new, max_sweeps=1)
+    np.testing.assert_allclose(W_new, W_sk, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(H_new, Ht_sk.T, rtol=1e-4, atol=1e-6)
