@@ -83,14 +83,15 @@ def _hals_task(x: Any, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, sweeps: in
                l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, float]]:
     block = materialize(x)
     W, violation = kernels.hals_update_block(block, W, H, HHt, max_sweeps=sweeps, l1=l1, l2=l2)
-    return W, (kernels.wt_x(W, block).astype(np.float64), (W.T @ W).astype(np.float64), violation)
+    # float32 in transit: the k x n term is the bulk of each iteration's network traffic
+    return W, (kernels.wt_x(W, block), (W.T @ W).astype(np.float64), violation)
 
 
 def _mu_frobenius_task(x: Any, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, l1: float,
                        l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     block = materialize(x)
     W = kernels.mu_update_block(block, W, H, 2.0, HHt=HHt, l1=l1, l2=l2)
-    return W, (kernels.wt_x(W, block).astype(np.float64), (W.T @ W).astype(np.float64))
+    return W, (kernels.wt_x(W, block), (W.T @ W).astype(np.float64))
 
 
 def _mu_beta_task(x: Any, W: np.ndarray, H: np.ndarray, beta: float, l1: float,

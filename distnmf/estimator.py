@@ -333,10 +333,11 @@ SMALL_INPUT_BYTES = 16 * 2**20
 
 
 def _blocks_hint(runner: Any, X: Any) -> int:
-    """Two blocks per worker thread on a cluster; in-process one per thread, except that small
-    in-memory input stays one block (splitting it gains nothing and changes float rounding)."""
+    """One block per worker thread (each block returns a k x n term to reduce, so fewer blocks
+    mean less traffic; stores still split by their ~32 MiB chunks), except that small in-memory
+    input stays one block in-process (splitting it gains nothing and changes float rounding)."""
     if runner.__class__.__name__ != "LocalRunner":
-        return 2 * runner.n_workers
+        return runner.n_workers
     nbytes = X.nnz * 8 if sp.issparse(X) else getattr(X, "nbytes", None)
     if isinstance(X, (list, tuple)) or (nbytes is not None and not isinstance(X, (da.Array, zarr.Array))
                                         and nbytes < SMALL_INPUT_BYTES):
