@@ -102,7 +102,7 @@ def _print_hits(title: str, hits: list) -> None:
     table.add_column("label")
     table.add_column("score", justify="right")
     for rank, h in enumerate(hits, 1):
-        table.add_row(str(rank), str(h.index), "" if h.label is None else h.label, f"{h.score:.4g}")
+        table.add_row(str(rank), str(h.index), "" if h.label is None else h.label, f"{h.score:.4f}")
     out.print(table)
 
 
