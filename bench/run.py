@@ -415,8 +415,10 @@ def restart_evidence(client: Any) -> list[str]:
 
 def _scheduler_restart_events(dask_scheduler: Any = None) -> list[str]:
     found = []
-    for topic, events in list(dask_scheduler.events.items()):
-        for _, event in list(events):
+    for topic, events in dask_scheduler.get_events().items():
+        for _, event in events:
+            if isinstance(event, dict) and event.get("action") == "run-function":
+                continue  # client.run / run_on_scheduler calls (including this one)
             text = str(event).lower()
             if any(n in text for n in ("restart", "killed", "paused")):
                 found.append(f"{topic}: {text[:300]}")
