@@ -17,7 +17,17 @@ from distnmf.kernels import wt_x
 from distnmf.source import BlockSource, as_source, materialize
 
 OVERSAMPLES = 10
-POWER_ITERATIONS = 3
+POWER_ITERATIONS = 4
+
+
+def power_iterations(k: int, shape: tuple[int, int]) -> int:
+    """scikit-learn's ``randomized_svd(n_iter="auto")`` rule: 7 when k < 0.1 min(m, n), else 4.
+
+    Each power iteration is two passes over X; the better subspace gives NNDSVD the same
+    starting point quality as scikit-learn's (measured: on the 75,000 x 73,890 tag set, 3
+    iterations led HALS to an optimum 5e-5 worse than scikit-learn's).
+    """
+    return 7 if k < 0.1 * min(shape) else 4
 
 
 # --------------------------------------------------------------------------- block tasks
@@ -129,7 +139,8 @@ def nndsvd_init(runner: Any, x_handles: list[Any], bounds: tuple[int, ...], n_co
     Returns W as per-block handles (each (m_i, k)) and H of shape (k, n), both float32.
     """
     rng = np.random.default_rng(seed)
-    u_blocks, s, vt = block_truncated_svd(runner, x_handles, n_cols, k, rng)
+    u_blocks, s, vt = block_truncated_svd(runner, x_handles, n_cols, k, rng,
+                                          power_iterations(k, (bounds[-1], n_cols)))
     u_pos, u_neg = np.sqrt(runner.reduce(runner.map("nndsvd-norms", _signed_norms, u_blocks), "nndsvd-reduce"))
     vt64 = vt.astype(np.float64)
     v_pos = np.linalg.norm(np.maximum(vt64, 0), axis=1)
