@@ -34,6 +34,11 @@ def add_terms(*terms: Any) -> Any:
     return total
 
 
+def add_parts(part: int, *results: tuple) -> Any:
+    """Sum element ``part`` of several tuple results (the first level of a tree reduction)."""
+    return add_terms(*(r[part] for r in results))
+
+
 def load_block(x: Any) -> Any:
     """Read (or take) a block and convert it to float32 CSR / C-contiguous ndarray."""
     return as_float32(materialize(x))
@@ -127,9 +132,10 @@ class DaskRunner:
         self._calls += 1
         level = 0
         current = handles
-        if part is not None:
-            current = [self.client.submit(operator.getitem, h, part, key=self._key(f"{name}-part", i))
-                       for i, h in enumerate(handles)]
+        if part is not None:  # the first level picks element `part` of each block's result
+            level = 1
+            current = [self.client.submit(add_parts, part, *handles[s:s + 4], key=self._key(name, level, s))
+                       for s in range(0, len(handles), 4)]
         while len(current) > 1:
             level += 1
             current = [self.client.submit(add_terms, *current[s:s + 4], key=self._key(name, level, s))
