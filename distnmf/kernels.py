@@ -47,11 +47,16 @@ def wt_x(W: np.ndarray, X: Block) -> np.ndarray:
     return np.asarray((X.T @ W).T, dtype=np.float32)
 
 
-def block_stats(X: Block) -> tuple[float, float]:
-    """(sum of squares, sum) of a block, in float64: ||X||_F^2 and the mean's numerator."""
-    values = X.data if sp.issparse(X) else X
-    values = values.astype(np.float64, copy=False).ravel()
-    return float(values @ values), float(values.sum())
+def block_stats(X: Block, chunk: int = 1 << 20) -> tuple[float, float]:
+    """(sum of squares, sum) of a block, accumulated in float64 over slices of ``chunk``
+    values, so no float64 copy of the whole block is made."""
+    values = (X.data if sp.issparse(X) else X).ravel()
+    sq = total = 0.0
+    for start in range(0, values.size, chunk):
+        part = values[start:start + chunk].astype(np.float64)
+        sq += float(part @ part)
+        total += float(part.sum())
+    return sq, total
 
 
 # --------------------------------------------------------------------------- HALS

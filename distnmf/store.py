@@ -50,6 +50,11 @@ def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 
     ``row_offset`` is the global index of the block's first row, so the message names the
     row and column of the whole matrix.
     """
+    values = block.data if sp.issparse(block) else np.asarray(block)
+    if (values.size and np.issubdtype(values.dtype, np.number)
+            and not np.issubdtype(values.dtype, np.complexfloating)
+            and np.isfinite(values.sum(dtype=np.float64)) and values.min() >= 0):
+        return  # the common case, without allocating masks of the block's size
     if sp.issparse(block):
         csr = sp.csr_array(block)
         values = csr.data
