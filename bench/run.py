@@ -52,6 +52,8 @@ OOC_LIMIT_FACTOR = 4.0  # the out-of-core store is at least this many times the 
 # --------------------------------------------------------------------------- machine and environment
 
 
+REACH_RTOL = 1e-6
+
 def loadavg() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
@@ -211,7 +213,11 @@ def run_distnmf(X: Any, k: int, target: float, sk_wall: float | None = None,
     out["n_iter"] = int(model.n_iter_)
     out["final_rel_error"] = float(model.error_history_[-1]) if model.error_history_ else None
     out["curve"] = [[i, e, round(a, 4), round(b, 4)] for i, e, a, b in curve]
-    reached = next((c for c in curve if c[1] <= target), None)
+    # "Reached" allows 1e-6 relative: both errors are float32 computations, which differ by
+    # ~1e-7 when both solvers sit at the same optimum (distnmf's Gram-term error is, if anything,
+    # pessimistic by up to ~3e-4, so this stays conservative).
+    reached = next((c for c in curve if c[1] <= target * (1 + REACH_RTOL)), None)
+    out["reach_rtol"] = REACH_RTOL
     out["reached"] = reached is not None
     before = [c for c in curve if c[3] <= sk_wall] if sk_wall else []
     out["rel_error_at_sklearn_wall"] = before[-1][1] if before else None

@@ -131,7 +131,7 @@ def decide_keep_in_memory(source: BlockSource, runner: Any, keep: bool | str) ->
 def fit_blocks(runner: Any, source: BlockSource, config: FitConfig, W0: np.ndarray | None = None,
                H0: np.ndarray | None = None) -> FitResult:
     """Factorize X ≈ W H on ``runner``; see the module docstring for the data flow."""
-    k, (m, n) = config.n_components, source.shape
+    m, n = source.shape
     span = _span(runner, f"distnmf-{config.run_name}")
     with span:
         start_time = time.perf_counter()

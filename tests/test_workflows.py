@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from distnmf import factorize, open_factors, open_matrix, synth
 from distnmf.analysis import cooccurring, fold_in, recommend, similar, top_components
 from distnmf.cli import app
-from distnmf.ingest import ingest_images, ingest_ratings, ingest_tags, seed_idf
+from distnmf.ingest import ingest_images, ingest_tags, seed_idf
 from distnmf.init import truncated_svd
 from distnmf.plots import component_images
 
