@@ -86,15 +86,28 @@ def _random_w_block(n_rows: int, seed: int, k: int, avg: float) -> np.ndarray:
 # --------------------------------------------------------------------------- orchestration
 
 
-def _orthonormalize(runner: Any, y_handles: list[Any], name: str) -> list[Any]:
-    """CholeskyQR2: Q = Y R⁻¹ twice, with the Gram matrix reduced over blocks in float64."""
+def _orthonormalize(runner: Any, y_handles: list[Any], name: str, passes: int = 2) -> list[Any]:
+    """CholeskyQR2 (``passes=2``): Q = Y R⁻¹ twice, with the Gram matrix reduced over blocks in
+    float64. One pass suffices between power iterations, which only need well-scaled columns
+    (scikit-learn uses LU there)."""
     q = y_handles
-    for _ in range(2):
+    for _ in range(passes):
         gram = runner.reduce(runner.map(f"{name}-gram", _gram, q), f"{name}-reduce")
         evals, evecs = np.linalg.eigh(gram)
         keep = evals > evals.max() * 1e-12
         r_inv = evecs[:, keep] / np.sqrt(evals[keep])
         q = runner.map(f"{name}-orth", _apply_right, q, shared=(r_inv,))
+    return q
+
+
+def _cholesky_qr(z: np.ndarray, passes: int = 1) -> np.ndarray:
+    """Orthonormal basis of the columns of a tall z (n, l) via the l x l Gram matrix
+    (CholeskyQR; two passes make it CholeskyQR2), much cheaper than Householder QR for n >> l."""
+    q = z.astype(np.float64)
+    for _ in range(passes):
+        evals, evecs = np.linalg.eigh(q.T @ q)
+        keep = evals > evals.max() * 1e-12
+        q = q @ (evecs[:, keep] / np.sqrt(evals[keep]))
     return q
 
 
@@ -109,9 +122,9 @@ def block_truncated_svd(runner: Any, x_handles: list[Any], n_cols: int, k: int,
     omega = rng.standard_normal((n_cols, width)).astype(np.float32)
     y = runner.map("svd-sketch", _sketch, x_handles, shared=(runner.broadcast(omega),))
     for _ in range(n_power_iter):
-        q = _orthonormalize(runner, y, "svd-range")
+        q = _orthonormalize(runner, y, "svd-range", passes=1)
         z = runner.reduce(runner.map("svd-project", _project, x_handles, q), "svd-reduce")  # (l, n)
-        z_q, _ = np.linalg.qr(z.T)
+        z_q = _cholesky_qr(z.T)
         y = runner.map("svd-sketch", _sketch, x_handles, shared=(runner.broadcast(z_q.astype(np.float32)),))
     q = _orthonormalize(runner, y, "svd-range")
     b = runner.reduce(runner.map("svd-project", _project, x_handles, q), "svd-reduce")  # (l, n)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import operator
 import os
+import sys
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -159,6 +160,8 @@ class DaskRunner:
 
 def active_client() -> Any | None:
     """The current ``distributed.Client`` if one is active, else None."""
+    if "distributed" not in sys.modules:  # no client can exist; don't pay for the import
+        return None
     try:
         from distributed import default_client
 

@@ -346,3 +346,21 @@ def test_factorize_leaves_nothing_when_aborted(tmp_path):
     with pytest.raises(RuntimeError, match="cancelled"):
         distnmf.factorize(X, tmp_path / "f.zarr", n_components=3, callback=abort)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("variant", ["nndsvd", "nndsvda"])
+def test_nndsvd_matches_scikit_learn(variant):
+    """On a clearly low-rank matrix the blockwise randomized SVD finds the same singular
+    vectors as scikit-learn's, so NNDSVD gives the same starting factors."""
+    from sklearn.decomposition._nmf import _initialize_nmf
+
+    from distnmf.init import nndsvd_init
+
+    X, _, _ = planted(500, 80, 5, noise=0.001, seed=20)
+    W_ref, H_ref = _initialize_nmf(X.astype(np.float64), 5, init=variant, random_state=0)
+    runner = LocalRunner()
+    source = as_source(X, n_blocks_hint=3)
+    w_blocks, H = nndsvd_init(runner, runner.load(source, True), source.bounds, 80, 5, variant, float(X.mean()), 0)
+    W = np.concatenate(w_blocks)
+    np.testing.assert_allclose(W, W_ref, atol=1e-4 * W_ref.max())
+    np.testing.assert_allclose(H, H_ref, atol=1e-4 * H_ref.max())
