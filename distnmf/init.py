@@ -18,6 +18,7 @@ from distnmf.source import BlockSource, as_source, materialize
 
 OVERSAMPLES = 10
 POWER_ITERATIONS = 4
+NNDSVD_EPS = 1e-6  # entries below this are zeroed before the fill, as in scikit-learn
 
 
 def power_iterations(k: int, shape: tuple[int, int]) -> int:
@@ -64,7 +65,7 @@ def _nndsvd_w_block(u: np.ndarray, seed: int, scale: np.ndarray, use_negative: n
     for the leading column; then zeros filled per ``fill``."""
     signed = np.where(use_negative, -u, u)
     W = (np.where(lead, np.abs(u), np.maximum(signed, 0)) * scale).astype(np.float32)
-    W[W < np.finfo(np.float32).eps] = 0
+    W[W < NNDSVD_EPS] = 0
     return _fill_zeros(W, fill, avg, seed)
 
 
@@ -170,7 +171,7 @@ def nndsvd_init(runner: Any, x_handles: list[Any], bounds: tuple[int, ...], n_co
     H = np.maximum(np.where(use_negative[:, None], -vt64, vt64), 0) * (lam / v_norm)[:, None]
     H[0] = np.sqrt(s[0]) * np.abs(vt64[0])
     H = H.astype(np.float32)
-    H[H < np.finfo(np.float32).eps] = 0
+    H[H < NNDSVD_EPS] = 0
     avg = float(x_mean)  # scikit-learn fills NNDSVD zeros with mean(X)
     fill = variant if variant in ("nndsvda", "nndsvdar") else "nndsvd"
     seeds = [seed + 1 + i for i in range(len(bounds) - 1)]
