@@ -227,7 +227,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         try:
             source = self._source(X, reset=False, n_blocks_hint=_blocks_hint(runner, X))
             w_handles = transform_blocks(runner, source, self.components_, kernels.beta_to_float(self.beta_loss),
-                                         self.solver, self.max_iter, self.tol)
+                                         self.solver, self.max_iter, self.tol, self.alpha_W, self.l1_ratio)
             if source.out_of_core:
                 path = Path(tempfile.mkdtemp(prefix="distnmf-W-")) / "W.zarr"
                 write_w_store(runner, w_handles, source.bounds, path, self.n_components_)
@@ -260,17 +260,21 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
 
 def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: float, solver: str,
-                  max_iter: int, tol: float) -> np.ndarray:
+                  max_iter: int, tol: float, l1: float, l2: float) -> np.ndarray:
     """Coefficients of one block with H fixed: HALS (or MU) to convergence from the flat start
     ``avg`` (scikit-learn's ``sqrt(mean(X) / k)`` over all of X, so rows don't depend on blocks)."""
     block = materialize(x)
     W = np.full((block.shape[0], H.shape[0]), avg, dtype=np.float32)
     if solver == "hals":
         XHt = kernels.x_ht(block, H)
+        if l1:
+            XHt -= l1
+        if l2:
+            HHt = HHt + l2 * np.eye(len(HHt), dtype=HHt.dtype)
         return kernels.hals_fold_in(W, XHt, HHt, max_sweeps=max_iter, tol=tol)
     for _ in range(max_iter):
         previous = W
-        W = kernels.mu_update_block(block, W, H, beta, HHt=HHt if beta == 2.0 else None)
+        W = kernels.mu_update_block(block, W, H, beta, HHt=HHt if beta == 2.0 else None, l1=l1, l2=l2)
         change = np.linalg.norm(W - previous)
         if change <= tol * max(np.linalg.norm(W), 1e-12):
             break
@@ -278,23 +282,27 @@ def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: floa
 
 
 def transform_blocks(runner: Any, source: BlockSource, H: np.ndarray, beta: float, solver: str,
-                     max_iter: int, tol: float) -> list[Any]:
-    """Fold-in over row blocks: per-block W handles for fixed H (k, n)."""
+                     max_iter: int, tol: float, alpha_W: float = 0.0, l1_ratio: float = 0.0) -> list[Any]:
+    """Fold-in over row blocks: per-block W handles for fixed H (k, n), with the W
+    regularization of scikit-learn (``alpha_W * n_features``, split by ``l1_ratio``)."""
+    n = source.shape[1]
+    l1, l2 = n * alpha_W * l1_ratio, n * alpha_W * (1 - l1_ratio)
     x_handles = runner.load(source, keep=False)
     _, x_sum = runner.reduce(runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1])),
                              "nmf-reduce-stats")
     H = np.asarray(H, dtype=np.float32)
     avg = float(np.sqrt(max(x_sum, 0.0) / (source.shape[0] * source.shape[1]) / H.shape[0]))
     return runner.map("nmf-fold-in", _fold_in_task, x_handles,
-                      shared=(runner.broadcast(H), H @ H.T, avg, beta, solver, max_iter, tol))
+                      shared=(runner.broadcast(H), H @ H.T, avg, beta, solver, max_iter, tol, l1, l2))
 
 
 def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", solver: str | None = None,
-            max_iter: int = 200, tol: float = 1e-4) -> np.ndarray:
+            max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0) -> np.ndarray:
     """Coefficients W (r, k) of new rows X_new (r, n) with H (k, n) fixed.
 
-    Uses HALS for the Frobenius loss and multiplicative updates otherwise (or ``solver``).
-    X_new may be numpy, scipy.sparse, a Dask array, a Matrix or a store path.
+    Uses HALS for the Frobenius loss and multiplicative updates otherwise (or ``solver``);
+    ``alpha_W`` and ``l1_ratio`` regularize W as in the fit. X_new may be numpy,
+    scipy.sparse, a Dask array, a Matrix or a store path.
     """
     H = np.asarray(H, dtype=np.float32)
     if H.ndim != 2:
@@ -308,7 +316,8 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
         source = as_source(X_new, n_blocks_hint=_blocks_hint(runner, X_new))
         if source.shape[1] != H.shape[1]:
             raise ValueError(f"X_new has {source.shape[1]} columns but H has {H.shape[1]}")
-        return np.concatenate(runner.gather(transform_blocks(runner, source, H, beta, solver, max_iter, tol)))
+        return np.concatenate(runner.gather(transform_blocks(runner, source, H, beta, solver, max_iter, tol,
+                                                             alpha_W, l1_ratio)))
     finally:
         runner.close()
 

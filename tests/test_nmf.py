@@ -364,3 +364,13 @@ def test_nndsvd_matches_scikit_learn(variant):
     W = np.concatenate(w_blocks)
     np.testing.assert_allclose(W, W_ref, atol=1e-4 * W_ref.max())
     np.testing.assert_allclose(H, H_ref, atol=1e-4 * H_ref.max())
+
+
+def test_transform_applies_the_fits_w_regularization():
+    X, _, _ = planted(200, 40, 4, noise=0.05, seed=21)
+    plain = distnmf.NMF(4, random_state=0, max_iter=100).fit(X)
+    sparse_w = distnmf.NMF(4, random_state=0, max_iter=100, alpha_W=0.05, l1_ratio=1.0)
+    sparse_w.components_, sparse_w.n_components_, sparse_w.n_features_in_ = plain.components_, 4, 40
+    assert (sparse_w.transform(X) == 0).mean() > (plain.transform(X) == 0).mean()
+    np.testing.assert_allclose(sparse_w.transform(X[:5]),
+                               distnmf.fold_in(X[:5], plain.components_, alpha_W=0.05, l1_ratio=1.0), rtol=1e-5)
