@@ -143,7 +143,9 @@ SolverOpt = Annotated[str, typer.Option("--solver", help="hals (Frobenius loss) 
 InitOpt = Annotated[str, typer.Option("--init", help="nndsvda, nndsvd, nndsvdar or random.")]
 BetaOpt = Annotated[str, typer.Option("--beta-loss", help="frobenius, kullback-leibler or itakura-saito (needs --solver mu).")]
 MaxIterOpt = Annotated[int, typer.Option("--max-iter", help="Maximum number of iterations.")]
-TolOpt = Annotated[float, typer.Option("--tol", help="Stop when the relative error improves by less than this.")]
+TolOpt = Annotated[float, typer.Option("--tol", help="Stopping tolerance, as in scikit-learn: hals stops when the projected "
+                                        "gradient falls below tol x the first iteration's; mu when the error "
+                                        "drops by less than tol x the initial error over 10 iterations.")]
 SeedOpt = Annotated[int | None, typer.Option("--random-state", help="Seed for reproducible initialisation.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
 
