@@ -16,7 +16,7 @@ from api.runner import Cluster
 from api.schemas import MatrixFormat
 from api.tasks import check_rows
 from distnmf.ingest import ingest_array
-from distnmf.store import Matrix, _write_labels, open_matrix, publish
+from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
 
 SUFFIXES = {MatrixFormat.npy: ".npy", MatrixFormat.npz: ".npz", MatrixFormat.mtx: ".mtx", MatrixFormat.csv: ".csv"}
 
@@ -108,20 +108,18 @@ def ingest(store: JobStore, data_dir: Path, source: Path, fmt: MatrixFormat, mat
         raise unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and register its path")
     relative = f"matrices/{matrix_id}.zarr"
     final = data_dir / relative
-    staging = final.with_name(f".{final.name}.staging")
     linked = None
     if source.suffix.lower() != SUFFIXES[fmt]:  # the ingest reads the format from the suffix
         linked = source.with_name(f".{source.name}.{uuid.uuid4().hex[:8]}{SUFFIXES[fmt]}")
         os.link(source, linked)
     try:
-        try:
-            matrix = ingest_array(linked or source, staging, overwrite=True, show_progress=False).matrix
-            _add_metadata(staging, matrix, row_labels, col_labels, image_shape)
-        except (ValueError, TypeError, OSError, EOFError, KeyError) as exc:
-            raise unprocessable(f"cannot ingest the {fmt} file {name!r}: {exc}") from None
-        publish(staging, final, overwrite=False)
+        with atomic_path(final) as staging:
+            try:
+                matrix = ingest_array(linked or source, staging, overwrite=True, show_progress=False).matrix
+                _add_metadata(staging, matrix, row_labels, col_labels, image_shape)
+            except (ValueError, TypeError, OSError, EOFError, KeyError) as exc:
+                raise unprocessable(f"cannot ingest the {fmt} file {name!r}: {exc}") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
         if linked is not None:
             linked.unlink(missing_ok=True)
     return store.add_matrix(_record(matrix_id, name, relative, fmt, True, open_matrix(final)))

@@ -27,7 +27,7 @@ import zarr
 from distnmf import kernels
 from distnmf.init import nndsvd_init, random_init
 from distnmf.source import BlockSource, materialize
-from distnmf.store import _temporary_sibling, check_block, publish
+from distnmf.store import atomic_path, check_block
 
 Callback = Callable[[int, float, float], Any]
 
@@ -305,15 +305,13 @@ def write_w(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], group_pa
 def write_checkpoint(runner: Any, path: str | Path, w_handles: list[Any], H: np.ndarray,
                      bounds: tuple[int, ...], iteration: int, errors: list[float], config: FitConfig) -> None:
     """Atomically replace the checkpoint at ``path`` with W, H, the iteration and errors."""
-    path = Path(path)
-    tmp = _temporary_sibling(path)
-    group = zarr.open_group(tmp, mode="w", zarr_format=3)
-    group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
-    write_w(runner, w_handles, bounds, tmp, H.shape[0])
-    group.attrs.update({"distnmf_checkpoint": {
-        "iteration": iteration, "errors": list(map(float, errors)), "n_rows": bounds[-1],
-        "n_components": config.n_components, "solver": config.solver, "beta": config.beta}})
-    publish(tmp, path, overwrite=True)
+    with atomic_path(Path(path), overwrite=True) as tmp:
+        group = zarr.open_group(tmp, mode="w", zarr_format=3)
+        group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
+        write_w(runner, w_handles, bounds, tmp, H.shape[0])
+        group.attrs.update({"distnmf_checkpoint": {
+            "iteration": iteration, "errors": list(map(float, errors)), "n_rows": bounds[-1],
+            "n_components": config.n_components, "solver": config.solver, "beta": config.beta}})
 
 
 def read_checkpoint(path: str | Path, shape: tuple[int, int], k: int) -> dict[str, Any]:

@@ -7,7 +7,6 @@ input into row blocks, dispatches to :func:`distnmf.driver.fit_blocks` on the ac
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import warnings
 from numbers import Integral, Real
@@ -28,7 +27,7 @@ from distnmf import kernels
 from distnmf.driver import FitConfig, FitResult, _stats_task, fit_blocks, write_w
 from distnmf.runner import make_runner
 from distnmf.source import BlockSource, as_source, materialize
-from distnmf.store import Matrix, _temporary_sibling, check_block, publish
+from distnmf.store import Matrix, atomic_path, check_block
 
 IN_MEMORY_TYPES = (np.ndarray, list, tuple)
 
@@ -327,15 +326,9 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
 
 def write_w_store(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], path: Path, k: int) -> None:
     """Write W blocks to a new Zarr group at ``path`` (array ``W``), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(path)
-    zarr.open_group(tmp, mode="w", zarr_format=3)
-    try:
+    with atomic_path(path, overwrite=True) as tmp:
+        zarr.open_group(tmp, mode="w", zarr_format=3)
         write_w(runner, w_handles, bounds, tmp, k)
-        publish(tmp, path, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 SMALL_INPUT_BYTES = 16 * 2**20

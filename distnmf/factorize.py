@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import zarr
 
 from distnmf.estimator import NMF
 from distnmf.factors import ATTRS_KEY, FACTORS_VERSION, Factors, _jsonable, open_factors
-from distnmf.store import Matrix, _temporary_sibling, _write_labels, open_matrix, publish
+from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
 
 STORED_PARAMS = ("n_components", "init", "solver", "beta_loss", "tol", "max_iter", "random_state",
                  "alpha_W", "alpha_H", "l1_ratio")
@@ -41,9 +40,7 @@ def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
     if isinstance(source, (str, os.PathLike)):
         source = open_matrix(source)
     matrix = source if isinstance(source, Matrix) else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(out)
-    try:
+    with atomic_path(out, overwrite=True) as tmp:
         model = NMF(callback=callback, W_store=tmp, **nmf_params)
         model.fit_transform(source)
         group = zarr.open_group(tmp, mode="r+")
@@ -66,8 +63,4 @@ def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
             "image_shape": list(matrix.image_shape) if matrix and matrix.image_shape else None,
         }
         group.attrs.update({ATTRS_KEY: _jsonable(attrs)})
-        publish(tmp, out, overwrite=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return open_factors(out)

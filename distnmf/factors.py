@@ -14,7 +14,6 @@ Layout::
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from distnmf.store import _as_str_array, _temporary_sibling, _write_labels, publish
+from distnmf.store import _as_str_array, _write_labels, atomic_path
 
 FACTORS_VERSION = 1
 ATTRS_KEY = "distnmf_factors"
@@ -81,9 +80,7 @@ def save_factors(path: str | os.PathLike, W: np.ndarray | da.Array, H: np.ndarra
     H = np.asarray(H, dtype=np.float32)
     if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[0]:
         raise ValueError(f"W {W.shape} and H {H.shape} do not form a factorization (W.shape[1] != H.shape[0])")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(path)
-    try:
+    with atomic_path(path, overwrite) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         chunk_rows = W.chunks[0][0] if isinstance(W, da.Array) else min(W.shape[0], 2**16)
         w_arr = group.create_array("W", shape=W.shape, chunks=(max(1, chunk_rows), W.shape[1]),
@@ -96,10 +93,6 @@ def save_factors(path: str | os.PathLike, W: np.ndarray | da.Array, H: np.ndarra
         _write_labels(group, "row_labels", row_labels, W.shape[0])
         _write_labels(group, "col_labels", col_labels, H.shape[1])
         group.attrs.update({ATTRS_KEY: {"version": FACTORS_VERSION, **_jsonable(attrs or {})}})
-        publish(tmp, path, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return open_factors(path)
 
 

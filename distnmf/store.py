@@ -21,6 +21,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,20 @@ def publish(tmp: Path, path: Path, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, path)
+
+
+@contextmanager
+def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write a store into; on success publish it as
+    ``path`` (see :func:`publish`), on any exception remove it, so nothing half-written remains."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path)
+    try:
+        yield tmp
+        publish(tmp, path, overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _compressors(compression: str | None) -> Any:

@@ -141,3 +141,16 @@ def test_factors_store_round_trip(tmp_path):
     assert f.error_history == [0.5] and f.col_labels[-1] == "g" and f.row_labels is None
     with pytest.raises(ValueError, match="do not form a factorization"):
         distnmf.save_factors(tmp_path / "g.zarr", W, H.T)
+
+
+def test_atomic_path_publishes_or_leaves_nothing(tmp_path):
+    from distnmf.store import atomic_path
+
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "sub" / "x.zarr") as tmp:
+            tmp.mkdir()
+            raise RuntimeError("writer failed")
+    assert list((tmp_path / "sub").iterdir()) == []
+    with atomic_path(tmp_path / "sub" / "x.zarr") as tmp:
+        tmp.mkdir()
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.zarr"]
