@@ -236,28 +236,16 @@ def _dense_wh_power(W: np.ndarray, H: np.ndarray, beta: float) -> np.ndarray:
 def mu_update_block(X: Block, W: np.ndarray, H: np.ndarray, beta: float, *, HHt: np.ndarray | None = None,
                     l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
     """One multiplicative update of a row block W_i (m_i, k) for the beta-divergence, H fixed."""
-    gamma = mu_gamma(beta)
     if beta == 2.0:
         numerator = x_ht(X, H)
         denominator = W @ (H @ H.T if HHt is None else HHt)
     else:
         numerator = np.asarray(_weighted_ratio(X, _wh_at(X, W, H), beta) @ H.T, dtype=np.float32)
         if beta == 1.0:
-            denominator = np.broadcast_to(H.sum(axis=1), W.shape).copy()
+            denominator = np.broadcast_to(H.sum(axis=1), W.shape)  # _mu_step never writes into it
         else:
             denominator = _dense_wh_power(W, H, beta) @ H.T
-    if l1:
-        denominator = denominator + l1
-    if l2:
-        denominator = denominator + l2 * W
-    denominator[denominator == 0] = EPSILON
-    delta = numerator / denominator
-    if gamma != 1:
-        delta **= gamma
-    W = (W * delta).astype(np.float32)
-    if beta < 1:
-        W[W < np.finfo(np.float64).eps] = 0.0
-    return W
+    return _mu_step(W, numerator, denominator, beta, l1, l2)
 
 
 def mu_h_terms(X: Block, W: np.ndarray, H: np.ndarray, beta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -278,20 +266,25 @@ def mu_h_terms(X: Block, W: np.ndarray, H: np.ndarray, beta: float) -> tuple[np.
 def mu_update_h(H: np.ndarray, numerator: np.ndarray, denominator: np.ndarray, beta: float, *,
                 l1: float = 0.0, l2: float = 0.0) -> np.ndarray:
     """Multiplicative update of H (k, n) from the reduced numerator and denominator."""
-    gamma = mu_gamma(beta)
-    denominator = np.broadcast_to(denominator, H.shape).astype(np.float64)
+    return _mu_step(H, numerator, np.broadcast_to(denominator, H.shape).astype(np.float64), beta, l1, l2)
+
+
+def _mu_step(M: np.ndarray, numerator: np.ndarray, denominator: np.ndarray, beta: float, l1: float,
+             l2: float) -> np.ndarray:
+    """``M * (numerator / (denominator + l1 + l2 M)) ** gamma``, the maximization-minimization
+    step shared by the W and H updates; for beta < 1 tiny entries are set to 0 for stability."""
     if l1:
         denominator = denominator + l1
     if l2:
-        denominator = denominator + l2 * H
-    denominator = np.where(denominator == 0, EPSILON, denominator)
-    delta = numerator / denominator
+        denominator = denominator + l2 * M
+    delta = numerator / np.where(denominator == 0, EPSILON, denominator)
+    gamma = mu_gamma(beta)
     if gamma != 1:
         delta **= gamma
-    H = (H * delta).astype(np.float32)
+    M = (M * delta).astype(np.float32)
     if beta < 1:
-        H[H < np.finfo(np.float64).eps] = 0.0
-    return H
+        M[M < np.finfo(np.float64).eps] = 0.0
+    return M
 
 
 def beta_divergence_block(X: Block, W: np.ndarray, H: np.ndarray, beta: float) -> float:
