@@ -123,7 +123,7 @@ def decide_keep_in_memory(source: BlockSource, runner: Any, keep: bool | str) ->
     """Keep X blocks in (cluster) memory when they take at most 40% of the memory available."""
     if keep != "auto":
         return bool(keep)
-    if not source.out_of_core and runner.__class__.__name__ == "LocalRunner":
+    if not source.out_of_core and runner.in_process:
         return True
     return source.nbytes <= 0.4 * runner.memory_limit
 
@@ -179,7 +179,6 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
     sweeps_w = kernels.accelerated_sweeps(m, n, k, source.nnz)
     sweeps_h = kernels.accelerated_sweeps(n, m, k, source.nnz)
     iteration, converged = first_iter, False
-    pending_loss = False  # beta != 2: the loss of the final iterate is still to be computed
     violations: list[float] = []
     error_at_init = _initial_error(runner, config, x_handles, w_handles, H, x_sq, x_norm, errors)
     while iteration < config.max_iter and not converged:
@@ -218,17 +217,13 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
             H = kernels.mu_update_h(H, numerator, denominator, config.beta, l1=config.l1_H, l2=config.l2_H)
             if iteration > first_iter + 1:
                 errors.append(math.sqrt(2 * max(previous, 0.0)) / x_norm)
-            pending_loss = True
         converged = _converged(config, errors, violations, error_at_init)
         _report(config, iteration if gram_path else iteration - 1, errors, start_time)
         if config.checkpoint and iteration % config.checkpoint_every == 0:
             write_checkpoint(runner, config.checkpoint, w_handles, H, source.bounds, iteration, errors,
                              config)
-    if pending_loss:  # one more pass for the loss of the final iterate
-        H_handle = runner.broadcast(H)
-        final = runner.reduce(runner.map("nmf-loss", _divergence_task, x_handles, w_handles,
-                                         shared=(H_handle, config.beta)), "nmf-reduce-loss")
-        errors.append(math.sqrt(2 * max(final, 0.0)) / x_norm)
+    if not gram_path and iteration > first_iter:  # the loss of the final iterate is known one pass late
+        errors.append(_relative_loss(runner, config, x_handles, w_handles, H, x_norm))
         _report(config, iteration, errors, start_time)
     reconstruction_err = errors[-1] * x_norm if errors else float("nan")
     return FitResult(w_handles, H, iteration, errors, reconstruction_err, converged=converged)
@@ -247,6 +242,12 @@ def _initial_error(runner: Any, config: FitConfig, x_handles: list[Any], w_handl
         return float("nan")
     if errors:
         return errors[0]
+    return _relative_loss(runner, config, x_handles, w_handles, H, x_norm)
+
+
+def _relative_loss(runner: Any, config: FitConfig, x_handles: list[Any], w_handles: list[Any],
+                   H: np.ndarray, x_norm: float) -> float:
+    """sqrt(2 D_beta(X, W H)) / ||X||, from one pass over the blocks."""
     loss = runner.reduce(runner.map("nmf-loss", _divergence_task, x_handles, w_handles,
                                     shared=(runner.broadcast(H), config.beta)), "nmf-reduce-loss")
     return math.sqrt(2 * max(loss, 0.0)) / x_norm
@@ -280,7 +281,7 @@ def _report(config: FitConfig, iteration: int, errors: list[float], start_time: 
 
 def _span(runner: Any, name: str) -> contextlib.AbstractContextManager:
     """A ``distributed.span`` grouping the fit's tasks on the dashboard (no-op in-process)."""
-    if runner.__class__.__name__ != "DaskRunner":
+    if runner.in_process:
         return contextlib.nullcontext()
     from distributed import span
 

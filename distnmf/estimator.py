@@ -338,7 +338,7 @@ def _blocks_hint(runner: Any, X: Any) -> int:
     """One block per worker thread (each block returns a k x n term to reduce, so fewer blocks
     mean less traffic; stores still split by their ~32 MiB chunks), except that small in-memory
     input stays one block in-process (splitting it gains nothing and changes float rounding)."""
-    if runner.__class__.__name__ != "LocalRunner":
+    if not runner.in_process:
         return runner.n_workers
     nbytes = X.nnz * 8 if sp.issparse(X) else getattr(X, "nbytes", None)
     if isinstance(X, (list, tuple)) or (nbytes is not None and not isinstance(X, (da.Array, zarr.Array))

@@ -48,6 +48,8 @@ def load_block(x: Any) -> Any:
 class LocalRunner:
     """Runs block tasks in a thread pool in this process (the embedded default)."""
 
+    in_process = True
+
     def __init__(self, n_threads: int | None = None) -> None:
         self.n_workers = n_threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self.n_workers, thread_name_prefix="distnmf")
@@ -92,6 +94,8 @@ class DaskRunner:
     Task keys are readable (``nmf-update-W``, ``nmf-reduce``, ...), suffixed with a run token,
     so the dashboard's task stream shows what runs.
     """
+
+    in_process = False
 
     def __init__(self, client: Any, run_name: str | None = None) -> None:
         self.client = client
