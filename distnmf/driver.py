@@ -179,19 +179,20 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
     sweeps_w = kernels.accelerated_sweeps(m, n, k, source.nnz)
     sweeps_h = kernels.accelerated_sweeps(n, m, k, source.nnz)
     iteration, converged = first_iter, False
+    HHt = kernels.gram64(H)  # H H^T, computed once per H: for the error, then for the next W update
     violations: list[float] = []
     error_at_init = _initial_error(runner, config, x_handles, w_handles, H, x_sq, x_norm, errors)
     while iteration < config.max_iter and not converged:
         iteration += 1
         H_handle = runner.broadcast(H)
         if gram_path:
-            HHt = H @ H.T
+            HHt32 = HHt.astype(np.float32)
             if config.solver == "hals":
                 results = runner.map("nmf-update-W", _hals_task, x_handles, w_handles,
-                                     shared=(H_handle, HHt, sweeps_w, config.l1_W, config.l2_W))
+                                     shared=(H_handle, HHt32, sweeps_w, config.l1_W, config.l2_W))
             else:
                 results = runner.map("nmf-update-W", _mu_frobenius_task, x_handles, w_handles,
-                                     shared=(H_handle, HHt, config.l1_W, config.l2_W))
+                                     shared=(H_handle, HHt32, config.l1_W, config.l2_W))
         else:
             results = runner.map("nmf-update-W", _mu_beta_task, x_handles, w_handles,
                                  shared=(H_handle, config.beta, config.l1_W, config.l2_W))
@@ -205,13 +206,15 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
             WtX, WtW, violation_w = terms
             H, violation_h = kernels.hals_update_h(H, WtX, WtW, max_sweeps=sweeps_h, l1=config.l1_H,
                                                    l2=config.l2_H)
-            errors.append(math.sqrt(kernels.frobenius_error_sq(x_sq, WtX, WtW, H)) / x_norm)
+            HHt = kernels.gram64(H)
+            errors.append(math.sqrt(kernels.frobenius_error_sq(x_sq, WtX, WtW, H, HHt)) / x_norm)
             violations.append(violation_w + violation_h)
         elif gram_path:
             WtX, WtW = terms
             H = kernels.mu_update_h(H, WtX, (WtW @ H.astype(np.float64)), 2.0, l1=config.l1_H,
                                     l2=config.l2_H)
-            errors.append(math.sqrt(kernels.frobenius_error_sq(x_sq, WtX, WtW, H)) / x_norm)
+            HHt = kernels.gram64(H)
+            errors.append(math.sqrt(kernels.frobenius_error_sq(x_sq, WtX, WtW, H, HHt)) / x_norm)
         else:
             numerator, denominator, previous = terms
             H = kernels.mu_update_h(H, numerator, denominator, config.beta, l1=config.l1_H, l2=config.l2_H)

@@ -188,14 +188,22 @@ def hals_update_h(H: np.ndarray, WtX: np.ndarray, WtW: np.ndarray, *, max_sweeps
     return np.ascontiguousarray(Ht.T), violation
 
 
-def frobenius_error_sq(x_sq: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray) -> float:
+def gram64(H: np.ndarray) -> np.ndarray:
+    """H H^T of shape (k, k), computed in float64."""
+    H64 = H.astype(np.float64)
+    return H64 @ H64.T
+
+
+def frobenius_error_sq(x_sq: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndarray,
+                       HHt: np.ndarray | None = None) -> float:
     """||X - W H||_F^2 = ||X||^2 - 2 <W^T X, H> + <W^T W, H H^T>, without forming W H.
 
     ``WtX`` (k, n) and ``WtW`` (k, k) are sums over all row blocks; computed in float64.
+    ``HHt`` is :func:`gram64` of H when the caller already has it.
     """
-    H64 = H.astype(np.float64)
-    cross = float(np.vdot(WtX.astype(np.float64), H64))
-    quad = float(np.vdot(WtW.astype(np.float64), H64 @ H64.T))
+    HHt = gram64(H) if HHt is None else HHt
+    cross = float(np.vdot(WtX.astype(np.float64), H.astype(np.float64)))
+    quad = float(np.vdot(WtW.astype(np.float64), HHt))
     return max(x_sq - 2.0 * cross + quad, 0.0)
 
 
