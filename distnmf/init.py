@@ -94,10 +94,7 @@ def _orthonormalize(runner: Any, y_handles: list[Any], name: str, passes: int = 
     q = y_handles
     for _ in range(passes):
         gram = runner.reduce(runner.map(f"{name}-gram", _gram, q), f"{name}-reduce")
-        evals, evecs = np.linalg.eigh(gram)
-        keep = evals > evals.max() * 1e-12
-        r_inv = evecs[:, keep] / np.sqrt(evals[keep])
-        q = runner.map(f"{name}-orth", _apply_right, q, shared=(r_inv,))
+        q = runner.map(f"{name}-orth", _apply_right, q, shared=(_orthonormalizer(gram),))
     return q
 
 
@@ -106,10 +103,16 @@ def _cholesky_qr(z: np.ndarray, passes: int = 1) -> np.ndarray:
     (CholeskyQR; two passes make it CholeskyQR2), much cheaper than Householder QR for n >> l."""
     q = z.astype(np.float64)
     for _ in range(passes):
-        evals, evecs = np.linalg.eigh(q.T @ q)
-        keep = evals > evals.max() * 1e-12
-        q = q @ (evecs[:, keep] / np.sqrt(evals[keep]))
+        q = q @ _orthonormalizer(q.T @ q)
     return q
+
+
+def _orthonormalizer(gram: np.ndarray) -> np.ndarray:
+    """R⁻¹ (l, r) with Y R⁻¹ orthonormal, from the Gram matrix YᵀY (l, l); directions with
+    eigenvalues below 1e-12 of the largest are dropped instead of amplified."""
+    evals, evecs = np.linalg.eigh(gram)
+    keep = evals > evals.max() * 1e-12
+    return evecs[:, keep] / np.sqrt(evals[keep])
 
 
 def block_truncated_svd(runner: Any, x_handles: list[Any], n_cols: int, k: int,
