@@ -1,0 +1,1 @@
+"""The distnmf service (FastAPI); installed as ``distnmf_api``."""

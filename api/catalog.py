@@ -11,10 +11,10 @@ from typing import Any
 import zarr
 from fastapi import HTTPException, status
 
-from api.jobstore import JobStore
-from api.runner import Cluster
-from api.schemas import MatrixFormat
-from api.tasks import check_rows
+from distnmf_api.jobstore import JobStore
+from distnmf_api.runner import Cluster
+from distnmf_api.schemas import MatrixFormat
+from distnmf_api.tasks import check_rows
 from distnmf.ingest import ingest_array
 from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
 

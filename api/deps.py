@@ -8,9 +8,9 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from api.jobstore import JobStatus, JobStore
-from api.runner import Cluster, JobRunner
-from api.settings import Settings
+from distnmf_api.jobstore import JobStatus, JobStore
+from distnmf_api.runner import Cluster, JobRunner
+from distnmf_api.settings import Settings
 from distnmf.factors import Factors, open_factors
 
 

@@ -9,11 +9,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from api.deps import require_token
-from api.jobstore import JobStore
-from api.routers import health, jobs, matrices, results
-from api.runner import Cluster, JobRunner
-from api.settings import Settings
+from distnmf_api.deps import require_token
+from distnmf_api.jobstore import JobStore
+from distnmf_api.routers import health, jobs, matrices, results
+from distnmf_api.runner import Cluster, JobRunner
+from distnmf_api.settings import Settings
 from distnmf import __version__
 
 log = logging.getLogger("distnmf.api")

@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from api.jobstore import JobStatus, JobStore
-from api.settings import Settings
+from distnmf_api.jobstore import JobStatus, JobStore
+from distnmf_api.settings import Settings
 
 log = logging.getLogger("distnmf.api")
 

@@ -9,8 +9,8 @@ import time
 
 import uvicorn
 
-from api.main import create_app
-from api.settings import Settings
+from distnmf_api.main import create_app
+from distnmf_api.settings import Settings
 
 log = logging.getLogger("distnmf.api")
 

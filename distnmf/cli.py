@@ -365,37 +365,58 @@ def plot(
             out.print(f"{name}: {paths}")
 
 
-# --------------------------------------------------------------------------- service and demo
+# --------------------------------------------------------------------------- commands of other packages
+
+COMMANDS_GROUP = "distnmf.commands"
 
 
-@app.command()
-@_user_errors
-def serve(
-    host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
-) -> None:
-    """Run the HTTP service (job submission and queries on results).
+EXTRA_HINT = "pip install 'distnmf[server]'"
 
-    Example: distnmf serve --host 0.0.0.0 --port 8000
+
+def _missing_extra(name: str, exc: ModuleNotFoundError) -> typer.Exit:
+    typer.echo(f"error: `distnmf {name}` needs the server extra ({exc.name} is not installed): {EXTRA_HINT}",
+               err=True)
+    return typer.Exit(1)
+
+
+def _plugin_command(name: str, load: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
+    """The command ``name`` loaded by ``load``; a missing dependency (when loaded or run) names the extra."""
+    try:
+        command = load()
+    except ModuleNotFoundError as exc:
+        missing = exc
+
+        def unavailable() -> None:
+            raise _missing_extra(name, missing)
+
+        unavailable.__doc__ = f"Unavailable: needs the server extra ({EXTRA_HINT})."
+        return unavailable
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ModuleNotFoundError as exc:
+            if (exc.name or "").split(".")[0] in ("distnmf", "distnmf_api"):
+                raise  # a bug, not a missing extra
+            raise _missing_extra(name, exc) from None
+
+    return run
+
+
+def _add_plugin_commands() -> None:
+    """Add the commands other packages register under the ``distnmf.commands`` entry point group.
+
+    The service registers ``serve`` and ``demo`` this way, so this package never imports it;
+    without the service's dependencies (the ``server`` extra) the command says what to install.
     """
-    from api.server import serve as run_server
+    from importlib.metadata import entry_points
 
-    run_server(host, port)
+    for entry in entry_points(group=COMMANDS_GROUP):
+        app.command(name=entry.name)(_user_errors(_plugin_command(entry.name, entry.load)))
 
 
-@app.command()
-@_user_errors
-def demo(
-    directory: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, results and pictures.")] = Path("demo-output"),
-    small: Annotated[bool, typer.Option("--small", help="A quick, small version (seconds instead of minutes).")] = False,
-) -> None:
-    """Generate synthetic data, factorize it and write the pictures: the whole product in one go.
-
-    Example: distnmf demo --out demo-output --small
-    """
-    from distnmf.demo import run_demo
-
-    run_demo(directory, small)
+_add_plugin_commands()
 
 
 if __name__ == "__main__":

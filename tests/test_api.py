@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 
-from api.server import BackgroundServer
-from api.settings import Settings
+from distnmf_api.server import BackgroundServer
+from distnmf_api.settings import Settings
 from distnmf import analysis
 from distnmf.client import BadRequest, Client, Conflict, InvalidRequest, JobCancelled, NotFound, \
     PayloadTooLarge, Unauthorized

@@ -10,8 +10,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error, response_schema_conformance
 
-from api.server import BackgroundServer
-from api.settings import Settings
+from distnmf_api.server import BackgroundServer
+from distnmf_api.settings import Settings
 from distnmf.client import Client
 
 EXAMPLES = 20

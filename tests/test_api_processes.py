@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.server import BackgroundServer
-from api.settings import Settings
+from distnmf_api.server import BackgroundServer
+from distnmf_api.settings import Settings
 from distnmf.client import Client
 
 DASK = str(Path(sys.executable).with_name("dask"))

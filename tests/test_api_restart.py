@@ -6,8 +6,8 @@ import sqlite3
 
 import numpy as np
 
-from api.server import BackgroundServer
-from api.settings import Settings
+from distnmf_api.server import BackgroundServer
+from distnmf_api.settings import Settings
 from distnmf.client import Client
 from distnmf.factors import open_factors
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from distnmf.demo import run_demo
+from distnmf_api.demo import run_demo
 
 
 def test_demo_small(tmp_path, capsys) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.deps import ClusterDep, SettingsDep
-from api.schemas import Health
+from distnmf_api.deps import ClusterDep, SettingsDep
+from distnmf_api.schemas import Health
 from distnmf import __version__
 
 router = APIRouter(tags=["health"])

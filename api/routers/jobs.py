@@ -11,9 +11,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import ClusterDep, JobDep, RunnerDep, SettingsDep, StoreDep
-from api.jobstore import JobStatus
-from api.schemas import BetaLoss, Error, JobRecord, SubmitJob
+from distnmf_api.deps import ClusterDep, JobDep, RunnerDep, SettingsDep, StoreDep
+from distnmf_api.jobstore import JobStatus
+from distnmf_api.schemas import BetaLoss, Error, JobRecord, SubmitJob
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -12,11 +12,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from api import catalog
-from api.deps import ClusterDep, MatrixDep, SettingsDep, StoreDep
-from api.jobstore import JobStatus
-from api.schemas import Error, MatrixFormat, MatrixRecord, RegisterMatrix
-from api.settings import Settings
+from distnmf_api import catalog
+from distnmf_api.deps import ClusterDep, MatrixDep, SettingsDep, StoreDep
+from distnmf_api.jobstore import JobStatus
+from distnmf_api.schemas import Error, MatrixFormat, MatrixRecord, RegisterMatrix
+from distnmf_api.settings import Settings
 
 router = APIRouter(prefix="/matrices", tags=["matrices"])
 

@@ -12,12 +12,12 @@ import scipy.sparse as sp
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from fastapi.responses import FileResponse, StreamingResponse
 
-from api import factor_io
-from api.deps import ClusterDep, FactorsDep, JobDep, SettingsDep, StoreDep
-from api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, Hit, LabelRow, Similar, SparseRow, \
+from distnmf_api import factor_io
+from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, SettingsDep, StoreDep
+from distnmf_api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, Hit, LabelRow, Similar, SparseRow, \
     TransformRequest, TransformResult
-from api.runner import Cluster
-from api.settings import Settings
+from distnmf_api.runner import Cluster
+from distnmf_api.settings import Settings
 from distnmf import analysis, plots
 from distnmf.factors import Factors
 

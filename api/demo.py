@@ -27,8 +27,8 @@ def run_demo(out_dir: Path, small: bool = False) -> None:
     """Run the demo, writing the service's data and the pictures under ``out_dir``."""
     from sklearn.datasets import load_digits
 
-    from api.server import BackgroundServer
-    from api.settings import Settings
+    from distnmf_api.server import BackgroundServer
+    from distnmf_api.settings import Settings
     from distnmf import plots
     from distnmf.client import Client
     from distnmf.factors import open_factors
