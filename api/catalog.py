@@ -6,12 +6,10 @@ import os
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Any
-
 import zarr
 from fastapi import HTTPException, status
 
-from distnmf_api.jobstore import JobStore
+from distnmf_api.jobstore import JobStore, StoredMatrix
 from distnmf_api.runner import Cluster
 from distnmf_api.schemas import MatrixFormat
 from distnmf_api.tasks import check_rows
@@ -71,15 +69,17 @@ def validate_on_cluster(matrix: Matrix, cluster: Cluster) -> None:
         cluster.client.cancel(futures)
 
 
-def _record(matrix_id: str, name: str, path: str, fmt: MatrixFormat, owned: bool, matrix: Matrix) -> dict[str, Any]:
-    return {"id": matrix_id, "name": name, "path": path, "format": str(fmt), "owned": owned,
-            "n_rows": matrix.shape[0], "n_cols": matrix.shape[1], "nnz": matrix.nnz, "is_sparse": matrix.is_sparse,
-            "image_shape": list(matrix.image_shape) if matrix.image_shape else None,
-            "has_row_labels": matrix.row_labels is not None, "has_col_labels": matrix.col_labels is not None}
+def _record(matrix_id: str, name: str, path: str, fmt: MatrixFormat, owned: bool, matrix: Matrix) -> StoredMatrix:
+    n_rows, n_cols = matrix.shape
+    return StoredMatrix(id=matrix_id, name=name, format=str(fmt), shape=(n_rows, n_cols), nnz=matrix.nnz,
+                        density=matrix.nnz / (n_rows * n_cols), is_sparse=matrix.is_sparse,
+                        image_shape=list(matrix.image_shape) if matrix.image_shape else None,
+                        has_row_labels=matrix.row_labels is not None, has_col_labels=matrix.col_labels is not None,
+                        created_at="", path=path, owned=owned)
 
 
 def register(store: JobStore, cluster: Cluster, data_dir: Path, relative: str, fmt: MatrixFormat,
-             name: str | None) -> dict[str, Any]:
+             name: str | None) -> StoredMatrix:
     """Register a store (or ingest a file) found at ``relative`` inside the data directory."""
     source = resolve_inside(data_dir, relative)
     matrix_id = uuid.uuid4().hex[:16]
@@ -102,7 +102,7 @@ def register(store: JobStore, cluster: Cluster, data_dir: Path, relative: str, f
 
 def ingest(store: JobStore, data_dir: Path, source: Path, fmt: MatrixFormat, matrix_id: str, name: str, *,
            row_labels: list[str] | None = None, col_labels: list[str] | None = None,
-           image_shape: list[int] | None = None) -> dict[str, Any]:
+           image_shape: list[int] | None = None) -> StoredMatrix:
     """Ingest a npy/npz/mtx/csv file into a new store of the service, then record it."""
     if fmt == MatrixFormat.zarr:
         raise unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and register its path")
@@ -142,8 +142,8 @@ def _add_metadata(path: Path, matrix: Matrix, row_labels: list[str] | None, col_
         group.attrs["distnmf"] = {**meta, "image_shape": list(image_shape)}
 
 
-def delete(store: JobStore, data_dir: Path, record: dict[str, Any]) -> None:
+def delete(store: JobStore, data_dir: Path, matrix: StoredMatrix) -> None:
     """Forget a matrix; stores the service ingested itself are removed from disk."""
-    store.delete_matrix(record["id"])
-    if record["owned"]:
-        shutil.rmtree(data_dir / record["path"], ignore_errors=True)
+    store.delete_matrix(matrix.id)
+    if matrix.owned:
+        shutil.rmtree(data_dir / matrix.path, ignore_errors=True)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from distnmf_api.jobstore import JobStatus, JobStore
+from distnmf_api.jobstore import JobStore, StoredMatrix
 from distnmf_api.runner import Cluster, JobRunner
 from distnmf_api.settings import Settings
 from distnmf.factors import Factors, open_factors
+from distnmf.wire import JobRecord, JobStatus
 
 
 def get_settings(request: Request) -> Settings:
@@ -49,30 +50,30 @@ def require_token(settings: SettingsDep,
                             headers={"WWW-Authenticate": "Bearer"})
 
 
-def get_matrix(store: StoreDep, matrix_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+def get_matrix(store: StoreDep, matrix_id: Annotated[str, Path(max_length=64)]) -> StoredMatrix:
     record = store.get_matrix(matrix_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {matrix_id!r}")
     return record
 
 
-def get_job(store: StoreDep, job_id: Annotated[str, Path(max_length=64)]) -> dict[str, Any]:
+def get_job(store: StoreDep, job_id: Annotated[str, Path(max_length=64)]) -> JobRecord:
     record = store.get_job(job_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
     return record
 
 
-MatrixDep = Annotated[dict[str, Any], Depends(get_matrix)]
-JobDep = Annotated[dict[str, Any], Depends(get_job)]
+MatrixDep = Annotated[StoredMatrix, Depends(get_matrix)]
+JobDep = Annotated[JobRecord, Depends(get_job)]
 
 
 def get_factors(job: JobDep, runner: RunnerDep) -> Factors:
     """The job's factors; 409 until the job has succeeded."""
-    if job["status"] != JobStatus.succeeded:
+    if job.status != JobStatus.succeeded:
         raise HTTPException(status.HTTP_409_CONFLICT,
-                            f"job {job['id']} is {job['status']}; its factors exist once it has succeeded")
-    return open_factors(runner.factors_path(job["id"]))
+                            f"job {job.id} is {job.status}; its factors exist once it has succeeded")
+    return open_factors(runner.factors_path(job.id))
 
 
 FactorsDep = Annotated[Factors, Depends(get_factors)]

@@ -1,14 +1,20 @@
-"""Matrix and job records in SQLite (stdlib ``sqlite3``, WAL mode); they survive restarts."""
+"""Matrix and job records in SQLite (stdlib ``sqlite3``, WAL mode); they survive restarts.
+
+Reads return the typed records of :mod:`distnmf.wire` (:class:`StoredMatrix` adds where the
+matrix lives, which never leaves the service).
+"""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from distnmf.wire import JobRecord, JobStatus, MatrixRecord
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS matrices (
@@ -45,18 +51,13 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
 
 
-class JobStatus(StrEnum):
-    """Life cycle of a job: queued -> running -> succeeded | failed | cancelled."""
+@dataclass(frozen=True)
+class StoredMatrix(MatrixRecord):
+    """A matrix record with its store's ``path`` (relative to the data directory) and whether the
+    service ``owned`` it (ingested it, so deleting the record removes the store)."""
 
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+    path: str
+    owned: bool
 
 
 def now() -> str:
@@ -79,46 +80,52 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def _all(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
-            return [_decode(row) for row in self._db.execute(sql, args).fetchall()]
+            return self._db.execute(sql, args).fetchall()
 
-    def _one(self, sql: str, args: tuple = ()) -> dict[str, Any] | None:
-        rows = self._all(sql, args)
-        return rows[0] if rows else None
-
-    def _run(self, sql: str, args: tuple = ()) -> int:
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> int:
         with self._lock:
             return self._db.execute(sql, args).rowcount
 
     # -- matrices
-    def add_matrix(self, record: dict[str, Any]) -> dict[str, Any]:
-        record = {**record, "created_at": now(), "image_shape": _json(record.get("image_shape"))}
-        columns = ", ".join(record)
-        self._run(f"INSERT INTO matrices ({columns}) VALUES ({', '.join('?' * len(record))})",
-                  tuple(record.values()))
-        return self.get_matrix(record["id"])
+    def add_matrix(self, matrix: StoredMatrix) -> StoredMatrix:
+        """Record ``matrix`` (its ``created_at`` and ``density`` are recomputed) and return it as stored."""
+        n_rows, n_cols = matrix.shape
+        self._run("INSERT INTO matrices (id, name, path, format, owned, n_rows, n_cols, nnz, is_sparse, image_shape, "
+                  "has_row_labels, has_col_labels, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (matrix.id, matrix.name, matrix.path, matrix.format, matrix.owned, n_rows, n_cols, matrix.nnz,
+                   matrix.is_sparse, _json(matrix.image_shape), matrix.has_row_labels, matrix.has_col_labels, now()))
+        stored = self.get_matrix(matrix.id)
+        assert stored is not None
+        return stored
 
-    def get_matrix(self, matrix_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM matrices WHERE id = ?", (matrix_id,))
+    def get_matrix(self, matrix_id: str) -> StoredMatrix | None:
+        rows = self._rows("SELECT * FROM matrices WHERE id = ?", (matrix_id,))
+        return _matrix(rows[0]) if rows else None
 
-    def list_matrices(self) -> list[dict[str, Any]]:
-        return self._all("SELECT * FROM matrices ORDER BY created_at")
+    def list_matrices(self) -> list[StoredMatrix]:
+        return [_matrix(row) for row in self._rows("SELECT * FROM matrices ORDER BY created_at")]
 
     def delete_matrix(self, matrix_id: str) -> None:
         self._run("DELETE FROM matrices WHERE id = ?", (matrix_id,))
 
     # -- jobs
-    def add_job(self, job_id: str, matrix_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    def add_job(self, job_id: str, matrix_id: str, params: dict[str, Any]) -> JobRecord:
+        """Queue a job; ``sqlite3.IntegrityError`` if ``job_id`` is taken."""
         self._run("INSERT INTO jobs (id, matrix_id, params, status, max_iter, created_at) VALUES (?, ?, ?, ?, ?, ?)",
                   (job_id, matrix_id, _json(params), JobStatus.queued, params["max_iter"], now()))
-        return self.get_job(job_id)
+        job = self.get_job(job_id)
+        assert job is not None
+        return job
 
-    def get_job(self, job_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM jobs WHERE id = ?", (job_id,))
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
 
-    def list_jobs(self, status: JobStatus | None = None, matrix_id: str | None = None) -> list[dict[str, Any]]:
-        where, args = [], []
+    def list_jobs(self, status: JobStatus | None = None, matrix_id: str | None = None) -> list[JobRecord]:
+        where: list[str] = []
+        args: list[str] = []
         if status is not None:
             where.append("status = ?")
             args.append(str(status))
@@ -126,11 +133,11 @@ class JobStore:
             where.append("matrix_id = ?")
             args.append(matrix_id)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        return self._all(f"SELECT * FROM jobs{clause} ORDER BY seq", tuple(args))
+        return [_job(row) for row in self._rows(f"SELECT * FROM jobs{clause} ORDER BY seq", tuple(args))]
 
-    def unfinished_jobs(self) -> list[dict[str, Any]]:
-        return self._all("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY seq",
-                         (JobStatus.queued, JobStatus.running))
+    def unfinished_jobs(self) -> list[JobRecord]:
+        return [_job(row) for row in self._rows("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY seq",
+                                                (JobStatus.queued, JobStatus.running))]
 
     def start_job(self, job_id: str) -> bool:
         """Mark a queued job running; False if it is no longer queued (e.g. cancelled)."""
@@ -160,12 +167,21 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, sort_keys=True)
 
 
-def _decode(row: sqlite3.Row) -> dict[str, Any]:
-    record = dict(row)
-    for key in ("params", "error_history", "image_shape"):
-        if record.get(key) is not None:
-            record[key] = json.loads(record[key])
-    for key in ("owned", "is_sparse", "has_row_labels", "has_col_labels"):
-        if key in record:
-            record[key] = bool(record[key])
-    return record
+def _matrix(row: sqlite3.Row) -> StoredMatrix:
+    n_rows, n_cols = row["n_rows"], row["n_cols"]
+    return StoredMatrix(id=row["id"], name=row["name"], format=row["format"], shape=(n_rows, n_cols), nnz=row["nnz"],
+                        density=row["nnz"] / (n_rows * n_cols), is_sparse=bool(row["is_sparse"]),
+                        image_shape=_loads(row["image_shape"]), has_row_labels=bool(row["has_row_labels"]),
+                        has_col_labels=bool(row["has_col_labels"]), created_at=row["created_at"], path=row["path"],
+                        owned=bool(row["owned"]))
+
+
+def _job(row: sqlite3.Row) -> JobRecord:
+    return JobRecord(id=row["id"], matrix_id=row["matrix_id"], status=JobStatus(row["status"]),
+                     params=json.loads(row["params"]), iteration=row["iteration"], max_iter=row["max_iter"],
+                     error=row["error"], error_history=json.loads(row["error_history"]), message=row["message"],
+                     created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"])
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)

@@ -15,13 +15,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from distnmf_api.jobstore import JobStatus, JobStore
+from distnmf_api.jobstore import JobStore
 from distnmf_api.settings import Settings
+from distnmf.wire import JobStatus
 
 log = logging.getLogger("distnmf.api")
 
 
-class JobCancelled(Exception):
+class CancelRequested(Exception):
     """Raised inside a fit's callback when its job was cancelled."""
 
 
@@ -79,10 +80,10 @@ class JobRunner:
     def start(self) -> None:
         """Re-queue the jobs a previous run left queued or running, then start the workers."""
         for job in self.store.unfinished_jobs():
-            if job["status"] == JobStatus.running:
-                self.store.requeue(job["id"])
-            log.info("re-queued job %s left %s by the previous run", job["id"], job["status"])
-            self._queue.put(job["id"])
+            if job.status == JobStatus.running:
+                self.store.requeue(job.id)
+            log.info("re-queued job %s left %s by the previous run", job.id, job.status)
+            self._queue.put(job.id)
         for thread in self._threads:
             thread.start()
 
@@ -117,16 +118,16 @@ class JobRunner:
 
     def _run(self, job_id: str) -> None:
         job = self.store.get_job(job_id)
-        if job is None or job["status"] != JobStatus.queued:
+        if job is None or job.status != JobStatus.queued:
             return
-        matrix = self.store.get_matrix(job["matrix_id"])
+        matrix = self.store.get_matrix(job.matrix_id)
         if matrix is None:
-            self.store.finish_job(job_id, JobStatus.failed, f"matrix {job['matrix_id']} was deleted")
+            self.store.finish_job(job_id, JobStatus.failed, f"matrix {job.matrix_id} was deleted")
             return
         flag = self._cancel.setdefault(job_id, threading.Event())
         checkpoint = self.checkpoint_path(job_id)
         resume = checkpoint if checkpoint.exists() else None
-        history: list[float] = list(job["error_history"]) if resume else []
+        history: list[float] = list(job.error_history) if resume else []
         if not self.store.start_job(job_id):
             return
         log.info("job %s started%s", job_id, f" (resuming from {checkpoint})" if resume else "")
@@ -136,14 +137,14 @@ class JobRunner:
             history.append(float(error))
             self.store.record_progress(job_id, iteration, float(error), history)
             if flag.is_set():
-                raise JobCancelled(job_id)
+                raise CancelRequested(job_id)
             if self._stopping.is_set():
                 raise ServiceStopping(job_id)
 
         try:
-            self._fit(self.settings.data_dir / matrix["path"], self.factors_path(job_id), callback,
-                      dict(job["params"]), checkpoint, resume)
-        except JobCancelled:
+            self._fit(self.settings.data_dir / matrix.path, self.factors_path(job_id), callback,
+                      dict(job.params), checkpoint, resume)
+        except CancelRequested:
             self.store.finish_job(job_id, JobStatus.cancelled, "cancelled while running")
             log.info("job %s cancelled", job_id)
         except ServiceStopping:

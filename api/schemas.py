@@ -1,14 +1,17 @@
-"""Request and response bodies of the REST API (with the examples shown at /docs)."""
+"""Request and response bodies of the REST API (with the examples shown at /docs).
+
+The records also used by the client (matrices, jobs, hits, job status) are the dataclasses
+of :mod:`distnmf.wire`; FastAPI validates and documents them like the models here.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distnmf_api.jobstore import JobStatus
+from distnmf.wire import Hit
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -88,25 +91,6 @@ class RegisterMatrix(Body):
     format: MatrixFormat = MatrixFormat.zarr
 
 
-class MatrixRecord(BaseModel):
-    id: str
-    name: str
-    format: MatrixFormat
-    shape: tuple[int, int]
-    nnz: int
-    density: float
-    is_sparse: bool
-    image_shape: list[int] | None
-    has_row_labels: bool
-    has_col_labels: bool
-    created_at: datetime
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any]) -> MatrixRecord:
-        n_rows, n_cols = record["n_rows"], record["n_cols"]
-        return cls(**record, shape=(n_rows, n_cols), density=record["nnz"] / (n_rows * n_cols))
-
-
 # --------------------------------------------------------------------------- jobs
 
 
@@ -146,28 +130,8 @@ class SubmitJob(JobParams):
     job_id: str | None = Field(None, pattern=NAME_PATTERN,
                                description="Client-chosen id: resubmitting the same body returns the same job.")
 
-    def params(self) -> dict:
+    def params(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"matrix_id", "job_id"})
-
-
-class JobRecord(BaseModel):
-    id: str
-    matrix_id: str
-    status: JobStatus
-    params: JobParams
-    iteration: int
-    max_iter: int
-    error: float | None = Field(description="Relative error ||X - WH|| / ||X|| after the last iteration.")
-    error_history: list[float]
-    message: str | None = Field(description="Why the job failed or was cancelled.")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    dashboard_url: str | None
-
-    @classmethod
-    def from_record(cls, record: dict[str, Any], dashboard_url: str | None) -> JobRecord:
-        return cls(**record, dashboard_url=dashboard_url)
 
 
 # --------------------------------------------------------------------------- results
@@ -179,12 +143,6 @@ class FactorRange(BaseModel):
     stop: int
     shape: list[int] = Field(min_length=2, max_length=2)
     data: list[list[float]] = Field(description="W rows start:stop, or H columns start:stop (as k rows).")
-
-
-class Hit(BaseModel):
-    index: int
-    label: str | None
-    score: float
 
 
 class ComponentTop(BaseModel):

@@ -13,7 +13,6 @@ import difflib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import dask
@@ -23,18 +22,10 @@ import scipy.sparse as sp
 
 from distnmf.factors import Factors
 from distnmf.store import Matrix, open_matrix
+from distnmf.wire import Hit
 
 AXES = ("rows", "columns")
 _SUGGEST_MAX_LABELS = 200_000
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One result of a query: position along its axis, its label (if stored) and its score."""
-
-    index: int
-    label: str | None
-    score: float
 
 
 class UnknownLabelError(ValueError, KeyError):

@@ -26,13 +26,13 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, fields
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import numpy as np
+
+from distnmf.wire import Hit, JobRecord, JobStatus, MatrixRecord, from_json
 
 T = TypeVar("T")
 
@@ -87,7 +87,7 @@ class ServiceUnavailable(DistnmfError):
 class JobFailed(DistnmfError):
     """The job ended ``failed``; ``job`` holds its record."""
 
-    def __init__(self, detail: str, job: JobInfo) -> None:
+    def __init__(self, detail: str, job: JobRecord) -> None:
         super().__init__(detail)
         self.job = job
 
@@ -115,68 +115,6 @@ def _raise_for_status(response: httpx.Response) -> None:
 
 
 # --------------------------------------------------------------------------- records
-
-
-class JobStatus(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
-
-
-@dataclass(frozen=True)
-class Hit:
-    """A query result: the row's (column's) index, its label and the score."""
-
-    index: int
-    label: str | None
-    score: float
-
-
-@dataclass(frozen=True)
-class MatrixInfo:
-    id: str
-    name: str
-    format: str
-    shape: tuple[int, int]
-    nnz: int
-    density: float
-    is_sparse: bool
-    image_shape: list[int] | None
-    has_row_labels: bool
-    has_col_labels: bool
-    created_at: str
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    id: str
-    matrix_id: str
-    status: JobStatus
-    params: dict[str, Any]
-    iteration: int
-    max_iter: int
-    error: float | None
-    error_history: list[float]
-    message: str | None
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    dashboard_url: str | None
-
-    @property
-    def finished(self) -> bool:
-        return self.status in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
-
-
-def _record(cls: type[T], data: dict[str, Any]) -> T:
-    values = {f.name: data.get(f.name) for f in fields(cls)}
-    if cls is MatrixInfo:
-        values["shape"] = tuple(values["shape"])
-    if cls is JobInfo:
-        values["status"] = JobStatus(values["status"])
-    return cls(**values)
 
 
 def _hits(items: list[dict[str, Any]]) -> list[Hit]:
@@ -249,7 +187,7 @@ class AsyncClient:
     # -- matrices
     async def upload(self, data: Any, name: str | None = None, *, format: str | None = None,
                      row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None,
-                     image_shape: Sequence[int] | None = None) -> MatrixInfo:
+                     image_shape: Sequence[int] | None = None) -> MatrixRecord:
         """Upload a matrix: a numpy array, a scipy.sparse matrix, or a .npy/.npz/.mtx/.csv file path.
 
         Labels are sent along (one per row / column); ``image_shape`` marks rows as images.
@@ -275,28 +213,28 @@ class AsyncClient:
                 "image_shape": ",".join(str(int(s)) for s in image_shape) if image_shape else None}
         response = await self._request("POST", "/matrices", idempotent=False, files=files,
                                        data={k: v for k, v in form.items() if v is not None})
-        return _record(MatrixInfo, response.json())
+        return from_json(MatrixRecord, response.json())
 
-    async def register(self, path: str, name: str | None = None, format: str = "zarr") -> MatrixInfo:
+    async def register(self, path: str, name: str | None = None, format: str = "zarr") -> MatrixRecord:
         """Register a store (or ingest a file) at ``path``, relative to the service's data directory."""
         body = {"path": str(path), "format": format, **({"name": name} if name else {})}
-        return _record(MatrixInfo, (await self._request("POST", "/matrices", idempotent=False, json=body)).json())
+        return from_json(MatrixRecord, (await self._request("POST", "/matrices", idempotent=False, json=body)).json())
 
-    async def matrices(self) -> list[MatrixInfo]:
-        return [_record(MatrixInfo, m) for m in await self._get("/matrices")]
+    async def matrices(self) -> list[MatrixRecord]:
+        return [from_json(MatrixRecord, m) for m in await self._get("/matrices")]
 
-    async def matrix(self, matrix_id: str) -> MatrixInfo:
-        return _record(MatrixInfo, await self._get(f"/matrices/{matrix_id}"))
+    async def matrix(self, matrix_id: str) -> MatrixRecord:
+        return from_json(MatrixRecord, await self._get(f"/matrices/{matrix_id}"))
 
-    async def delete_matrix(self, matrix: str | MatrixInfo) -> None:
-        matrix_id = matrix.id if isinstance(matrix, MatrixInfo) else matrix
+    async def delete_matrix(self, matrix: str | MatrixRecord) -> None:
+        matrix_id = matrix.id if isinstance(matrix, MatrixRecord) else matrix
         await self._request("DELETE", f"/matrices/{matrix_id}", idempotent=True)
 
     # -- jobs
-    async def submit(self, matrix: str | MatrixInfo, n_components: int, *, job_id: str | None = None,
+    async def submit(self, matrix: str | MatrixRecord, n_components: int, *, job_id: str | None = None,
                      **params: Any) -> AsyncJob:
         """Queue an NMF of ``matrix`` (parameters as for ``distnmf.NMF``); safe to retry (job_id)."""
-        matrix_id = matrix.id if isinstance(matrix, MatrixInfo) else matrix
+        matrix_id = matrix.id if isinstance(matrix, MatrixRecord) else matrix
         body = {"matrix_id": matrix_id, "n_components": n_components, "job_id": job_id or uuid.uuid4().hex[:16],
                 **params}
         record = (await self._request("POST", "/jobs", idempotent=True, json=body)).json()
@@ -306,8 +244,8 @@ class AsyncClient:
         """A handle on an existing job."""
         return AsyncJob(self, job_id)
 
-    async def jobs(self, status: str | None = None) -> list[JobInfo]:
-        return [_record(JobInfo, j) for j in await self._get("/jobs", status=status)]
+    async def jobs(self, status: str | None = None) -> list[JobRecord]:
+        return [from_json(JobRecord, j) for j in await self._get("/jobs", status=status)]
 
 
 class AsyncJob:
@@ -320,11 +258,11 @@ class AsyncJob:
     def __repr__(self) -> str:
         return f"<Job {self.id}>"
 
-    async def status(self, wait: float = 0, after: int | None = None) -> JobInfo:
+    async def status(self, wait: float = 0, after: int | None = None) -> JobRecord:
         """The job's record; with ``wait``, long-poll until its iteration passes ``after``."""
-        return _record(JobInfo, await self.client._get(f"/jobs/{self.id}", wait=wait or None, after=after))
+        return from_json(JobRecord, await self.client._get(f"/jobs/{self.id}", wait=wait or None, after=after))
 
-    async def wait(self, progress: bool = True, timeout: float | None = None, poll: float = 10.0) -> JobInfo:
+    async def wait(self, progress: bool = True, timeout: float | None = None, poll: float = 10.0) -> JobRecord:
         """Wait for the job to finish, with a progress bar; raise JobFailed / JobCancelled."""
         from tqdm.auto import tqdm
 
@@ -332,7 +270,7 @@ class AsyncJob:
         info = await self.status()
         bar = None
         try:
-            while not info.finished:
+            while not info.status.is_terminal:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job {self.id} is still {info.status} after {timeout} s")
                 if progress and bar is None:
@@ -353,9 +291,9 @@ class AsyncJob:
             raise JobFailed(f"job {self.id} failed: {info.message}", info)
         return info
 
-    async def cancel(self) -> JobInfo:
+    async def cancel(self) -> JobRecord:
         """Cancel the job (a running one stops at its next iteration)."""
-        return _record(JobInfo, (await self.client._request("POST", f"/jobs/{self.id}/cancel",
+        return from_json(JobRecord, (await self.client._request("POST", f"/jobs/{self.id}/cancel",
                                                             idempotent=True)).json())
 
     async def _factor(self, factor: str, start: int, stop: int | None) -> np.ndarray:

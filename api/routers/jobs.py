@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
 import uuid
@@ -12,8 +13,9 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 
 from distnmf_api.deps import ClusterDep, JobDep, RunnerDep, SettingsDep, StoreDep
-from distnmf_api.jobstore import JobStatus
-from distnmf_api.schemas import BetaLoss, Error, JobRecord, SubmitJob
+from distnmf_api.runner import Cluster
+from distnmf_api.schemas import BetaLoss, Error, SubmitJob
+from distnmf.wire import JobRecord, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -38,12 +40,13 @@ def submit_job(body: SubmitJob, store: StoreDep, runner: RunnerDep, settings: Se
     matrix = store.get_matrix(body.matrix_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {body.matrix_id!r}")
-    rank_limit = min(matrix["n_rows"], matrix["n_cols"])
+    n_rows, n_cols = matrix.shape
+    rank_limit = min(n_rows, n_cols)
     if body.n_components > rank_limit:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             f"n_components={body.n_components} must be <= min(n_rows, n_cols) = {rank_limit} "
-                            f"for matrix {matrix['id']} of shape ({matrix['n_rows']}, {matrix['n_cols']})")
-    if body.beta_loss == BetaLoss.itakura_saito and matrix["nnz"] < matrix["n_rows"] * matrix["n_cols"]:
+                            f"for matrix {matrix.id} of shape ({n_rows}, {n_cols})")
+    if body.beta_loss == BetaLoss.itakura_saito and matrix.nnz < n_rows * n_cols:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
                             "beta_loss='itakura-saito' needs a matrix without zeros; this one has zeros")
     params = body.params()
@@ -51,20 +54,20 @@ def submit_job(body: SubmitJob, store: StoreDep, runner: RunnerDep, settings: Se
     try:
         record = store.add_job(job_id, body.matrix_id, params)
     except sqlite3.IntegrityError:
-        record = store.get_job(job_id)
-        if record["matrix_id"] != body.matrix_id or record["params"] != params:
+        existing = store.get_job(job_id)
+        if existing is None or existing.matrix_id != body.matrix_id or existing.params != params:
             raise HTTPException(status.HTTP_409_CONFLICT,
                                 f"job_id {job_id!r} was already submitted with a different body") from None
-        return JobRecord.from_record(record, cluster.dashboard_url)
+        return _with_dashboard(existing, cluster)
     runner.submit(job_id)
-    return JobRecord.from_record(record, cluster.dashboard_url)
+    return _with_dashboard(record, cluster)
 
 
 @router.get("", response_model=list[JobRecord])
 def list_jobs(store: StoreDep, cluster: ClusterDep, status: JobStatus | None = None,
               matrix_id: Annotated[str | None, Query(max_length=64)] = None) -> list[JobRecord]:
     """All jobs in submission order, optionally only those with a status or on one matrix."""
-    return [JobRecord.from_record(r, cluster.dashboard_url) for r in store.list_jobs(status, matrix_id)]
+    return [_with_dashboard(r, cluster) for r in store.list_jobs(status, matrix_id)]
 
 
 @router.get("/{job_id}", response_model=JobRecord, responses={404: {"model": Error}})
@@ -78,22 +81,25 @@ async def get_job(job: JobDep, store: StoreDep, cluster: ClusterDep,
     With ``wait``, the answer comes as soon as the job finishes or its iteration passes
     ``after``, or after ``wait`` seconds: a client can follow progress without busy polling.
     """
-    after = job["iteration"] if after is None else after
+    after = job.iteration if after is None else after
     deadline = time.monotonic() + wait
-    while (not JobStatus(job["status"]).finished and job["iteration"] <= after
-           and time.monotonic() < deadline):
+    while not job.status.is_terminal and job.iteration <= after and time.monotonic() < deadline:
         await asyncio.sleep(POLL_SECONDS)
-        job = await run_in_threadpool(store.get_job, job["id"])
-    return JobRecord.from_record(job, cluster.dashboard_url)
+        job = await run_in_threadpool(store.get_job, job.id) or job
+    return _with_dashboard(job, cluster)
 
 
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobRecord,
              responses={404: {"model": Error}, 409: {"model": Error, "description": "The job already finished"}})
 def cancel_job(job: JobDep, store: StoreDep, runner: RunnerDep, cluster: ClusterDep) -> JobRecord:
     """Cancel a queued job, or stop a running one at its next iteration (its cluster work is freed)."""
-    if job["status"] == JobStatus.cancelled:
-        return JobRecord.from_record(job, cluster.dashboard_url)
-    if JobStatus(job["status"]).finished:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job['id']} already {job['status']}")
-    runner.cancel(job["id"])
-    return JobRecord.from_record(store.get_job(job["id"]), cluster.dashboard_url)
+    if job.status == JobStatus.cancelled:
+        return _with_dashboard(job, cluster)
+    if job.status.is_terminal:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job.id} already {job.status}")
+    runner.cancel(job.id)
+    return _with_dashboard(store.get_job(job.id) or job, cluster)
+
+
+def _with_dashboard(job: JobRecord, cluster: Cluster) -> JobRecord:
+    return dataclasses.replace(job, dashboard_url=cluster.dashboard_url)

@@ -14,9 +14,10 @@ from starlette.datastructures import FormData, UploadFile
 
 from distnmf_api import catalog
 from distnmf_api.deps import ClusterDep, MatrixDep, SettingsDep, StoreDep
-from distnmf_api.jobstore import JobStatus
-from distnmf_api.schemas import Error, MatrixFormat, MatrixRecord, RegisterMatrix
+from distnmf_api.jobstore import StoredMatrix
+from distnmf_api.schemas import Error, MatrixFormat, RegisterMatrix
 from distnmf_api.settings import Settings
+from distnmf.wire import JobStatus, MatrixRecord
 
 router = APIRouter(prefix="/matrices", tags=["matrices"])
 
@@ -71,7 +72,7 @@ async def create_matrix(request: Request, settings: SettingsDep, store: StoreDep
     else:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             "send JSON (register a path) or multipart/form-data (upload a file)")
-    return MatrixRecord.from_record(record)
+    return record
 
 
 async def _json_body(request: Request) -> RegisterMatrix:
@@ -90,7 +91,7 @@ def _too_large(settings: Settings) -> HTTPException:
                          f"(set DISTNMF_MAX_UPLOAD_BYTES to change it)")
 
 
-async def _upload(request: Request, settings: Settings, store: StoreDep) -> dict[str, Any]:
+async def _upload(request: Request, settings: Settings, store: StoreDep) -> StoredMatrix:
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > settings.max_upload_bytes + 2**20:
         raise _too_large(settings)
@@ -170,21 +171,21 @@ async def _save(file: UploadFile, target: Path, settings: Settings) -> None:
 @router.get("", response_model=list[MatrixRecord])
 def list_matrices(store: StoreDep) -> list[MatrixRecord]:
     """All registered matrices, oldest first."""
-    return [MatrixRecord.from_record(r) for r in store.list_matrices()]
+    return list(store.list_matrices())
 
 
 @router.get("/{matrix_id}", response_model=MatrixRecord, responses={404: {"model": Error}})
 def get_matrix(matrix: MatrixDep) -> MatrixRecord:
     """One matrix: shape, non-zeros, density, layout, labels."""
-    return MatrixRecord.from_record(matrix)
+    return matrix
 
 
 @router.delete("/{matrix_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses={404: {"model": Error}, 409: {"model": Error, "description": "Jobs still use it"}})
 def delete_matrix(matrix: MatrixDep, store: StoreDep, settings: SettingsDep) -> Response:
     """Forget a matrix (and remove the store if the service ingested it)."""
-    busy = [j["id"] for s in (JobStatus.queued, JobStatus.running) for j in store.list_jobs(s, matrix["id"])]
+    busy = [j.id for s in (JobStatus.queued, JobStatus.running) for j in store.list_jobs(s, matrix.id)]
     if busy:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"jobs {busy} still use matrix {matrix['id']}; cancel them first")
+        raise HTTPException(status.HTTP_409_CONFLICT, f"jobs {busy} still use matrix {matrix.id}; cancel them first")
     catalog.delete(store, settings.data_dir, matrix)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from typing import Annotated, Any
@@ -14,12 +14,13 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from distnmf_api import factor_io
 from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, SettingsDep, StoreDep
-from distnmf_api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, Hit, LabelRow, Similar, SparseRow, \
+from distnmf_api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, LabelRow, Similar, SparseRow, \
     TransformRequest, TransformResult
 from distnmf_api.runner import Cluster
 from distnmf_api.settings import Settings
 from distnmf import analysis, plots
 from distnmf.factors import Factors
+from distnmf.wire import Hit
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 
@@ -67,10 +68,6 @@ def _resolve(labels: np.ndarray | None, key: str, n: int, axis_name: str) -> int
         raise
 
 
-def _hits(hits: Sequence[analysis.Hit]) -> list[Hit]:
-    return [Hit(index=h.index, label=h.label, score=h.score) for h in hits]
-
-
 @router.get("/factors/{factor}", response_class=StreamingResponse,
             responses={200: {"model": FactorRange, "description": "JSON, or .npy bytes with format=npy",
                              "content": {"application/octet-stream": {"schema": {"type": "string",
@@ -106,7 +103,7 @@ def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep, c
     if component >= factors.n_components:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"component {component} does not exist: the fit has {factors.n_components}")
-    path = settings.data_dir / "plots" / job["id"] / f"component_{component:03d}.png"
+    path = settings.data_dir / "plots" / job.id / f"component_{component:03d}.png"
     if not path.exists():
         with _query(cluster):
             plots.component_image(factors, component, path)
@@ -116,7 +113,7 @@ def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep, c
 @router.get("/loss.png", response_class=FileResponse, responses={**PNG, **NOT_READY})
 def get_loss_png(job: JobDep, factors: FactorsDep, settings: SettingsDep) -> FileResponse:
     """The relative error against the iteration (log scale)."""
-    path = settings.data_dir / "plots" / job["id"] / "loss.png"
+    path = settings.data_dir / "plots" / job.id / "loss.png"
     if not path.exists():
         plots.error_curve(factors, path)
     return FileResponse(path, media_type="image/png")
@@ -134,7 +131,7 @@ def get_component(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDe
                             f"{factors.n_components - 1})")
     with _query(cluster):
         result = analysis.top_components(factors, component, top=min(top, max(factors.shape)))
-    return ComponentTop(component=result["component"], rows=_hits(result["rows"]), columns=_hits(result["columns"]))
+    return ComponentTop(component=result["component"], rows=result["rows"], columns=result["columns"])
 
 
 @router.get("/similar", response_model=Similar, responses=QUERY_ERRORS)
@@ -149,7 +146,7 @@ def get_similar(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep,
         index = _resolve(labels, row, n, axis.value[:-1])
         hits = analysis.similar(factors, index, k=min(k, n - 1), axis=axis.value, least=least)
     return Similar(index=index, label=None if labels is None else str(labels[index]), axis=axis, least=least,
-                   hits=_hits(hits))
+                   hits=hits)
 
 
 @router.get("/recommend", response_model=list[Hit], responses=QUERY_ERRORS)
@@ -159,13 +156,12 @@ def get_recommendations(job: JobDep, factors: FactorsDep, store: StoreDep, setti
                         k: Annotated[int, Query(ge=1)] = 10) -> list[Hit]:
     """The best-scoring columns (W_i H) the row has no entry for."""
     _check_k(settings, "k", k)
-    matrix = store.get_matrix(job["matrix_id"])
+    matrix = store.get_matrix(job.matrix_id)
     if matrix is None:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"matrix {job['matrix_id']} of this job was deleted")
+        raise HTTPException(status.HTTP_409_CONFLICT, f"matrix {job.matrix_id} of this job was deleted")
     with _query(cluster):
         index = _resolve(factors.row_labels, row, factors.shape[0], "row")
-        return _hits(analysis.recommend(factors, settings.data_dir / matrix["path"], index,
-                                        k=min(k, factors.shape[1])))
+        return analysis.recommend(factors, settings.data_dir / matrix.path, index, k=min(k, factors.shape[1]))
 
 
 @router.post("/transform", response_model=TransformResult, responses=QUERY_ERRORS)
@@ -178,7 +174,7 @@ def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep
     X = _new_rows(body.rows, factors)
     with _query(cluster):
         W, neighbours = analysis.fold_in(factors, X, similar_k=min(body.similar_k, factors.shape[0]))
-    return TransformResult(coefficients=W.tolist(), similar=[_hits(h) for h in neighbours])
+    return TransformResult(coefficients=W.tolist(), similar=neighbours)
 
 
 def _new_rows(rows: list[Any], factors: Factors) -> sp.csr_array:
