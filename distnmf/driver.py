@@ -9,6 +9,10 @@ Per iteration (HALS, or MU with the Frobenius loss)::
 For the other beta losses the task also returns the block's divergence at the previous iterate
 and the MU numerator / denominator for H; the loss is then known one iteration late and a last
 pass computes the final one. W_i never leaves its worker until the caller asks for it.
+
+With ``missing="unobserved"`` the loss is over the observed entries only (:mod:`distnmf.masked`):
+the task returns its share of every column's normal equations, Σ_r c_rj w_r w_rᵀ (n, k, k) and
+Σ_r c_rj x_rj w_r (n, k), and the driver solves them for H; still one pass per iteration.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import zarr
 
-from distnmf import kernels
+from distnmf import kernels, masked
 from distnmf.init import nndsvd_init, random_init
-from distnmf.source import BlockSource, materialize
+from distnmf.source import BlockRef, BlockSource, materialize
 from distnmf.store import atomic_path, check_block
 
 Callback = Callable[[int, float, float], Any]
@@ -54,6 +59,7 @@ class FitConfig:
     resume: str | Path | None = None
     keep_in_memory: bool | str = "auto"
     run_name: str = "fit"
+    missing: str = "zero"  # "unobserved": only stored (sparse) / non-NaN (dense) entries are data
 
 
 @dataclass
@@ -103,6 +109,51 @@ def _mu_beta_task(x: Any, W: np.ndarray, H: np.ndarray, beta: float, l1: float,
     return W, (numerator.astype(np.float64), denominator, previous_loss)
 
 
+@dataclass
+class Mask:
+    """What a masked fit carries besides X: entry weights and the observed counts."""
+
+    weight_handles: list[Any]
+    column_counts: np.ndarray  # (n,) observed entries per column
+    n_observed: float
+    x_sq: float  # Σ c x² over observed entries
+    x_sum: float
+
+
+def _masked_stats_task(x: Any, weights: Any, start: int) -> tuple[float, float, float, np.ndarray]:
+    """Validate a block (NaN allowed in dense X) and return :func:`masked.observed_stats`."""
+    block = materialize(x)
+    check_block(block, start, allow_nan=not sp.issparse(block))
+    if weights is not None:
+        check_block(materialize(weights), start, where="entry_weights")
+    return masked.observed_stats(masked.masked_block(block, materialize(weights), start), start)
+
+
+def _masked_task(x: Any, weights: Any, start: int, W: np.ndarray, H: np.ndarray, HHt: np.ndarray,
+                 sweeps: int, l1: float, l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, float]]:
+    """Masked HALS update of W_i; returns its share of H's normal equations and the violation.
+    ``l1`` and ``l2`` are per observed entry (a row's penalty scales with its observed count)."""
+    block = masked.masked_block(materialize(x), materialize(weights), start)
+    grams, rhs = masked.row_equations(block, H, HHt)
+    counts = block.row_counts()
+    rhs, grams = masked.penalized(rhs, grams, l1 * counts if l1 else None, l2 * counts if l2 else None)
+    W, violation = masked.update_rows(W, rhs, grams, max_sweeps=sweeps)
+    XtW, column_grams = masked.column_terms(block, W)
+    return W, (XtW, column_grams, violation)
+
+
+def _masked_update_h(H: np.ndarray, XtW: np.ndarray, column_grams: np.ndarray, mask: Mask, config: FitConfig,
+                     n_rows: int, sweeps: int, x_sq: float) -> tuple[np.ndarray, float, float]:
+    """H from the reduced normal equations; returns H, the violation and the loss Σ c (x - wh)²."""
+    n, k = XtW.shape
+    grams = column_grams.reshape(n, k, k)
+    counts = mask.column_counts
+    rhs, penalized_grams = masked.penalized(XtW, grams, config.l1_H / n_rows * counts if config.l1_H else None,
+                                            config.l2_H / n_rows * counts if config.l2_H else None)
+    Ht, violation = masked.update_rows(H.T, rhs, penalized_grams, max_sweeps=sweeps, inner_tol=0.1)
+    return np.ascontiguousarray(Ht.T), violation, masked.masked_loss_sq(x_sq, Ht, XtW, grams)
+
+
 def _divergence_task(x: Any, W: np.ndarray, H: np.ndarray, beta: float) -> float:
     return kernels.beta_divergence_block(materialize(x), W, H, beta)
 
@@ -129,22 +180,66 @@ def decide_keep_in_memory(source: BlockSource, runner: Any, keep: bool | str) ->
 
 
 def fit_blocks(runner: Any, source: BlockSource, config: FitConfig, W0: np.ndarray | None = None,
-               H0: np.ndarray | None = None) -> FitResult:
-    """Factorize X ≈ W H on ``runner``; see the module docstring for the data flow."""
+               H0: np.ndarray | None = None, weights: BlockSource | None = None) -> FitResult:
+    """Factorize X ≈ W H on ``runner``; see the module docstring for the data flow.
+
+    ``weights`` (entry weights of X's shape and row blocks) is used with ``missing="unobserved"``.
+    """
     m, n = source.shape
     span = _span(runner, f"distnmf-{config.run_name}")
     with span:
         start_time = time.perf_counter()
-        x_handles = runner.load(source, decide_keep_in_memory(source, runner, config.keep_in_memory))
-        stats = runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1]))
-        x_sq, x_sum = runner.reduce(stats, "nmf-reduce-stats")
+        keep = decide_keep_in_memory(source, runner, config.keep_in_memory)
+        x_handles = runner.load(source, keep)
+        mask = None
+        if config.missing == "unobserved":
+            mask = _observed(runner, source, x_handles, weights, keep)
+            x_sq, x_sum, n_observed = mask.x_sq, mask.x_sum, mask.n_observed
+        else:
+            stats = runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1]))
+            (x_sq, x_sum), n_observed = runner.reduce(stats, "nmf-reduce-stats"), m * n
         x_norm = math.sqrt(x_sq)
-        w_handles, H, first_iter, errors = _initial_factors(runner, source, config, x_handles,
-                                                            x_sum / (m * n), W0, H0)
+        w_handles, H, first_iter, errors = _initial_factors(
+            runner, source, config, x_handles if mask is None or source.is_sparse else _zero_filled(runner, x_handles),
+            x_sum / n_observed, W0, H0)
         result = _iterate(runner, source, config, x_handles, w_handles, H, x_sq, first_iter, errors,
-                          start_time)
+                          start_time, mask)
         result.x_norm = x_norm
         return result
+
+
+def _observed(runner: Any, source: BlockSource, x_handles: list[Any], weights: BlockSource | None,
+              keep: bool) -> Mask:
+    """Validate X (and the weights) for a masked fit; count observed entries per column."""
+    if weights is None:
+        weight_handles = [None] * source.n_blocks
+    else:
+        if weights.shape != source.shape:
+            raise ValueError(f"entry_weights has shape {weights.shape} but X has shape {source.shape}")
+        weight_handles = runner.load(replace(weights, bounds=source.bounds), keep)
+    stats = runner.map("nmf-check-X", _masked_stats_task, x_handles, weight_handles, list(source.bounds[:-1]))
+    x_sq, x_sum, n_observed, column_counts = runner.reduce(stats, "nmf-reduce-stats")
+    if column_counts.min() == 0:
+        column = int(np.argmin(column_counts))
+        raise ValueError(f"column {column} of X has no observed entry (missing='unobserved'); a masked fit cannot "
+                         f"estimate it: drop rows and columns without data before fitting")
+    return Mask(weight_handles, column_counts, n_observed, x_sq, x_sum)
+
+
+@dataclass(frozen=True)
+class _ZeroFilledReader:
+    """Picklable reader of rows with NaN set to 0 (what initialisation sees of a masked X)."""
+
+    read: Any
+
+    def __call__(self, start: int, stop: int) -> Any:
+        return masked.zero_filled(self.read(start, stop))
+
+
+def _zero_filled(runner: Any, x_handles: list[Any]) -> list[Any]:
+    if isinstance(x_handles[0], BlockRef):
+        return [BlockRef(_ZeroFilledReader(h.read), h.start, h.stop) for h in x_handles]
+    return runner.map("nmf-zero-fill", masked.zero_filled, x_handles)
 
 
 def _initial_factors(runner: Any, source: BlockSource, config: FitConfig, x_handles: list[Any],
@@ -169,15 +264,16 @@ def _initial_factors(runner: Any, source: BlockSource, config: FitConfig, x_hand
 
 def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: list[Any],
              w_handles: list[Any], H: np.ndarray, x_sq: float, first_iter: int, errors: list[float],
-             start_time: float) -> FitResult:
+             start_time: float, mask: Mask | None = None) -> FitResult:
     m, n = source.shape
     k = config.n_components
     x_norm = math.sqrt(x_sq) or 1.0
     gram_path = config.solver == "hals" or config.beta == 2.0
     # Sweep budgets from whole-matrix sizes, and a fixed count per block (no per-block early
     # stop), so the iterates do not depend on how X is split into blocks.
-    sweeps_w = kernels.accelerated_sweeps(m, n, k, source.nnz)
-    sweeps_h = kernels.accelerated_sweeps(n, m, k, source.nnz)
+    nnz = source.nnz if mask is None else int(mask.n_observed)
+    sweeps_w = kernels.accelerated_sweeps(m, n, k, nnz)
+    sweeps_h = kernels.accelerated_sweeps(n, m, k, nnz)
     iteration, converged = first_iter, False
     HHt = kernels.gram64(H)  # H H^T, computed once per H: for the error, then for the next W update
     violations: list[float] = []
@@ -185,7 +281,12 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
     while iteration < config.max_iter and not converged:
         iteration += 1
         H_handle = runner.broadcast(H)
-        if gram_path:
+        if mask is not None:
+            results = runner.map("nmf-update-W", _masked_task, x_handles, mask.weight_handles,
+                                 list(source.bounds[:-1]), w_handles,
+                                 shared=(H_handle, HHt.astype(np.float32), sweeps_w, config.l1_W / n,
+                                         config.l2_W / n))
+        elif gram_path:
             HHt32 = HHt.astype(np.float32)
             if config.solver == "hals":
                 results = runner.map("nmf-update-W", _hals_task, x_handles, w_handles,
@@ -202,7 +303,13 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
         runner.release(w_handles)
         runner.release(H_handle)
         w_handles = new_w
-        if config.solver == "hals":
+        if mask is not None:
+            XtW, column_grams, violation_w = terms
+            H, violation_h, loss_sq = _masked_update_h(H, XtW, column_grams, mask, config, m, sweeps_h, x_sq)
+            HHt = kernels.gram64(H)
+            errors.append(math.sqrt(loss_sq) / x_norm)
+            violations.append(violation_w + violation_h)
+        elif config.solver == "hals":
             WtX, WtW, violation_w = terms
             H, violation_h = kernels.hals_update_h(H, WtX, WtW, max_sweeps=sweeps_h, l1=config.l1_H,
                                                    l2=config.l2_H)

@@ -68,6 +68,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     W_store : path or None
         Where ``fit_transform`` writes W for out-of-core input (a Zarr group with array ``W``);
         None uses a new temporary directory. In-memory input returns W as a numpy array.
+    missing : {"zero", "unobserved"}, default="zero"
+        What an absent entry means. "zero": sparse X's unstored entries are zeros (occurrence
+        and tf-idf data) and NaN is rejected. "unobserved": only sparse X's stored entries and
+        dense X's non-NaN entries are data (ratings); the loss is
+        ``0.5 Σ_observed c_ij (x_ij - (WH)_ij)²`` (``c`` from ``entry_weights``, default 1),
+        solved by HALS on every row's (column's) normal equations over its observed entries,
+        one pass over X per iteration (:mod:`distnmf.masked`). Needs ``solver="hals"`` and
+        the Frobenius loss; a row or column with no observed entry is an error. The penalties
+        of a row (column) scale with its number of observed entries instead of ``n_features``
+        (``n_samples``), as in ALS-WR; with nothing missing both fits are the same.
 
     Attributes
     ----------
@@ -99,6 +109,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "resume": [str, Path, None],
         "keep_in_memory": ["boolean", StrOptions({"auto"})],
         "W_store": [str, Path, None],
+        "missing": [StrOptions({"zero", "unobserved"})],
     }
 
     def __init__(self, n_components: int | None = None, *, init: str = "nndsvda", solver: str = "hals",
@@ -107,7 +118,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                  l1_ratio: float = 0.0, verbose: int = 0, callback: Any = None,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 10,
                  resume: str | Path | None = None, keep_in_memory: bool | str = "auto",
-                 W_store: str | Path | None = None) -> None:
+                 W_store: str | Path | None = None, missing: str = "zero") -> None:
         self.n_components = n_components
         self.init = init
         self.solver = solver
@@ -125,30 +136,41 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.resume = resume
         self.keep_in_memory = keep_in_memory
         self.W_store = W_store
+        self.missing = missing
 
     # ------------------------------------------------------------------ fitting
 
-    def fit(self, X: Any, y: Any = None, W: np.ndarray | None = None, H: np.ndarray | None = None) -> NMF:
-        """Learn H (``components_``) from X of shape (n_samples, n_features)."""
-        self._fit(X, W, H, return_w=False)
+    def fit(self, X: Any, y: Any = None, W: np.ndarray | None = None, H: np.ndarray | None = None, *,
+            entry_weights: Any = None) -> NMF:
+        """Learn H (``components_``) from X of shape (n_samples, n_features).
+
+        ``entry_weights`` (``missing="unobserved"`` only): confidence of each observed entry,
+        of X's shape (dense) or storing exactly X's entries (sparse); any input X accepts.
+        """
+        self._fit(X, W, H, return_w=False, entry_weights=entry_weights)
         return self
 
     def fit_transform(self, X: Any, y: Any = None, W: np.ndarray | None = None,
-                      H: np.ndarray | None = None) -> np.ndarray | da.Array:
+                      H: np.ndarray | None = None, *, entry_weights: Any = None) -> np.ndarray | da.Array:
         """Learn the factors and return W of shape (n_samples, n_components).
 
         W is a numpy array for in-memory input (numpy, scipy.sparse, lists); for stores, Dask
         and Zarr arrays it is a Dask array backed by Zarr (at ``W_store``), never gathered here.
+        ``entry_weights`` as in :meth:`fit`.
         """
-        return self._fit(X, W, H, return_w=True)
+        return self._fit(X, W, H, return_w=True, entry_weights=entry_weights)
 
-    def _fit(self, X: Any, W0: np.ndarray | None, H0: np.ndarray | None, return_w: bool) -> Any:
+    def _fit(self, X: Any, W0: np.ndarray | None, H0: np.ndarray | None, return_w: bool,
+             entry_weights: Any = None) -> Any:
         self._validate_params()
+        if entry_weights is not None and self.missing != "unobserved":
+            raise ValueError("entry_weights weight the observed entries of a masked fit; pass missing='unobserved'")
         runner = make_runner()
         try:
             source = self._source(X, reset=True, n_blocks_hint=_blocks_hint(runner, X))
             config = self._config(source, W0, H0)
-            result = fit_blocks(runner, source, config, W0, H0)
+            weights = None if entry_weights is None else _weight_source(entry_weights)
+            result = fit_blocks(runner, source, config, W0, H0, weights)
             self._store_result(result, source)
             if not return_w:
                 return None
@@ -159,10 +181,17 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _source(self, X: Any, reset: bool, n_blocks_hint: int) -> BlockSource:
         """Validate in-memory input with scikit-learn's helpers; wrap everything as row blocks."""
         if isinstance(X, IN_MEMORY_TYPES) or sp.issparse(X):
-            X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float32, np.float64],
-                              reset=reset)
+            allow_nan = self.missing == "unobserved" and not sp.issparse(X)
             try:
-                check_block(X)
+                X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float32, np.float64],
+                                  reset=reset, ensure_all_finite="allow-nan" if allow_nan else True)
+            except ValueError as exc:
+                if "NaN" not in str(exc) or self.missing == "unobserved":
+                    raise
+                raise ValueError(f"{str(exc).splitlines()[0]} If NaN marks missing entries, fit with "
+                                 f"missing='unobserved'.") from None
+            try:
+                check_block(X, allow_nan=allow_nan)
             except ValueError as exc:  # scikit-learn's wording first, then where the value is
                 raise ValueError(f"Negative values in data passed to {type(self).__name__} (input X): {exc}") from None
             return as_source(X, n_blocks_hint=n_blocks_hint)
@@ -181,6 +210,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
                              f"for X of shape {(m, n)}")
         beta = kernels.beta_to_float(self.beta_loss)
+        if self.missing == "unobserved" and (self.solver != "hals" or beta != 2.0):
+            raise ValueError(f"missing='unobserved' fits with solver='hals' and beta_loss='frobenius', got "
+                             f"solver={self.solver!r}, beta_loss={self.beta_loss!r}")
         if self.solver == "hals" and beta != 2.0:
             raise ValueError(f"solver='hals' supports only beta_loss='frobenius'; use solver='mu' for "
                              f"beta_loss={self.beta_loss!r}")
@@ -198,7 +230,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             l1_W=n * self.alpha_W * self.l1_ratio, l2_W=n * self.alpha_W * (1 - self.l1_ratio),
             l1_H=m * alpha_H * self.l1_ratio, l2_H=m * alpha_H * (1 - self.l1_ratio),
             verbose=self.verbose, callback=self.callback, checkpoint=self.checkpoint,
-            checkpoint_every=self.checkpoint_every, resume=self.resume, keep_in_memory=self.keep_in_memory)
+            checkpoint_every=self.checkpoint_every, resume=self.resume, keep_in_memory=self.keep_in_memory,
+            missing=self.missing)
 
     def _store_result(self, result: FitResult, source: BlockSource) -> None:
         self.components_ = result.H
@@ -345,6 +378,13 @@ def _blocks_hint(runner: Any, X: Any) -> int:
                                         and nbytes < SMALL_INPUT_BYTES):
         return 1
     return runner.n_workers
+
+
+def _weight_source(entry_weights: Any) -> BlockSource:
+    """Entry weights as a block source (its row blocks are set to X's by the driver)."""
+    if isinstance(entry_weights, IN_MEMORY_TYPES) and not sp.issparse(entry_weights):
+        entry_weights = check_array(entry_weights, dtype=np.float32)
+    return as_source(entry_weights)
 
 
 def _check_custom(W0: np.ndarray | None, H0: np.ndarray | None, m: int, n: int, k: int) -> None:

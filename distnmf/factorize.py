@@ -15,7 +15,7 @@ from distnmf.factors import ATTRS_KEY, FACTORS_VERSION, Factors, _jsonable, open
 from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
 
 STORED_PARAMS = ("n_components", "init", "solver", "beta_loss", "tol", "max_iter", "random_state",
-                 "alpha_W", "alpha_H", "l1_ratio")
+                 "alpha_W", "alpha_H", "l1_ratio", "missing")
 
 
 def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,

@@ -45,11 +45,11 @@ ArrayLike = Any  # numpy, scipy.sparse, dask array, zarr array or Matrix
 
 
 def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 0,
-                where: str = "X") -> None:
+                where: str = "X", allow_nan: bool = False) -> None:
     """Raise ``ValueError`` naming the first NaN/inf or negative entry of a row block.
 
     ``row_offset`` is the global index of the block's first row, so the message names the
-    row and column of the whole matrix.
+    row and column of the whole matrix. ``allow_nan`` accepts NaN (missing entries).
     """
     values = block.data if sp.issparse(block) else np.asarray(block)
     if (values.size and np.issubdtype(values.dtype, np.number)
@@ -59,7 +59,7 @@ def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 
     if sp.issparse(block):
         csr = sp.csr_array(block)
         values = csr.data
-        bad = ~np.isfinite(values) | (values < 0)
+        bad = (np.isinf(values) if allow_nan else ~np.isfinite(values)) | (values < 0)
         if not bad.any():
             return
         pos = int(np.argmax(bad))
@@ -70,15 +70,17 @@ def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 
         values = np.asarray(block)
         if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
             raise ValueError(f"{where} must hold real numbers, got dtype {values.dtype}")
-        bad = ~np.isfinite(values) | (values < 0)
+        bad = (np.isinf(values) if allow_nan else ~np.isfinite(values)) | (values < 0)
         if not bad.any():
             return
         row, col = (int(i) for i in np.unravel_index(int(np.argmax(bad)), values.shape))
         value = values[row, col]
     kind = "a negative value" if np.isfinite(value) else "a non-finite value"
+    hint = ("" if allow_nan or not np.isnan(value)
+            else "; if NaN marks missing entries, fit with missing='unobserved'")
     raise ValueError(
         f"{where} has {kind} ({float(value)}) at row {row_offset + row}, column {col} "
-        f"(row block starting at row {row_offset}); NMF needs finite, non-negative input"
+        f"(row block starting at row {row_offset}); NMF needs finite, non-negative input{hint}"
     )
 
 
