@@ -10,8 +10,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from distnmf_api.jobstore import JobStore, StoredMatrix
 from distnmf_api.runner import Cluster, JobRunner
+from distnmf_api.serving import Served
 from distnmf_api.settings import Settings
-from distnmf.factors import Factors, open_factors
+from distnmf.factors import Factors
 from distnmf.wire import JobRecord, JobStatus
 
 
@@ -68,12 +69,19 @@ MatrixDep = Annotated[StoredMatrix, Depends(get_matrix)]
 JobDep = Annotated[JobRecord, Depends(get_job)]
 
 
-def get_factors(job: JobDep, runner: RunnerDep) -> Factors:
-    """The job's factors; 409 until the job has succeeded."""
+def get_served(request: Request) -> Served:
+    return request.app.state.served
+
+
+ServedDep = Annotated[Served, Depends(get_served)]
+
+
+def get_factors(job: JobDep, runner: RunnerDep, served: ServedDep) -> Factors:
+    """The job's factors (opened once, kept by the service); 409 until the job has succeeded."""
     if job.status != JobStatus.succeeded:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"job {job.id} is {job.status}; its factors exist once it has succeeded")
-    return open_factors(runner.factors_path(job.id))
+    return served.factors(runner.factors_path(job.id))
 
 
 FactorsDep = Annotated[Factors, Depends(get_factors)]

@@ -13,6 +13,7 @@ from distnmf_api.deps import require_token
 from distnmf_api.jobstore import JobStore
 from distnmf_api.routers import health, jobs, matrices, results
 from distnmf_api.runner import Cluster, JobRunner
+from distnmf_api.serving import Served
 from distnmf_api.settings import Settings
 from distnmf import __version__
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="distnmf", version=__version__, lifespan=lifespan,
                   summary="Distributed, out-of-core NMF: register matrices, run jobs on Dask, query the factors.")
+    app.state.served = Served(settings.index_memory_bytes, settings.approximate_from_rows)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     protected = [Depends(require_token)]

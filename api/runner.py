@@ -165,8 +165,10 @@ class JobRunner:
         from distributed import Client
 
         from distnmf import factorize
+        from distnmf.index import build_for
 
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)  # a half-recorded earlier run of this job
         with Client(self.cluster.address, set_as_default=False) as client, client.as_current():
-            factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
+            factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
+        build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)  # served from the start

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     max_k: int = Field(1000, ge=1, description="Largest k (or top) in queries.")
     max_range: int = Field(2**22, ge=1, description="Most rows (W) or columns (H) in one factor download.")
     max_transform_rows: int = Field(10_000, ge=1, description="Most rows in one transform request.")
+    index_memory_bytes: int = Field(4 * 2**30, ge=0, description="Memory for similarity indexes held for "
+                                    "finished jobs (least recently used evicted); 0 scans W from storage per query.")
+    approximate_from_rows: int = Field(200_000, ge=0, description="Rows from which similarity queries use a faiss "
+                                       "index (HNSW, IVF above 5 M) instead of an exact in-memory scan.")
 
     def limit_error(self, name: str, what: str, value: int) -> str | None:
         """A message naming the limit ``name`` when ``value`` (of ``what``) exceeds it, else None."""

@@ -21,10 +21,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from distnmf.factors import Factors
+from distnmf.index import IndexCache, SimilarityIndex, default_cache, normalize_rows
 from distnmf.store import Matrix, open_matrix
 from distnmf.wire import Hit
 
 AXES = ("rows", "columns")
+METHODS = ("auto", "index", "scan")
 _SUGGEST_MAX_LABELS = 200_000
 
 
@@ -43,12 +45,14 @@ class IndexOutOfRangeError(ValueError, IndexError):
 # --------------------------------------------------------------------------- validation
 
 
-def resolve_index(labels: np.ndarray | None, key: str | int, n: int, axis_name: str) -> int:
+def resolve_index(labels: np.ndarray | None, key: str | int, n: int, axis_name: str,
+                  positions: dict[str, int] | None = None) -> int:
     """Position of ``key`` (a label or an integer index) on an axis of length ``n``.
 
     A string is looked up among ``labels``; a string of digits that is not a label is taken as
     an index (so "42" works on labelled and unlabelled axes alike). Raises :class:`UnknownLabelError` (naming the label and close matches)
-    or :class:`IndexOutOfRangeError`; both are ``ValueError``.
+    or :class:`IndexOutOfRangeError`; both are ``ValueError``. ``positions`` (label -> first position,
+    e.g. ``Factors.row_positions``) makes the lookup O(1) instead of a scan of ``labels``.
     """
     if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
         index = int(key)
@@ -58,8 +62,10 @@ def resolve_index(labels: np.ndarray | None, key: str | int, n: int, axis_name: 
         return index
     if not isinstance(key, str):
         raise ValueError(f"{axis_name} must be a label (str) or an index (int), got {type(key).__name__} {key!r}")
-    matches = np.flatnonzero(labels == key) if labels is not None else ()
-    if len(matches):
+    if positions is not None:
+        if key in positions:
+            return positions[key]
+    elif labels is not None and len(matches := np.flatnonzero(labels == key)):
         return int(matches[0])
     if key.strip().isdigit():
         return resolve_index(None, int(key), n, axis_name)
@@ -138,13 +144,6 @@ def merge_candidates(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int,
     return idx[order], val[order]
 
 
-def normalize_rows(A: np.ndarray) -> np.ndarray:
-    """Rows of A (m, k) scaled to unit L2 norm; all-zero rows stay zero. float32."""
-    A = np.asarray(A, dtype=np.float32)
-    norms = np.linalg.norm(A, axis=1, keepdims=True)
-    return A / np.where(norms > 0, norms, 1.0)
-
-
 def _cosine_candidates(block: np.ndarray, offset: int, Q: np.ndarray, k: int, least: bool,
                        exclude: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Cosine of each query row of Q (q, k_c), already unit-norm, with the block's rows (m, k_c)."""
@@ -195,24 +194,46 @@ def top_components(factors: Factors, component: int, top: int = 10) -> dict:
             "columns": _hits(*cols, factors.col_labels)}
 
 
+def _index_for(factors: Factors, axis: str, method: str, cache: IndexCache | None) -> SimilarityIndex | None:
+    """The in-memory index to answer with, or None to scan W from storage (method "scan", or "auto"
+    when the index would not fit the cache's memory budget)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    cache = default_cache if cache is None else cache
+    if method == "scan" or (method == "auto" and not cache.fits(factors, axis)):
+        return None
+    return cache.get(factors, axis)
+
+
 def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", least: bool = False,
-            *, block_rows: int | None = None) -> list[Hit]:
+            *, method: str = "auto", cache: IndexCache | None = None, block_rows: int | None = None) -> list[Hit]:
     """The ``k`` rows (or columns) most (or, with ``least``, least) similar to one of them.
 
     Similarity is the cosine of L2-normalised coefficient vectors: rows of W for
-    ``axis="rows"``, rows of H^T for ``axis="columns"``. The query itself is excluded. W is
-    scanned in row blocks of ``block_rows`` (default: its storage chunks), exactly.
+    ``axis="rows"``, rows of H^T for ``axis="columns"``. The query itself is excluded.
+
+    ``method="index"`` answers from the store's in-memory :class:`~distnmf.index.SimilarityIndex`
+    (loaded, or built and persisted, on first use, held in ``cache``, default
+    ``distnmf.index.default_cache``): exact for small axes, faiss HNSW/IVF with tuned recall for
+    large W; ``least`` is always exact. ``method="scan"`` reads W from storage in row blocks of
+    ``block_rows`` (default: its storage chunks), one Dask task each, exactly: for W larger than
+    memory. ``"auto"`` uses the index when it fits the cache's budget.
     """
     _check_axis(axis)
     n = factors.shape[0] if axis == "rows" else factors.shape[1]
     axis_name = axis[:-1]
     labels = factors.row_labels if axis == "rows" else factors.col_labels
-    index = resolve_index(labels, key, n, axis_name)
+    index = resolve_index(labels, key, n, axis_name, factors.row_positions if axis == "rows" else factors.col_positions)
     k = _check_k(k, n - 1, f"other {axis}")
+    exclude = np.array([index])
+    in_memory = _index_for(factors, axis, method, cache)
+    if in_memory is not None:
+        query = in_memory.vectors[index][None, :]
+        _check_nonzero(query, f"{axis_name} {key!r}")
+        return _hits(*in_memory.search(query, k, least, exclude)[0], labels)
     HT = None if axis == "rows" else factors.H.T
     query = factors.read_W(index, index + 1) if HT is None else HT[index][None, :]
     _check_nonzero(query, f"{axis_name} {key!r}")
-    exclude = np.array([index])
     Q = normalize_rows(query)
     if HT is None:
         results = _scan_w(factors, _cosine_candidates, Q, k, least, exclude, block_rows=block_rows)
@@ -222,15 +243,17 @@ def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", l
     return _hits(*_query_topk(results, 1, k, least)[0], labels)
 
 
-def similar_to_vector(factors: Factors, w: np.ndarray, k: int = 10, least: bool = False,
-                      *, block_rows: int | None = None) -> list[Hit]:
-    """The ``k`` rows whose W row has the highest (lowest with ``least``) cosine with ``w`` (k_c,)."""
+def similar_to_vector(factors: Factors, w: np.ndarray, k: int = 10, least: bool = False, *, method: str = "auto",
+                      cache: IndexCache | None = None, block_rows: int | None = None) -> list[Hit]:
+    """The ``k`` rows whose W row has the highest (lowest with ``least``) cosine with ``w`` (k_c,).
+    ``method``, ``cache`` and ``block_rows`` as in :func:`similar`."""
     return _similar_to_vectors(factors, np.atleast_2d(np.asarray(w, dtype=np.float32)), k, least,
-                               block_rows, strict=True)[0]
+                               strict=True, method=method, cache=cache, block_rows=block_rows)[0]
 
 
-def _similar_to_vectors(factors: Factors, Wq: np.ndarray, k: int, least: bool, block_rows: int | None,
-                        strict: bool) -> list[list[Hit]]:
+def _similar_to_vectors(factors: Factors, Wq: np.ndarray, k: int, least: bool, strict: bool, *,
+                        method: str = "auto", cache: IndexCache | None = None,
+                        block_rows: int | None = None) -> list[list[Hit]]:
     """Nearest rows for each row of Wq (q, k_c); all-zero queries raise (strict) or get []."""
     if Wq.ndim != 2 or Wq.shape[1] != factors.n_components:
         raise ValueError(f"coefficient vector must have length n_components={factors.n_components}, "
@@ -241,9 +264,14 @@ def _similar_to_vectors(factors: Factors, Wq: np.ndarray, k: int, least: bool, b
         _check_nonzero(Wq[zero][:1], "the coefficient vector")
     if zero.all():
         return [[] for _ in range(len(Wq))]
-    results = _scan_w(factors, _cosine_candidates, normalize_rows(Wq), k, least, None, block_rows=block_rows)
+    in_memory = _index_for(factors, "rows", method, cache)
+    if in_memory is not None:
+        pairs = in_memory.search(Wq, k, least)
+    else:
+        results = _scan_w(factors, _cosine_candidates, normalize_rows(Wq), k, least, None, block_rows=block_rows)
+        pairs = _query_topk(results, len(Wq), k, least)
     labels = factors.row_labels
-    return [[] if zero[q] else _hits(*pair, labels) for q, pair in enumerate(_query_topk(results, len(Wq), k, least))]
+    return [[] if zero[q] else _hits(*pair, labels) for q, pair in enumerate(pairs)]
 
 
 def _check_nonzero(vectors: np.ndarray, what: str) -> None:
@@ -315,13 +343,15 @@ def recommend(factors: Factors, matrix: Matrix | str | os.PathLike, key: str | i
 # --------------------------------------------------------------------------- new rows and ranks
 
 
-def fold_in(factors: Factors, X_new: Any, similar_k: int = 0) -> tuple[np.ndarray, list[list[Hit]]]:
+def fold_in(factors: Factors, X_new: Any, similar_k: int = 0, *, cache: IndexCache | None = None,
+            method: str = "auto") -> tuple[np.ndarray, list[list[Hit]]]:
     """Coefficients of new rows with H fixed, and optionally their nearest stored rows.
 
     Parameters
     ----------
     X_new : array-like of shape (r, n_cols) or (n_cols,): numpy, scipy.sparse, Dask, Matrix or path.
     similar_k : when > 0, also return the ``similar_k`` rows nearest (cosine on W) to each new row.
+    cache, method : how the nearest rows are found, as in :func:`similar`.
 
     Returns
     -------
@@ -344,7 +374,7 @@ def fold_in(factors: Factors, X_new: Any, similar_k: int = 0) -> tuple[np.ndarra
         raise ValueError(f"similar_k must be >= 0, got {similar_k}")
     if similar_k == 0:
         return W_new, [[] for _ in range(len(W_new))]
-    return W_new, _similar_to_vectors(factors, W_new, similar_k, False, None, strict=False)
+    return W_new, _similar_to_vectors(factors, W_new, similar_k, False, strict=False, method=method, cache=cache)
 
 
 def rank_sweep(source: Any, ks: Sequence[int], **nmf_params: Any) -> list[dict]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ ATTRS_KEY = "distnmf_factors"
 
 @dataclass(frozen=True)
 class Factors:
-    """A lazy view of stored factors. ``W`` stays on disk; ``H`` is small and loaded."""
+    """A lazy view of stored factors. ``W`` stays on disk; ``H`` and the labels are small, loaded once."""
 
     path: Path
     shape: tuple[int, int]
@@ -43,7 +44,7 @@ class Factors:
         """W of shape (n_rows, n_components) as a Dask array backed by Zarr."""
         return da.from_zarr(str(self.path), component="W")
 
-    @property
+    @cached_property
     def H(self) -> np.ndarray:
         """H of shape (n_components, n_cols)."""
         return zarr.open_group(self.path, mode="r")["H"][:]
@@ -52,15 +53,24 @@ class Factors:
         """Rows ``start:stop`` of W, shape (stop - start, n_components)."""
         return zarr.open_group(self.path, mode="r")["W"][start:stop]
 
-    @property
+    @cached_property
     def row_labels(self) -> np.ndarray | None:
         group = zarr.open_group(self.path, mode="r")
         return _as_str_array(group["row_labels"][:]) if "row_labels" in group else None
 
-    @property
+    @cached_property
     def col_labels(self) -> np.ndarray | None:
         group = zarr.open_group(self.path, mode="r")
         return _as_str_array(group["col_labels"][:]) if "col_labels" in group else None
+
+    @cached_property
+    def row_positions(self) -> dict[str, int] | None:
+        """Position of each row label (the first, for repeated labels): label lookups in O(1)."""
+        return _positions(self.row_labels)
+
+    @cached_property
+    def col_positions(self) -> dict[str, int] | None:
+        return _positions(self.col_labels)
 
     @property
     def error_history(self) -> list[float]:
@@ -106,6 +116,15 @@ def open_factors(path: str | os.PathLike) -> Factors:
         raise ValueError(f"{path} is not a distnmf factors store (missing W, H or '{ATTRS_KEY}' metadata)")
     n_rows, k = group["W"].shape
     return Factors(path, (n_rows, group["H"].shape[1]), k, dict(group.attrs[ATTRS_KEY]))
+
+
+def _positions(labels: np.ndarray | None) -> dict[str, int] | None:
+    if labels is None:
+        return None
+    positions: dict[str, int] = {}
+    for i, label in enumerate(labels.tolist()):
+        positions.setdefault(label, i)
+    return positions
 
 
 def _jsonable(value: Any) -> Any:

@@ -40,11 +40,11 @@ def _expected(scores: np.ndarray, k: int, least: bool, exclude: int | None = Non
     return [i for i in order if i != exclude][:k]
 
 
-@pytest.mark.parametrize("block_rows", [None, 1, 7])
+@pytest.mark.parametrize("method, block_rows", [("index", None), ("scan", None), ("scan", 1), ("scan", 7)])
 @pytest.mark.parametrize("least", [False, True])
-def test_similar_rows_matches_brute_force(data, block_rows, least):
+def test_similar_rows_matches_brute_force(data, method, block_rows, least):
     _, W, _, _, factors = data
-    hits = analysis.similar(factors, "r5", k=6, least=least, block_rows=block_rows)
+    hits = analysis.similar(factors, "r5", k=6, least=least, method=method, block_rows=block_rows)
     ref = _cosine_reference(W, W[5])
     assert [h.index for h in hits] == _expected(ref, 6, least, exclude=5)
     assert [h.label for h in hits] == [f"r{h.index}" for h in hits]
@@ -53,16 +53,17 @@ def test_similar_rows_matches_brute_force(data, block_rows, least):
 
 def test_similar_columns_and_index_key(data):
     _, _, H, _, factors = data
-    hits = analysis.similar(factors, 2, k=5, axis="columns", block_rows=4)
     ref = _cosine_reference(H.T, H[:, 2])
-    assert [h.index for h in hits] == _expected(ref, 5, False, exclude=2)
+    for method in ("index", "scan"):
+        hits = analysis.similar(factors, 2, k=5, axis="columns", method=method, block_rows=4)
+        assert [h.index for h in hits] == _expected(ref, 5, False, exclude=2)
     assert hits[0].label == f"c{hits[0].index}"
 
 
 def test_similar_to_vector_and_cluster(data, dask_client):
     _, W, _, _, factors = data
     w = np.array([1.0, 0.0, 0.5, 0.0], dtype=np.float32)
-    hits = analysis.similar_to_vector(factors, w, k=4, block_rows=9)
+    hits = analysis.similar_to_vector(factors, w, k=4, method="scan", block_rows=9)
     assert [h.index for h in hits] == _expected(_cosine_reference(W, w), 4, False)
 
 

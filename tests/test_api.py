@@ -92,8 +92,10 @@ def test_full_flow_matches_library(client, service, pixels, tags) -> None:
     assert [(h.index, h.label) for h in top["rows"]] == [(h.index, h.label) for h in expected["rows"]]
     assert [h.index for h in top["columns"]] == [h.index for h in expected["columns"]]
 
+    assert (factors.path / "similarity" / "rows" / "meta.json").exists()  # built when the job finished
     hits = job.similar("img007", k=5)
-    assert [(h.index, h.label) for h in hits] == [(h.index, h.label) for h in analysis.similar(factors, 7, k=5)]
+    assert [(h.index, h.label) for h in hits] == [(h.index, h.label)
+                                                  for h in analysis.similar(factors, 7, k=5, method="scan")]
     assert job.similar(7, k=3, least=True)[0].score <= hits[-1].score
     assert len(job.similar(3, k=4, axis="columns")) == 4
 

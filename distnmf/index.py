@@ -1,0 +1,317 @@
+"""Similarity indexes held in memory: the unit-normalised rows of W (or of Hᵀ), searched exactly, and
+for large W a faiss HNSW or IVF index over them.
+
+An index is built once per factors store and axis, persisted inside the store (``similarity/<axis>/``:
+``vectors.npy``, ``faiss.index``, ``meta.json``, written atomically) so that a restart loads instead of
+rebuilding, and kept in an :class:`IndexCache` that evicts the least recently used index beyond a memory
+budget. The approximate index's search depth is tuned at build time until its recall@10 against the exact
+answer reaches :data:`TARGET_RECALL` on sampled queries; "least similar" queries are always exact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from distnmf.factors import Factors
+from distnmf.store import atomic_path
+
+log = logging.getLogger("distnmf.index")
+
+INDEX_VERSION = 1
+APPROXIMATE_FROM = 200_000  # rows from which an approximate index pays (an exact query costs ~1 ms per 150k rows)
+IVF_FROM = 5_000_000  # rows from which IVF (cheaper to build and to hold) replaces HNSW
+TARGET_RECALL = 0.995  # recall@10 the search depth is tuned to at build time (checked >= 0.99 in tests and bench)
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 64
+EXACT_CHUNK_BYTES = 64 * 2**20  # score matrix held at once by a batched exact search
+TUNING_QUERIES = 300
+DEFAULT_MEMORY_BYTES = 2 * 2**30
+
+
+def normalize_rows(A: np.ndarray) -> np.ndarray:
+    """Rows of A (m, k) scaled to unit L2 norm; all-zero rows stay zero. float32."""
+    A = np.asarray(A, dtype=np.float32)
+    norms = np.linalg.norm(A, axis=1, keepdims=True)
+    return A / np.where(norms > 0, norms, 1.0)
+
+
+def top_k(scores: np.ndarray, k: int, least: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best entries of a score vector (n,), NaN never chosen: (indices, scores), best first,
+    ties broken by the lower index (all entries tied with the k-th are considered)."""
+    key = scores if least else -scores
+    key = np.where(np.isnan(key), np.inf, key)
+    if k < len(key):
+        threshold = np.partition(key, k - 1)[k - 1]
+        candidates = np.flatnonzero(key <= threshold)
+    else:
+        candidates = np.arange(len(key))
+    candidates = candidates[np.isfinite(key[candidates])]
+    order = np.lexsort((candidates, key[candidates]))[:k]
+    chosen = candidates[order]
+    return chosen.astype(np.int64), scores[chosen]
+
+
+@dataclass
+class SimilarityIndex:
+    """Unit-normalised vectors (n, k) float32 and, for large n, a faiss inner-product index over them.
+
+    ``kind`` is "exact", "hnsw" or "ivf"; ``depth`` is the tuned efSearch (HNSW) or nprobe (IVF);
+    ``recall`` is the recall@10 measured against exact search when it was built.
+    """
+
+    vectors: np.ndarray
+    kind: str = "exact"
+    approximate: Any = None
+    depth: int | None = None
+    recall: float | None = None
+
+    @property
+    def nbytes(self) -> int:
+        return expected_nbytes(len(self.vectors), self.vectors.shape[1], self.kind)
+
+    def search(self, queries: np.ndarray, k: int, least: bool = False,
+               exclude: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The ``k`` nearest (cosine; ``least``: farthest) vectors to each query row (q, dim).
+
+        ``exclude`` (q,) gives one index per query to leave out (-1: none). Returns per query
+        ``(indices, scores)``, best first. Approximate when the index has a faiss part and not ``least``.
+        """
+        queries = normalize_rows(np.atleast_2d(queries))
+        exclude = np.full(len(queries), -1) if exclude is None else np.asarray(exclude)
+        if self.approximate is not None and not least:
+            return self._search_approximate(queries, k, exclude)
+        return self._search_exact(queries, k, least, exclude)
+
+    def _search_exact(self, queries: np.ndarray, k: int, least: bool,
+                      exclude: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        n = len(self.vectors)
+        step = max(1, EXACT_CHUNK_BYTES // (4 * max(1, n)))
+        out = []
+        for a in range(0, len(queries), step):
+            scores = queries[a:a + step] @ self.vectors.T
+            for row, skip in zip(scores, exclude[a:a + step]):
+                if skip >= 0:
+                    row[skip] = np.nan
+                out.append(top_k(row, k, least))
+        return out
+
+    def _search_approximate(self, queries: np.ndarray, k: int,
+                            exclude: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        fetch = min(len(self.vectors), k + 1)
+        if len(queries) <= 2:
+            faiss.omp_set_num_threads(1)  # per calling thread: concurrent requests each use one core
+        scores, ids = self.approximate.search(queries, fetch)
+        out = []
+        for row_ids, row_scores, skip in zip(ids, scores, exclude):
+            keep = (row_ids >= 0) & (row_ids != skip)
+            row_ids, row_scores = row_ids[keep], row_scores[keep]
+            order = np.lexsort((row_ids, -row_scores))[:k]
+            out.append((row_ids[order].astype(np.int64), row_scores[order]))
+        return out
+
+
+# --------------------------------------------------------------------------- building
+
+
+def build(vectors: np.ndarray, *, approximate_from: int = APPROXIMATE_FROM, ivf_from: int = IVF_FROM,
+          seed: int = 0) -> SimilarityIndex:
+    """An index over the rows of ``vectors`` (n, dim): exact below ``approximate_from`` rows, HNSW below
+    ``ivf_from``, IVF above; the approximate search depth is tuned to :data:`TARGET_RECALL`."""
+    unit = normalize_rows(vectors)
+    n, dim = unit.shape
+    kind = kind_for(n, approximate_from, ivf_from)
+    if kind == "exact":
+        return SimilarityIndex(unit)
+    if kind == "hnsw":
+        approximate = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        approximate.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        depths = (32, 64, 128, 256, 512, 1024)
+    else:
+        n_lists = int(4 * np.sqrt(n))
+        approximate = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(seed).choice(n, min(n, 40 * n_lists), replace=False)
+        approximate.train(unit[np.sort(sample)])
+        depths = tuple(d for d in (16, 32, 64, 128, 256, 512) if d < n_lists) + (n_lists,)
+    approximate.add(unit)
+    index = SimilarityIndex(unit, kind, approximate)
+    _tune(index, depths, seed)
+    return index
+
+
+def _set_depth(index: SimilarityIndex, depth: int) -> None:
+    if index.kind == "hnsw":
+        index.approximate.hnsw.efSearch = depth
+    else:
+        index.approximate.nprobe = depth
+    index.depth = depth
+
+
+def _tune(index: SimilarityIndex, depths: tuple[int, ...], seed: int, k: int = 10) -> None:
+    """Pick the smallest search depth whose recall@k on sampled queries reaches TARGET_RECALL."""
+    n = len(index.vectors)
+    rng = np.random.default_rng(seed + 1)
+    rows = rng.choice(n, min(n, TUNING_QUERIES), replace=False)
+    queries = index.vectors[rows]
+    nonzero = np.any(queries != 0, axis=1)
+    rows, queries = rows[nonzero], queries[nonzero]
+    exact = [set(ids.tolist()) for ids, _ in index._search_exact(queries, k, False, rows)]
+    for depth in depths:
+        _set_depth(index, depth)
+        found = index._search_approximate(queries, k, rows)
+        index.recall = float(np.mean([len(truth & set(ids.tolist())) / max(1, len(truth))
+                                      for truth, (ids, _) in zip(exact, found)]))
+        if index.recall >= TARGET_RECALL:
+            break
+    log.info("%s index over %d rows: depth %d, recall@%d %.4f", index.kind, n, index.depth, k, index.recall)
+
+
+# --------------------------------------------------------------------------- persistence
+
+
+def axis_vectors(factors: Factors, axis: str) -> np.ndarray:
+    """W (n_rows, k) for ``axis="rows"``, Hᵀ (n_cols, k) for ``axis="columns"``, read whole."""
+    if axis == "rows":
+        return factors.read_W()
+    if axis == "columns":
+        return np.ascontiguousarray(factors.H.T)
+    raise ValueError(f"axis must be 'rows' or 'columns', got {axis!r}")
+
+
+def index_path(factors: Factors, axis: str) -> Path:
+    return factors.path / "similarity" / axis
+
+
+def save(index: SimilarityIndex, path: Path) -> None:
+    """Write an index directory atomically (replacing an older one)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.mkdir(parents=True)
+        np.save(tmp / "vectors.npy", index.vectors)
+        if index.approximate is not None:
+            faiss.write_index(index.approximate, str(tmp / "faiss.index"))
+        meta = {"version": INDEX_VERSION, "kind": index.kind, "depth": index.depth, "recall": index.recall,
+                "shape": list(index.vectors.shape)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+
+
+def load(path: Path, shape: tuple[int, int]) -> SimilarityIndex | None:
+    """The index stored at ``path`` if it exists and matches ``shape``; else None."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("version") != INDEX_VERSION or tuple(meta.get("shape", ())) != tuple(shape):
+        return None
+    vectors = np.load(path / "vectors.npy")
+    index = SimilarityIndex(vectors, meta["kind"], recall=meta["recall"])
+    if meta["kind"] != "exact":
+        index.approximate = faiss.read_index(str(path / "faiss.index"))
+        _set_depth(index, meta["depth"])
+    return index
+
+
+def build_for(factors: Factors, axis: str = "rows", *, approximate_from: int = APPROXIMATE_FROM,
+              persist: bool = True) -> SimilarityIndex:
+    """Load the persisted index of a factors store, or build it (and persist it when the store is writable)."""
+    vectors_shape = (factors.shape[0] if axis == "rows" else factors.shape[1], factors.n_components)
+    path = index_path(factors, axis)
+    index = load(path, vectors_shape)
+    if index is not None:
+        return index
+    index = build(axis_vectors(factors, axis), approximate_from=approximate_from)
+    if persist:
+        try:
+            save(index, path)
+        except OSError as exc:  # a read-only store still serves from memory
+            log.warning("could not persist the %s similarity index in %s: %s", axis, factors.path, exc)
+    return index
+
+
+def expected_nbytes(n: int, dim: int, kind: str) -> int:
+    """Memory an index of ``kind`` over n vectors of ``dim`` holds: the vectors, plus for faiss its copy
+    of them and its graph links (HNSW level 0) or ids (IVF)."""
+    vectors = 4 * n * dim
+    if kind == "exact":
+        return vectors
+    return 2 * vectors + (n * HNSW_M * 2 * 4 if kind == "hnsw" else n * 8)
+
+
+def kind_for(n: int, approximate_from: int = APPROXIMATE_FROM, ivf_from: int = IVF_FROM) -> str:
+    """The kind of index :func:`build` makes for n vectors."""
+    if n < max(approximate_from, 2):
+        return "exact"
+    return "hnsw" if n < ivf_from else "ivf"
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+class IndexCache:
+    """Indexes by (factors store, axis), each loaded or built once, the least recently used evicted
+    when the total passes ``max_bytes``. Safe to share between threads."""
+
+    def __init__(self, max_bytes: int = DEFAULT_MEMORY_BYTES, approximate_from: int = APPROXIMATE_FROM) -> None:
+        self.max_bytes = max_bytes
+        self.approximate_from = approximate_from
+        self._indexes: OrderedDict[tuple[str, str], SimilarityIndex] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
+
+    def fits(self, factors: Factors, axis: str) -> bool:
+        """Whether this store's index fits in the budget at all (else callers scan W out of core)."""
+        n = factors.shape[0] if axis == "rows" else factors.shape[1]
+        kind = kind_for(n, self.approximate_from)
+        return expected_nbytes(n, factors.n_components, kind) <= self.max_bytes
+
+    def get(self, factors: Factors, axis: str) -> SimilarityIndex:
+        key = (str(Path(factors.path).resolve()), axis)
+        with self._lock:
+            if key in self._indexes:
+                self._indexes.move_to_end(key)
+                return self._indexes[key]
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:
+            with self._lock:
+                if key in self._indexes:
+                    return self._indexes[key]
+            index = build_for(factors, axis, approximate_from=self.approximate_from)
+            with self._lock:
+                self._indexes[key] = index
+                self._evict(keep=key)
+                self._loading.pop(key, None)
+            return index
+
+    def discard(self, path: str | Path) -> None:
+        """Forget the indexes of a factors store (e.g. when it is deleted)."""
+        resolved = str(Path(path).resolve())
+        with self._lock:
+            for key in [key for key in self._indexes if key[0] == resolved]:
+                del self._indexes[key]
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(index.nbytes for index in self._indexes.values())
+
+    def __len__(self) -> int:
+        return len(self._indexes)
+
+    def _evict(self, keep: tuple[str, str]) -> None:
+        total = sum(index.nbytes for index in self._indexes.values())
+        for key in list(self._indexes):
+            if total <= self.max_bytes:
+                break
+            if key != keep:
+                total -= self._indexes.pop(key).nbytes
+                log.info("evicted the similarity index of %s (%s)", *key)
+
+
+default_cache = IndexCache()

@@ -1,0 +1,118 @@
+"""The in-memory similarity index: exact answers equal a brute-force scan, faiss answers reach the
+recall target, the index persists beside the factors and the cache evicts under its budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from distnmf import analysis, index
+from distnmf.estimator import NMF
+from distnmf.factors import save_factors
+from distnmf.synth import _coefficients
+
+
+def _exact_neighbours(V: np.ndarray, rows: np.ndarray, k: int) -> list[set[int]]:
+    unit = V / np.maximum(np.linalg.norm(V, axis=1, keepdims=True), 1e-30)
+    scores = unit[rows] @ unit.T
+    scores[np.arange(len(rows)), rows] = -np.inf
+    return [set(np.argsort(-s, kind="stable")[:k].tolist()) for s in scores]
+
+
+def _recall(found: list[tuple[np.ndarray, np.ndarray]], truth: list[set[int]]) -> float:
+    return float(np.mean([len(set(ids.tolist()) & t) / len(t) for (ids, _), t in zip(found, truth)]))
+
+
+@pytest.fixture(scope="module")
+def digits_factors(tmp_path_factory):
+    """W of a real fit (scikit-learn's digits, 1,797 x 64, k=12), stored as factors."""
+    X = load_digits().data.astype(np.float32)
+    model = NMF(n_components=12, max_iter=60, random_state=0)
+    W = model.fit_transform(X)
+    return save_factors(tmp_path_factory.mktemp("idx") / "digits.zarr", W, model.components_)
+
+
+def test_top_k_breaks_ties_by_index_and_skips_nan():
+    scores = np.array([0.5, 0.9, np.nan, 0.9, 0.1, 0.9], dtype=np.float32)
+    ids, values = index.top_k(scores, 3)
+    assert ids.tolist() == [1, 3, 5]
+    ids, _ = index.top_k(scores, 2, least=True)
+    assert ids.tolist() == [4, 0]
+    assert index.top_k(scores, 10)[0].tolist() == [1, 3, 5, 0, 4]
+
+
+def test_exact_batched_search_equals_brute_force(digits_factors):
+    W = digits_factors.read_W()
+    exact = index.build(W, approximate_from=10**9)
+    assert exact.kind == "exact" and exact.approximate is None
+    rows = np.arange(0, len(W), 37)
+    found = exact.search(W[rows], 10, exclude=rows)
+    assert _recall(found, _exact_neighbours(W, rows, 10)) == 1.0
+    for (ids, scores), row in zip(found, rows):
+        assert row not in ids and np.all(np.diff(scores) <= 0)
+
+
+@pytest.mark.parametrize("ivf_from", [10**9, 0], ids=["hnsw", "ivf"])
+def test_approximate_index_reaches_recall_target(digits_factors, ivf_from):
+    W = digits_factors.read_W()
+    approx = index.build(W, approximate_from=0, ivf_from=ivf_from)
+    assert approx.kind == ("hnsw" if ivf_from else "ivf") and approx.recall >= index.TARGET_RECALL
+    rows = np.random.default_rng(5).choice(len(W), 200, replace=False)
+    assert _recall(approx.search(W[rows], 10, exclude=rows), _exact_neighbours(W, rows, 10)) >= 0.99
+    # least similar stays exact
+    least = approx.search(W[rows[:5]], 4, least=True, exclude=rows[:5])
+    assert [ids.tolist() for ids, _ in least] == [ids.tolist() for ids, _ in
+                                                  approx._search_exact(index.normalize_rows(W[rows[:5]]), 4, True,
+                                                                       rows[:5])]
+
+
+def test_recall_on_planted_mixtures_of_a_larger_w():
+    """Sparse non-negative mixing weights (the pixel generator's), 60,000 x 20, with a dense floor."""
+    rng = np.random.default_rng(1)
+    W = _coefficients(rng, 60_000, 20, 3.0) + rng.exponential(0.02, (60_000, 20)).astype(np.float32)
+    approx = index.build(W, approximate_from=0)
+    rows = rng.choice(len(W), 300, replace=False)
+    assert _recall(approx.search(W[rows], 10, exclude=rows), _exact_neighbours(W, rows, 10)) >= 0.99
+
+
+def test_index_is_persisted_and_loaded_not_rebuilt(digits_factors, monkeypatch):
+    cache = index.IndexCache(approximate_from=0)
+    first = cache.get(digits_factors, "rows")
+    assert (digits_factors.path / "similarity" / "rows" / "faiss.index").exists()
+    assert cache.get(digits_factors, "rows") is first  # loaded once per store and axis
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the persisted index should have been loaded")
+
+    monkeypatch.setattr(index, "build", no_build)
+    reloaded = index.IndexCache(approximate_from=0).get(digits_factors, "rows")
+    assert reloaded.kind == first.kind and reloaded.depth == first.depth
+    np.testing.assert_array_equal(reloaded.vectors, first.vectors)
+    hits = analysis.similar(digits_factors, 3, k=5, cache=index.IndexCache(approximate_from=0))
+    assert len(hits) == 5 and 3 not in [h.index for h in hits]
+
+
+def test_rewritten_factors_drop_the_old_index(tmp_path):
+    rng = np.random.default_rng(2)
+    factors = save_factors(tmp_path / "f.zarr", rng.random((50, 3)), rng.random((3, 8)))
+    index.IndexCache().get(factors, "rows")
+    factors = save_factors(tmp_path / "f.zarr", rng.random((40, 3)), rng.random((3, 8)), overwrite=True)
+    assert len(index.IndexCache().get(factors, "rows").vectors) == 40
+
+
+def test_cache_evicts_least_recently_used(tmp_path):
+    rng = np.random.default_rng(3)
+    stores = [save_factors(tmp_path / f"f{i}.zarr", rng.random((1000, 5)), rng.random((5, 9))) for i in range(3)]
+    one = index.expected_nbytes(1000, 5, "exact")
+    cache = index.IndexCache(max_bytes=2 * one)
+    cache.get(stores[0], "rows")
+    cache.get(stores[1], "rows")
+    cache.get(stores[0], "rows")  # store 0 is now the most recent
+    cache.get(stores[2], "rows")
+    assert len(cache) == 2 and cache.nbytes <= 2 * one
+    keys = {key[0] for key in cache._indexes}
+    assert str(stores[1].path.resolve()) not in keys and str(stores[0].path.resolve()) in keys
+    small = index.IndexCache(max_bytes=one - 1)
+    assert not small.fits(stores[0], "rows")
+    assert analysis.similar(stores[0], 1, k=3, cache=small) == analysis.similar(stores[0], 1, k=3, method="scan")
