@@ -10,6 +10,7 @@ import zarr
 from fastapi import HTTPException, status
 
 from distnmf_api.jobstore import JobStore, StoredMatrix
+from distnmf_api.layout import DataDir
 from distnmf_api.runner import Cluster
 from distnmf_api.schemas import MatrixFormat
 from distnmf_api.tasks import check_rows
@@ -27,7 +28,7 @@ def unprocessable(detail: str) -> HTTPException:
     return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
 
 
-def resolve_inside(data_dir: Path, relative: str) -> Path:
+def resolve_inside(data: DataDir, relative: str) -> Path:
     """The existing path ``relative`` names inside ``data_dir``; 400 if it could lead outside.
 
     Absolute paths, ``..`` components and symlinks whose target is outside the data directory
@@ -40,7 +41,7 @@ def resolve_inside(data_dir: Path, relative: str) -> Path:
         raise bad_request(f"path {relative!r} is absolute; give a path relative to the data directory")
     if ".." in posix.parts:
         raise bad_request(f"path {relative!r} contains '..'; paths must stay inside the data directory")
-    root = data_dir.resolve()
+    root = data.root.resolve()
     target = (root / posix).resolve()
     if not target.is_relative_to(root):
         raise bad_request(f"path {relative!r} leads outside the data directory (through a symlink)")
@@ -78,10 +79,10 @@ def _record(matrix_id: str, name: str, path: str, fmt: MatrixFormat, owned: bool
                         created_at="", path=path, owned=owned)
 
 
-def register(store: JobStore, cluster: Cluster, data_dir: Path, relative: str, fmt: MatrixFormat,
+def register(store: JobStore, cluster: Cluster, data: DataDir, relative: str, fmt: MatrixFormat,
              name: str | None) -> StoredMatrix:
     """Register a store (or ingest a file) found at ``relative`` inside the data directory."""
-    source = resolve_inside(data_dir, relative)
+    source = resolve_inside(data, relative)
     matrix_id = uuid.uuid4().hex[:16]
     name = name or source.name
     if fmt == MatrixFormat.zarr:
@@ -93,21 +94,19 @@ def register(store: JobStore, cluster: Cluster, data_dir: Path, relative: str, f
             validate_on_cluster(matrix, cluster)
         except ValueError as exc:
             raise unprocessable(str(exc)) from None
-        path = str(source.relative_to(data_dir.resolve()))
-        return store.add_matrix(_record(matrix_id, name, path, fmt, False, matrix))
+        return store.add_matrix(_record(matrix_id, name, data.relative(source), fmt, False, matrix))
     if not source.is_file():
         raise bad_request(f"{relative!r} is not a file; format {fmt} needs a {SUFFIXES[fmt]} file")
-    return ingest(store, data_dir, source, fmt, matrix_id, name)
+    return ingest(store, data, source, fmt, matrix_id, name)
 
 
-def ingest(store: JobStore, data_dir: Path, source: Path, fmt: MatrixFormat, matrix_id: str, name: str, *,
+def ingest(store: JobStore, data: DataDir, source: Path, fmt: MatrixFormat, matrix_id: str, name: str, *,
            row_labels: list[str] | None = None, col_labels: list[str] | None = None,
            image_shape: list[int] | None = None) -> StoredMatrix:
     """Ingest a npy/npz/mtx/csv file into a new store of the service, then record it."""
     if fmt == MatrixFormat.zarr:
         raise unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and register its path")
-    relative = f"matrices/{matrix_id}.zarr"
-    final = data_dir / relative
+    final = data.ingested(matrix_id)
     linked = None
     if source.suffix.lower() != SUFFIXES[fmt]:  # the ingest reads the format from the suffix
         linked = source.with_name(f".{source.name}.{uuid.uuid4().hex[:8]}{SUFFIXES[fmt]}")
@@ -122,7 +121,7 @@ def ingest(store: JobStore, data_dir: Path, source: Path, fmt: MatrixFormat, mat
     finally:
         if linked is not None:
             linked.unlink(missing_ok=True)
-    return store.add_matrix(_record(matrix_id, name, relative, fmt, True, open_matrix(final)))
+    return store.add_matrix(_record(matrix_id, name, data.relative(final), fmt, True, open_matrix(final)))
 
 
 def _add_metadata(path: Path, matrix: Matrix, row_labels: list[str] | None, col_labels: list[str] | None,
@@ -142,8 +141,8 @@ def _add_metadata(path: Path, matrix: Matrix, row_labels: list[str] | None, col_
         group.attrs["distnmf"] = {**meta, "image_shape": list(image_shape)}
 
 
-def delete(store: JobStore, data_dir: Path, matrix: StoredMatrix) -> None:
+def delete(store: JobStore, data: DataDir, matrix: StoredMatrix) -> None:
     """Forget a matrix; stores the service ingested itself are removed from disk."""
     store.delete_matrix(matrix.id)
     if matrix.owned:
-        shutil.rmtree(data_dir / matrix.path, ignore_errors=True)
+        shutil.rmtree(data.path(matrix.path), ignore_errors=True)

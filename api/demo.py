@@ -90,7 +90,7 @@ def run_demo(out_dir: Path, small: bool = False) -> None:
         print(f"{same} of {len(hits)} are also a {query[-1]}")
 
         _section("Pictures")
-        factors = open_factors(data_dir / "factors" / f"{digits_job.id}.zarr")
+        factors = open_factors(settings.layout.factors(digits_job.id))
         grid = plots.component_grid(factors, out_dir / "digits_components.png")
         loss = plots.error_curve(factors, out_dir / "digits_loss.png")
         print(f"component grid  {grid}")

@@ -76,12 +76,12 @@ def get_served(request: Request) -> Served:
 ServedDep = Annotated[Served, Depends(get_served)]
 
 
-def get_factors(job: JobDep, runner: RunnerDep, served: ServedDep) -> Factors:
+def get_factors(job: JobDep, settings: SettingsDep, served: ServedDep) -> Factors:
     """The job's factors (opened once, kept by the service); 409 until the job has succeeded."""
     if job.status != JobStatus.succeeded:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"job {job.id} is {job.status}; its factors exist once it has succeeded")
-    return served.factors(runner.factors_path(job.id))
+    return served.factors(settings.layout.factors(job.id))
 
 
 FactorsDep = Annotated[Factors, Depends(get_factors)]

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        store = JobStore(settings.data_dir / "distnmf.sqlite")
+        store = JobStore(settings.layout.sqlite)
         cluster = await asyncio.to_thread(Cluster, settings)
         runner = JobRunner(settings, store, cluster)
         app.state.settings, app.state.store, app.state.cluster, app.state.runner = settings, store, cluster, runner

@@ -69,13 +69,6 @@ class JobRunner:
         self._threads = [threading.Thread(target=self._work, name=f"distnmf-job-{i}", daemon=True)
                          for i in range(settings.max_concurrent_jobs)]
 
-    # -- paths
-    def factors_path(self, job_id: str) -> Path:
-        return self.settings.data_dir / "factors" / f"{job_id}.zarr"
-
-    def checkpoint_path(self, job_id: str) -> Path:
-        return self.settings.data_dir / "checkpoints" / f"{job_id}.zarr"
-
     # -- life cycle
     def start(self) -> None:
         """Re-queue the jobs a previous run left queued or running, then start the workers."""
@@ -125,7 +118,7 @@ class JobRunner:
             self.store.finish_job(job_id, JobStatus.failed, f"matrix {job.matrix_id} was deleted")
             return
         flag = self._cancel.setdefault(job_id, threading.Event())
-        checkpoint = self.checkpoint_path(job_id)
+        checkpoint = self.settings.layout.checkpoint(job_id)
         resume = checkpoint if checkpoint.exists() else None
         history: list[float] = list(job.error_history) if resume else []
         if not self.store.start_job(job_id):
@@ -142,7 +135,7 @@ class JobRunner:
                 raise ServiceStopping(job_id)
 
         try:
-            self._fit(self.settings.data_dir / matrix.path, self.factors_path(job_id), callback,
+            self._fit(self.settings.layout.path(matrix.path), self.settings.layout.factors(job_id), callback,
                       dict(job.params), checkpoint, resume)
         except CancelRequested:
             self.store.finish_job(job_id, JobStatus.cancelled, "cancelled while running")

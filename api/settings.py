@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from distnmf_api.layout import DataDir
+
 
 LIMITS = ("max_upload_bytes", "max_components", "max_iter", "max_k", "max_range", "max_transform_rows")
 
@@ -31,6 +33,11 @@ class Settings(BaseSettings):
                                     "finished jobs (least recently used evicted); 0 scans W from storage per query.")
     approximate_from_rows: int = Field(200_000, ge=0, description="Rows from which similarity queries use a faiss "
                                        "index (HNSW, IVF above 5 M) instead of an exact in-memory scan.")
+
+    @property
+    def layout(self) -> DataDir:
+        """Where everything lives under ``data_dir``."""
+        return DataDir(self.data_dir)
 
     def limit_error(self, name: str, what: str, value: int) -> str | None:
         """A message naming the limit ``name`` when ``value`` (of ``what``) exceeds it, else None."""

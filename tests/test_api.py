@@ -79,7 +79,7 @@ def test_full_flow_matches_library(client, service, pixels, tags) -> None:
     assert info.error == info.error_history[-1] < 0.2
     assert [j.id for j in client.jobs(status="succeeded")].count(job.id) == 1
 
-    factors = open_factors(service[1].data_dir / "factors" / f"{job.id}.zarr")
+    factors = open_factors(service[1].layout.factors(job.id))
     np.testing.assert_array_equal(job.W(), factors.read_W())
     np.testing.assert_array_equal(job.W(10, 20), factors.read_W(10, 20))
     np.testing.assert_array_equal(job.H(), factors.H)
@@ -113,7 +113,7 @@ def test_full_flow_matches_library(client, service, pixels, tags) -> None:
 
     tag_job = client.submit(tags, n_components=4, random_state=0, max_iter=40)
     tag_job.wait(progress=False, timeout=120)
-    tag_factors = open_factors(service[1].data_dir / "factors" / f"{tag_job.id}.zarr")
+    tag_factors = open_factors(service[1].layout.factors(tag_job.id))
     recommended = tag_job.recommend("item005", k=5)
     expected_hits = analysis.recommend(tag_factors, service[1].data_dir / "stores" / "tags.zarr", "item005", k=5)
     assert [(h.index, h.label) for h in recommended] == [(h.index, h.label) for h in expected_hits]
@@ -246,7 +246,7 @@ def test_openapi_has_examples_for_every_body(service) -> None:
 
 def test_delete_matrix(client, service) -> None:
     matrix = client.upload(np.ones((5, 4)), name="scratch")
-    store = service[1].data_dir / "matrices" / f"{matrix.id}.zarr"
+    store = service[1].layout.ingested(matrix.id)
     assert store.exists()
     client.delete_matrix(matrix)
     assert not store.exists()

@@ -67,7 +67,7 @@ async def create_matrix(request: Request, settings: SettingsDep, store: StoreDep
         record = await _upload(request, settings, store)
     elif content_type == "application/json":
         body = await _json_body(request)
-        record = await run_in_threadpool(catalog.register, store, cluster, settings.data_dir, body.path,
+        record = await run_in_threadpool(catalog.register, store, cluster, settings.layout, body.path,
                                          body.format, body.name)
     else:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -108,10 +108,10 @@ async def _upload(request: Request, settings: Settings, store: StoreDep) -> Stor
         row_labels = await _labels(form, "row_labels")
         col_labels = await _labels(form, "col_labels")
         matrix_id = uuid.uuid4().hex[:16]
-        target = settings.data_dir / "uploads" / f"{matrix_id}{catalog.SUFFIXES[fmt]}"
+        target = settings.layout.upload(matrix_id, catalog.SUFFIXES[fmt])
         await _save(file, target, settings)
         try:
-            return await run_in_threadpool(catalog.ingest, store, settings.data_dir, target, fmt, matrix_id, name,
+            return await run_in_threadpool(catalog.ingest, store, settings.layout, target, fmt, matrix_id, name,
                                            row_labels=row_labels, col_labels=col_labels, image_shape=image_shape)
         finally:
             target.unlink(missing_ok=True)
@@ -187,5 +187,5 @@ def delete_matrix(matrix: MatrixDep, store: StoreDep, settings: SettingsDep) -> 
     busy = [j.id for s in (JobStatus.queued, JobStatus.running) for j in store.list_jobs(s, matrix.id)]
     if busy:
         raise HTTPException(status.HTTP_409_CONFLICT, f"jobs {busy} still use matrix {matrix.id}; cancel them first")
-    catalog.delete(store, settings.data_dir, matrix)
+    catalog.delete(store, settings.layout, matrix)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

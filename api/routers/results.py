@@ -93,7 +93,7 @@ def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep, c
     if component >= factors.n_components:
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"component {component} does not exist: the fit has {factors.n_components}")
-    path = settings.data_dir / "plots" / job.id / f"component_{component:03d}.png"
+    path = settings.layout.plot(job.id, f"component_{component:03d}")
     if not path.exists():
         with _query(cluster):
             plots.component_image(factors, component, path)
@@ -103,7 +103,7 @@ def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep, c
 @router.get("/loss.png", response_class=FileResponse, responses={**PNG, **NOT_READY})
 def get_loss_png(job: JobDep, factors: FactorsDep, settings: SettingsDep) -> FileResponse:
     """The relative error against the iteration (log scale)."""
-    path = settings.data_dir / "plots" / job.id / "loss.png"
+    path = settings.layout.plot(job.id, "loss")
     if not path.exists():
         plots.error_curve(factors, path)
     return FileResponse(path, media_type="image/png")
@@ -158,7 +158,7 @@ def get_recommendations(job: JobDep, factors: FactorsDep, store: StoreDep, setti
         raise HTTPException(status.HTTP_409_CONFLICT, f"matrix {job.matrix_id} of this job was deleted")
     with _query(cluster):
         index = analysis.resolve_index(factors.row_labels, row, factors.shape[0], "row", factors.row_positions)
-        return analysis.recommend(factors, settings.data_dir / matrix.path, index, k=min(k, factors.shape[1]))
+        return analysis.recommend(factors, settings.layout.path(matrix.path), index, k=min(k, factors.shape[1]))
 
 
 @router.post("/transform", response_model=TransformResult, responses=QUERY_ERRORS)
