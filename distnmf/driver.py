@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -33,6 +33,9 @@ from distnmf import kernels, masked
 from distnmf.init import nndsvd_init, random_init
 from distnmf.source import BlockRef, BlockSource, materialize
 from distnmf.store import atomic_path, check_block
+
+if TYPE_CHECKING:
+    from distnmf.runner import Runner
 
 Callback = Callable[[int, float, float], Any]
 
@@ -170,7 +173,7 @@ def _write_w_task(W: np.ndarray, path: str, start: int) -> int:
 # --------------------------------------------------------------------------- the fit
 
 
-def decide_keep_in_memory(source: BlockSource, runner: Any, keep: bool | str) -> bool:
+def decide_keep_in_memory(source: BlockSource, runner: Runner, keep: bool | str) -> bool:
     """Keep X blocks in (cluster) memory when they take at most 40% of the memory available."""
     if keep != "auto":
         return bool(keep)
@@ -179,7 +182,7 @@ def decide_keep_in_memory(source: BlockSource, runner: Any, keep: bool | str) ->
     return source.nbytes <= 0.4 * runner.memory_limit
 
 
-def fit_blocks(runner: Any, source: BlockSource, config: FitConfig, W0: np.ndarray | None = None,
+def fit_blocks(runner: Runner, source: BlockSource, config: FitConfig, W0: np.ndarray | None = None,
                H0: np.ndarray | None = None, weights: BlockSource | None = None) -> FitResult:
     """Factorize X ≈ W H on ``runner``; see the module docstring for the data flow.
 
@@ -208,7 +211,7 @@ def fit_blocks(runner: Any, source: BlockSource, config: FitConfig, W0: np.ndarr
         return result
 
 
-def _observed(runner: Any, source: BlockSource, x_handles: list[Any], weights: BlockSource | None,
+def _observed(runner: Runner, source: BlockSource, x_handles: list[Any], weights: BlockSource | None,
               keep: bool) -> Mask:
     """Validate X (and the weights) for a masked fit; count observed entries per column."""
     if weights is None:
@@ -236,13 +239,13 @@ class _ZeroFilledReader:
         return masked.zero_filled(self.read(start, stop))
 
 
-def _zero_filled(runner: Any, x_handles: list[Any]) -> list[Any]:
+def _zero_filled(runner: Runner, x_handles: list[Any]) -> list[Any]:
     if isinstance(x_handles[0], BlockRef):
         return [BlockRef(_ZeroFilledReader(h.read), h.start, h.stop) for h in x_handles]
     return runner.map("nmf-zero-fill", masked.zero_filled, x_handles)
 
 
-def _initial_factors(runner: Any, source: BlockSource, config: FitConfig, x_handles: list[Any],
+def _initial_factors(runner: Runner, source: BlockSource, config: FitConfig, x_handles: list[Any],
                      x_mean: float, W0: np.ndarray | None, H0: np.ndarray | None
                      ) -> tuple[list[Any], np.ndarray, int, list[float]]:
     k, bounds = config.n_components, source.bounds
@@ -262,7 +265,7 @@ def _initial_factors(runner: Any, source: BlockSource, config: FitConfig, x_hand
     return w_handles, H, 0, []
 
 
-def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: list[Any],
+def _iterate(runner: Runner, source: BlockSource, config: FitConfig, x_handles: list[Any],
              w_handles: list[Any], H: np.ndarray, x_sq: float, first_iter: int, errors: list[float],
              start_time: float, mask: Mask | None = None) -> FitResult:
     m, n = source.shape
@@ -342,7 +345,7 @@ def _iterate(runner: Any, source: BlockSource, config: FitConfig, x_handles: lis
 MU_CHECK_EVERY = 10
 
 
-def _initial_error(runner: Any, config: FitConfig, x_handles: list[Any], w_handles: list[Any],
+def _initial_error(runner: Runner, config: FitConfig, x_handles: list[Any], w_handles: list[Any],
                    H: np.ndarray, x_sq: float, x_norm: float, errors: list[float]) -> float:
     """The relative error of the starting point, which MU's stopping rule is relative to.
 
@@ -355,7 +358,7 @@ def _initial_error(runner: Any, config: FitConfig, x_handles: list[Any], w_handl
     return _relative_loss(runner, config, x_handles, w_handles, H, x_norm)
 
 
-def _relative_loss(runner: Any, config: FitConfig, x_handles: list[Any], w_handles: list[Any],
+def _relative_loss(runner: Runner, config: FitConfig, x_handles: list[Any], w_handles: list[Any],
                    H: np.ndarray, x_norm: float) -> float:
     """sqrt(2 D_beta(X, W H)) / ||X||, from one pass over the blocks."""
     loss = runner.reduce(runner.map("nmf-loss", _divergence_task, x_handles, w_handles,
@@ -389,7 +392,7 @@ def _report(config: FitConfig, iteration: int, errors: list[float], start_time: 
         config.callback(iteration, errors[-1], elapsed)
 
 
-def _span(runner: Any, name: str) -> contextlib.AbstractContextManager:
+def _span(runner: Runner, name: str) -> contextlib.AbstractContextManager:
     """A ``distributed.span`` grouping the fit's tasks on the dashboard (no-op in-process)."""
     if runner.in_process:
         return contextlib.nullcontext()
@@ -401,7 +404,7 @@ def _span(runner: Any, name: str) -> contextlib.AbstractContextManager:
 # --------------------------------------------------------------------------- W output and checkpoints
 
 
-def write_w(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], group_path: str | Path,
+def write_w(runner: Runner, w_handles: list[Any], bounds: tuple[int, ...], group_path: str | Path,
             k: int) -> None:
     """Write per-block W handles into a ``W`` array of an existing group; one task per chunk."""
     chunk_rows = bounds[1] - bounds[0]
@@ -413,7 +416,7 @@ def write_w(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], group_pa
     runner.gather(written)
 
 
-def write_checkpoint(runner: Any, path: str | Path, w_handles: list[Any], H: np.ndarray,
+def write_checkpoint(runner: Runner, path: str | Path, w_handles: list[Any], H: np.ndarray,
                      bounds: tuple[int, ...], iteration: int, errors: list[float], config: FitConfig) -> None:
     """Atomically replace the checkpoint at ``path`` with W, H, the iteration and errors."""
     with atomic_path(Path(path), overwrite=True) as tmp:

@@ -25,7 +25,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_non_neg
 
 from distnmf import kernels
 from distnmf.driver import FitConfig, FitResult, _stats_task, fit_blocks, write_w
-from distnmf.runner import make_runner
+from distnmf.runner import Runner, make_runner
 from distnmf.source import BlockSource, as_source, materialize
 from distnmf.store import Matrix, atomic_path, check_block
 
@@ -243,7 +243,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             warnings.warn(f"Maximum number of iterations {self.max_iter} reached. Increase it to improve "
                           f"convergence.", ConvergenceWarning, stacklevel=3)
 
-    def _output_w(self, runner: Any, result: FitResult, source: BlockSource) -> np.ndarray | da.Array:
+    def _output_w(self, runner: Runner, result: FitResult, source: BlockSource) -> np.ndarray | da.Array:
         if not source.out_of_core and self.W_store is None:
             return np.concatenate(runner.gather(result.w_handles))
         path = Path(self.W_store) if self.W_store is not None else Path(tempfile.mkdtemp(prefix="distnmf-W-")) / "W.zarr"
@@ -313,7 +313,7 @@ def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: floa
     return W
 
 
-def transform_blocks(runner: Any, source: BlockSource, H: np.ndarray, beta: float, solver: str,
+def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: float, solver: str,
                      max_iter: int, tol: float, alpha_W: float = 0.0, l1_ratio: float = 0.0) -> list[Any]:
     """Fold-in over row blocks: per-block W handles for fixed H (k, n), with the W
     regularization of scikit-learn (``alpha_W * n_features``, split by ``l1_ratio``)."""
@@ -357,7 +357,7 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
 # --------------------------------------------------------------------------- helpers
 
 
-def write_w_store(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], path: Path, k: int) -> None:
+def write_w_store(runner: Runner, w_handles: list[Any], bounds: tuple[int, ...], path: Path, k: int) -> None:
     """Write W blocks to a new Zarr group at ``path`` (array ``W``), atomically."""
     with atomic_path(path, overwrite=True) as tmp:
         zarr.open_group(tmp, mode="w", zarr_format=3)
@@ -367,7 +367,7 @@ def write_w_store(runner: Any, w_handles: list[Any], bounds: tuple[int, ...], pa
 SMALL_INPUT_BYTES = 16 * 2**20
 
 
-def _blocks_hint(runner: Any, X: Any) -> int:
+def _blocks_hint(runner: Runner, X: Any) -> int:
     """One block per worker thread (each block returns a k x n term to reduce, so fewer blocks
     mean less traffic; stores still split by their ~32 MiB chunks), except that small in-memory
     input stays one block in-process (splitting it gains nothing and changes float rounding)."""

@@ -9,12 +9,15 @@ and sums, so it runs on the same runners as NMF and never holds X in one place:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distnmf.kernels import wt_x
 from distnmf.source import BlockSource, as_source, materialize
+
+if TYPE_CHECKING:
+    from distnmf.runner import Runner
 
 OVERSAMPLES = 10
 POWER_ITERATIONS = 4
@@ -87,7 +90,7 @@ def _random_w_block(n_rows: int, seed: int, k: int, avg: float) -> np.ndarray:
 # --------------------------------------------------------------------------- orchestration
 
 
-def _orthonormalize(runner: Any, y_handles: list[Any], name: str, passes: int = 2) -> list[Any]:
+def _orthonormalize(runner: Runner, y_handles: list[Any], name: str, passes: int = 2) -> list[Any]:
     """CholeskyQR2 (``passes=2``): Q = Y R⁻¹ twice, with the Gram matrix reduced over blocks in
     float64. One pass suffices between power iterations, which only need well-scaled columns
     (scikit-learn uses LU there)."""
@@ -115,7 +118,7 @@ def _orthonormalizer(gram: np.ndarray) -> np.ndarray:
     return evecs[:, keep] / np.sqrt(evals[keep])
 
 
-def block_truncated_svd(runner: Any, x_handles: list[Any], n_cols: int, k: int,
+def block_truncated_svd(runner: Runner, x_handles: list[Any], n_cols: int, k: int,
                         rng: np.random.Generator, n_power_iter: int = POWER_ITERATIONS
                         ) -> tuple[list[Any], np.ndarray, np.ndarray]:
     """Randomized truncated SVD over row blocks.
@@ -145,7 +148,7 @@ def _flip_signs(u: np.ndarray, s: np.ndarray, vt: np.ndarray) -> tuple[np.ndarra
     return u * signs, s, vt * signs[:, None]
 
 
-def nndsvd_init(runner: Any, x_handles: list[Any], bounds: tuple[int, ...], n_cols: int, k: int,
+def nndsvd_init(runner: Runner, x_handles: list[Any], bounds: tuple[int, ...], n_cols: int, k: int,
                 variant: str, x_mean: float, seed: int) -> tuple[list[Any], np.ndarray]:
     """NNDSVD (Boutsidis & Gallopoulos 2008) and its ``a`` / ``ar`` zero fills, over row blocks.
 
@@ -183,7 +186,7 @@ def nndsvd_init(runner: Any, x_handles: list[Any], bounds: tuple[int, ...], n_co
     return w_handles, _fill_zeros(H, fill, avg, seed)
 
 
-def random_init(runner: Any, bounds: tuple[int, ...], n_cols: int, k: int, x_mean: float,
+def random_init(runner: Runner, bounds: tuple[int, ...], n_cols: int, k: int, x_mean: float,
                 seed: int) -> tuple[list[Any], np.ndarray]:
     """scikit-learn's random init: entries ``|N(0, 1)| * sqrt(mean(X) / k)``, seeded per block."""
     avg = float(np.sqrt(max(x_mean, 0.0) / k))

@@ -1,13 +1,7 @@
 """Where block tasks run: in this process (a thread pool) or on a Dask cluster (futures).
 
-Both runners offer the same small interface over *handles* (values locally, futures on a
-cluster), so the NMF iteration is written once in :mod:`distnmf.driver`:
-
-- ``load(source, keep)``: one handle per row block of X (kept in memory, or read per use);
-- ``map(name, fn, *columns, shared=())``: ``fn(col0[i], col1[i], ..., *shared)`` per block;
-- ``select(handles, j, name)``: element ``j`` of tuple results, per block;
-- ``reduce(handles, name, part=None)``: the element-wise sum of all (tuple) results, here;
-- ``broadcast(value)``, ``gather(handles)``, ``release(handles)``.
+Both runners implement :class:`Runner` over *handles* (values locally, futures on a cluster),
+so the NMF iteration is written once in :mod:`distnmf.driver`.
 """
 
 from __future__ import annotations
@@ -18,11 +12,57 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 from threadpoolctl import threadpool_limits
 
 from distnmf.source import BlockSource, as_float32, materialize
+
+
+Handle = Any
+"""A block's value in this process, or a ``distributed.Future`` on a cluster."""
+
+
+class Runner(Protocol):
+    """The seam between the block algorithms and where their tasks run."""
+
+    in_process: bool  # handles are plain values (no cluster, no dashboard span)
+    n_workers: int  # worker threads: one block per thread in flight
+    memory_limit: int  # bytes of memory across the workers
+    dashboard_link: str | None
+
+    def load(self, source: BlockSource, keep: bool) -> list[Handle]:
+        """One handle per row block of X: read and kept in memory, or re-read per use."""
+        ...
+
+    def map(self, name: str, fn: Callable[..., Any], *columns: Sequence[Any], shared: tuple[Any, ...] = ()
+            ) -> list[Handle]:
+        """``fn(col0[i], col1[i], ..., *shared)`` per block ``i``, as tasks named ``name``."""
+        ...
+
+    def select(self, handles: list[Handle], j: int, name: str = "select") -> list[Handle]:
+        """Element ``j`` of each block's tuple result."""
+        ...
+
+    def reduce(self, handles: list[Handle], name: str = "reduce", part: int | None = None) -> Any:
+        """The element-wise sum of all (tuple) results, or of their element ``part``, brought here."""
+        ...
+
+    def broadcast(self, value: Any) -> Handle:
+        """``value`` made available to every task (e.g. H)."""
+        ...
+
+    def gather(self, handles: list[Handle]) -> list[Any]:
+        """The values of ``handles``, here."""
+        ...
+
+    def release(self, handles: Handle | list[Handle]) -> None:
+        """Free what ``handles`` hold on the cluster."""
+        ...
+
+    def close(self) -> None:
+        """Undo what the runner set up (thread pool, BLAS thread limits)."""
+        ...
 
 
 def add_terms(*terms: Any) -> Any:
@@ -174,7 +214,7 @@ def active_client() -> Any | None:
         return None
 
 
-def make_runner(client: Any | None = None, run_name: str | None = None) -> LocalRunner | DaskRunner:
+def make_runner(client: Any | None = None, run_name: str | None = None) -> Runner:
     """A DaskRunner on ``client`` (or the active client), else the in-process LocalRunner."""
     client = client or active_client()
     return DaskRunner(client, run_name) if client is not None else LocalRunner()
