@@ -10,7 +10,7 @@ from typing import Any
 _LAZY = {
     "NMF": "distnmf.estimator",
     "fold_in": "distnmf.estimator",
-    "factorize": "distnmf.factorize",
+    "factorize": "distnmf.factors",
     "Factors": "distnmf.factors",
     "open_factors": "distnmf.factors",
     "save_factors": "distnmf.factors",

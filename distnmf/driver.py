@@ -61,7 +61,6 @@ class FitConfig:
     checkpoint_every: int = 10
     resume: str | Path | None = None
     keep_in_memory: bool | str = "auto"
-    run_name: str = "fit"
     missing: str = "zero"  # "unobserved": only stored (sparse) / non-NaN (dense) entries are data
 
 
@@ -189,7 +188,7 @@ def fit_blocks(runner: Runner, source: BlockSource, config: FitConfig, W0: np.nd
     ``weights`` (entry weights of X's shape and row blocks) is used with ``missing="unobserved"``.
     """
     m, n = source.shape
-    span = _span(runner, f"distnmf-{config.run_name}")
+    span = _span(runner, "distnmf-fit")
     with span:
         start_time = time.perf_counter()
         keep = decide_keep_in_memory(source, runner, config.keep_in_memory)

@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from distnmf.store import _as_str_array, _write_labels, atomic_path
+from distnmf.store import Matrix, _as_str_array, _write_labels, atomic_path, open_matrix
 
 FACTORS_VERSION = 1
 ATTRS_KEY = "distnmf_factors"
@@ -104,6 +104,60 @@ def save_factors(path: str | os.PathLike, W: np.ndarray | da.Array, H: np.ndarra
         _write_labels(group, "col_labels", col_labels, H.shape[1])
         group.attrs.update({ATTRS_KEY: {"version": FACTORS_VERSION, **_jsonable(attrs or {})}})
     return open_factors(path)
+
+
+STORED_PARAMS = ("n_components", "init", "solver", "beta_loss", "tol", "max_iter", "random_state",
+                 "alpha_W", "alpha_H", "l1_ratio", "missing")
+
+
+def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
+              row_labels: Sequence[Any] | None = None, col_labels: Sequence[Any] | None = None,
+              overwrite: bool = True, **nmf_params: Any) -> Factors:
+    """Fit :class:`distnmf.NMF` on ``source`` and write the factors store ``out`` atomically.
+
+    Parameters
+    ----------
+    source : store path, :class:`Matrix`, or any input :class:`NMF` accepts, of shape (m, n).
+    out : path of the factors store to create (see :mod:`distnmf.factors` for its layout).
+    callback : callable(iteration, relative_error, elapsed_seconds), passed to NMF; raising
+        in it aborts the fit and nothing is written.
+    row_labels, col_labels : override the labels stored with the matrix.
+    **nmf_params : NMF parameters (``n_components``, ``solver``, ``checkpoint``, ...).
+
+    W is written block by block from where it was computed; it is never gathered here.
+    """
+    from distnmf.estimator import NMF  # the engine; reading factors does not need it
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
+    if isinstance(source, (str, os.PathLike)):
+        source = open_matrix(source)
+    matrix = source if isinstance(source, Matrix) else None
+    with atomic_path(out, overwrite=True) as tmp:
+        model = NMF(callback=callback, W_store=tmp, **nmf_params)
+        model.fit_transform(source)
+        group = zarr.open_group(tmp, mode="r+")
+        H = model.components_
+        group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
+        m = group["W"].shape[0]
+        _write_labels(group, "row_labels", row_labels if row_labels is not None else
+                      (matrix.row_labels if matrix else None), m)
+        _write_labels(group, "col_labels", col_labels if col_labels is not None else
+                      (matrix.col_labels if matrix else None), H.shape[1])
+        params = {name: value for name, value in model.get_params().items() if name in STORED_PARAMS}
+        params["n_components"] = model.n_components_
+        attrs = {
+            "version": FACTORS_VERSION,
+            "params": params,
+            "error_history": model.error_history_,
+            "n_iter": model.n_iter_,
+            "reconstruction_err": model.reconstruction_err_,
+            "source": str(matrix.path) if matrix else None,
+            "image_shape": list(matrix.image_shape) if matrix and matrix.image_shape else None,
+        }
+        group.attrs.update({ATTRS_KEY: _jsonable(attrs)})
+    return open_factors(out)
 
 
 def open_factors(path: str | os.PathLike) -> Factors:

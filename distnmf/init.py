@@ -198,7 +198,10 @@ def random_init(runner: Runner, bounds: tuple[int, ...], n_cols: int, k: int, x_
 
 def truncated_svd(X: Any, n_components: int, random_state: int | None = None,
                   n_power_iter: int = POWER_ITERATIONS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Randomized truncated SVD of a matrix of any size, on the active cluster or in-process.
+    """Randomized truncated SVD, read in row blocks on the active cluster or in-process.
+
+    X is read block by block (it may be larger than memory), but U is gathered here: it
+    must fit, at n_rows x k float32.
 
     Parameters
     ----------
@@ -212,10 +215,10 @@ def truncated_svd(X: Any, n_components: int, random_state: int | None = None,
     from distnmf.runner import make_runner
 
     runner = make_runner()
-    source: BlockSource = as_source(X, n_blocks_hint=2 * runner.n_workers)
-    if not 1 <= n_components <= min(source.shape):
-        raise ValueError(f"n_components must be in [1, {min(source.shape)}], got {n_components}")
-    try:
+    try:  # the runner holds a thread pool and BLAS thread limits until closed, whatever fails
+        source: BlockSource = as_source(X, n_blocks_hint=2 * runner.n_workers)
+        if not 1 <= n_components <= min(source.shape):
+            raise ValueError(f"n_components must be in [1, {min(source.shape)}], got {n_components}")
         x_handles = runner.load(source, keep=True)
         u, s, vt = block_truncated_svd(runner, x_handles, source.shape[1], n_components,
                                        np.random.default_rng(random_state), n_power_iter)

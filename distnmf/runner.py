@@ -137,7 +137,7 @@ class DaskRunner:
 
     in_process = False
 
-    def __init__(self, client: Any, run_name: str | None = None) -> None:
+    def __init__(self, client: Any) -> None:
         self.client = client
         info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
         workers = info.get("workers", {})
@@ -146,7 +146,7 @@ class DaskRunner:
         self.n_workers = sum(int(w.get("nthreads", 1)) for w in workers.values())
         self.memory_limit = sum(int(w.get("memory_limit") or 0) for w in workers.values()) or _available_memory()
         self.dashboard_link = client.dashboard_link
-        self.token = run_name or uuid.uuid4().hex[:8]
+        self.token = uuid.uuid4().hex[:8]
         self._calls = 0
 
     def _key(self, name: str, *index: int) -> tuple:
@@ -214,10 +214,10 @@ def active_client() -> Any | None:
         return None
 
 
-def make_runner(client: Any | None = None, run_name: str | None = None) -> Runner:
+def make_runner(client: Any | None = None) -> Runner:
     """A DaskRunner on ``client`` (or the active client), else the in-process LocalRunner."""
     client = client or active_client()
-    return DaskRunner(client, run_name) if client is not None else LocalRunner()
+    return DaskRunner(client) if client is not None else LocalRunner()
 
 
 def _accepts_n_workers(client: Any) -> bool:

@@ -437,10 +437,6 @@ class Matrix:
         shape = self.attrs.get("image_shape")
         return tuple(shape) if shape else None
 
-    def read_block(self, i: int) -> np.ndarray | sp.csr_array:
-        """Read row block ``i`` from disk: dense ndarray or ``scipy.sparse.csr_array``."""
-        return read_rows(self.path, self.is_sparse, self.row_bounds[i], self.row_bounds[i + 1], self.shape[1])
-
     def read_rows(self, start: int, stop: int) -> np.ndarray | sp.csr_array:
         """Read rows ``start:stop`` (any range) from disk."""
         return read_rows(self.path, self.is_sparse, start, stop, self.shape[1])

@@ -97,3 +97,37 @@ def test_client_imports_without_server_or_dask() -> None:
             "('dask', 'distributed', 'fastapi', 'uvicorn', 'pydantic_settings', 'zarr')]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_interrupting_a_sync_call_cancels_its_request() -> None:
+    """Ctrl-C during a blocking call cancels the request on the client's loop and closes its connection."""
+    import os
+    import signal
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    closed = threading.Event()
+
+    def never_answer() -> None:
+        connection, _ = listener.accept()
+        accepted.append(connection)
+        connection.settimeout(30)
+        while connection.recv(65536):  # the request; then b"" once the client closes the connection
+            pass
+        closed.set()
+
+    server = threading.Thread(target=never_answer, daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    with Client(url, timeout=60, retries=0) as client:
+        interrupt.start()
+        with pytest.raises(KeyboardInterrupt):
+            client.jobs()
+        assert closed.wait(10), "the request is still pending on the client's loop"
+    server.join(5)
+    for connection in accepted:
+        connection.close()
+    listener.close()

@@ -374,3 +374,32 @@ def test_transform_applies_the_fits_w_regularization():
     assert (sparse_w.transform(X) == 0).mean() > (plain.transform(X) == 0).mean()
     np.testing.assert_allclose(sparse_w.transform(X[:5]),
                                distnmf.fold_in(X[:5], plain.components_, alpha_W=0.05, l1_ratio=1.0), rtol=1e-5)
+
+
+def test_truncated_svd_bad_rank_leaves_blas_threads_alone():
+    """A rejected n_components must not leave the runner's threadpool_limits(1) on for the process."""
+    from threadpoolctl import threadpool_info
+
+    from distnmf.init import truncated_svd
+
+    before = [pool["num_threads"] for pool in threadpool_info()]
+    X = np.random.default_rng(0).random((30, 8), dtype=np.float32)
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="n_components must be in"):
+            truncated_svd(X, bad)
+    assert [pool["num_threads"] for pool in threadpool_info()] == before
+
+
+def test_public_names_are_not_shadowed_by_submodules():
+    """Importing every submodule first must not turn ``distnmf.<name>`` into a module."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    for module in pkgutil.walk_packages(distnmf.__path__, "distnmf."):
+        importlib.import_module(module.name)
+    for name in distnmf.__all__:
+        assert not inspect.ismodule(getattr(distnmf, name)), name
+    from distnmf import factorize
+
+    assert callable(factorize)
