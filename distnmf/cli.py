@@ -8,9 +8,7 @@ import contextlib
 import dataclasses
 import functools
 import json
-import os
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -124,13 +122,10 @@ def _fit_params(solver: str, init: str, beta_loss: str, max_iter: int, tol: floa
 
 def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
     """Write arrays to ``path`` (.npz) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.npz")
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from distnmf.store import atomic_path
+
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as file:
+        np.savez(file, **arrays)
     return path
 
 

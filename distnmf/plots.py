@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from distnmf.factors import Factors
-from distnmf.store import Matrix, open_matrix
+from distnmf.store import Matrix, atomic_path, open_matrix
 
 MIN_TILE_PIXELS = 128
 DPI = 100
@@ -62,30 +61,17 @@ def _image_shape(factors: Factors) -> tuple[int, int]:
 # --------------------------------------------------------------------------- writing
 
 
-def _temporary(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
-
-
 def _save_image(image: Image.Image, path: str | os.PathLike) -> Path:
     path = Path(path)
-    tmp = _temporary(path)
-    try:
+    with atomic_path(path, overwrite=True) as tmp:
         image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
 def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     path = Path(path)
-    tmp = _temporary(path)
-    try:
+    with atomic_path(path, overwrite=True) as tmp:
         FigureCanvasAgg(fig).print_png(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -102,10 +102,13 @@ def _temporary_sibling(path: Path) -> Path:
 
 
 def publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Atomically move a completed ``tmp`` store to ``path`` (replacing it when ``overwrite``)."""
+    """Atomically move a completed ``tmp`` store or file to ``path`` (replacing it when ``overwrite``)."""
     if path.exists():
         if not overwrite:
             raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+        if not (tmp.is_dir() or path.is_dir()):
+            os.replace(tmp, path)
+            return
         old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
         os.rename(path, old)
         os.rename(tmp, path)
@@ -116,15 +119,21 @@ def publish(tmp: Path, path: Path, overwrite: bool) -> None:
 
 @contextmanager
 def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write a store into; on success publish it as
-    ``path`` (see :func:`publish`), on any exception remove it, so nothing half-written remains."""
+    """Yield a temporary sibling of ``path`` to write a store (directory) or a file into; on
+    success publish it as ``path`` (see :func:`publish`), on any exception remove it, so nothing
+    half-written remains. An existing ``path`` without ``overwrite`` fails before any writing."""
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_sibling(path)
     try:
         yield tmp
         publish(tmp, path, overwrite)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
 
 

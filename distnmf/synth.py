@@ -16,18 +16,20 @@ Each function returns the planted ground truth so tests can check what NMF recov
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from distnmf.ingest.report import progress
-from distnmf.store import Matrix, MatrixWriter, default_chunk_rows
+from distnmf.store import Matrix, MatrixWriter, atomic_path, default_chunk_rows
 
 GEN_ROWS = 4096
 _TAGS, _TAG_SPLIT, _PIXELS, _RATINGS, _DOCS, _CALIBRATE = range(6)
@@ -51,26 +53,11 @@ def _labels(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i:0{width}d}" for i in range(n)]
 
 
-class _AtomicText:
+@contextlib.contextmanager
+def _atomic_text(path: str | os.PathLike, overwrite: bool) -> Iterator[TextIO]:
     """A text file written under a temporary name and renamed into place on success."""
-
-    def __init__(self, path: str | os.PathLike, overwrite: bool) -> None:
-        self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} already exists; pass overwrite=True to replace it")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-
-    def __enter__(self):
-        self._file = open(self._tmp, "w", encoding="utf-8")
-        return self._file
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._file.close()
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
-            self._tmp.unlink(missing_ok=True)
+    with atomic_path(Path(path), overwrite) as tmp, open(tmp, "w", encoding="utf-8") as file:
+        yield file
 
 
 def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
@@ -216,7 +203,7 @@ def tag_records(path: str | os.PathLike, n_items: int = 75_000, n_tags: int = 73
     labels = model.labels()
     ids = _labels("item", n_items)
     item_topics = np.empty((n_items, 2), dtype=np.int64)
-    with _AtomicText(path, overwrite) as f:
+    with _atomic_text(path, overwrite) as f:
         for b in progress(range(_n_blocks(n_items)), total=_n_blocks(n_items), desc="synth tag records",
                           unit="block", enabled=show_progress):
             indptr, indices, topics = model.block(b)
@@ -406,7 +393,7 @@ def rating_table(path: str | os.PathLike, n_users: int = 10_000, n_items: int = 
     model = _rating_model(n_users, n_items, n_components, density, noise, seed)
     users, items = _labels("u", n_users), _labels("m", n_items)
     n_ratings = 0
-    with _AtomicText(path, overwrite) as f:
+    with _atomic_text(path, overwrite) as f:
         f.write("user,item,rating\n")
         for b in progress(range(_n_blocks(n_users)), total=_n_blocks(n_users), desc="synth rating table",
                           unit="block", enabled=show_progress):
@@ -477,7 +464,7 @@ def documents(path: str | os.PathLike, n_docs: int = 10_000, *, n_topics: int = 
     background = vocab[n_topics * words_per_topic:]
     cdf = _zipf_cdf(n_background, 1.0)
     doc_topics = np.empty((n_docs, 2), dtype=np.int64)
-    with _AtomicText(path, overwrite) as f:
+    with _atomic_text(path, overwrite) as f:
         for b in progress(range(_n_blocks(n_docs)), total=_n_blocks(n_docs), desc="synth documents",
                           unit="block", enabled=show_progress):
             start, stop = _block_range(b, n_docs)

@@ -154,3 +154,24 @@ def test_atomic_path_publishes_or_leaves_nothing(tmp_path):
     with atomic_path(tmp_path / "sub" / "x.zarr") as tmp:
         tmp.mkdir()
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["x.zarr"]
+
+
+def test_atomic_path_writes_files_too(tmp_path):
+    """The one atomic-write mechanism serves files (plots, .npz, text) as well as stores."""
+    from distnmf.store import atomic_path
+
+    target = tmp_path / "out" / "a.txt"
+    with atomic_path(target) as tmp:
+        tmp.write_text("first")
+    with pytest.raises(FileExistsError):
+        with atomic_path(target) as tmp:
+            raise AssertionError("must fail before writing")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target, overwrite=True) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "first"
+    with atomic_path(target, overwrite=True) as tmp:
+        tmp.write_text("second")
+    assert target.read_text() == "second"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.txt"]
