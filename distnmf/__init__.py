@@ -18,6 +18,8 @@ _LAZY = {
     "MatrixWriter": "distnmf.store",
     "open_matrix": "distnmf.store",
     "save_matrix": "distnmf.store",
+    "select_rank": "distnmf.rank",
+    "RankReport": "distnmf.rank",
 }
 
 __all__ = sorted(_LAZY)

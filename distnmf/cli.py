@@ -143,6 +143,8 @@ TolOpt = Annotated[float, typer.Option("--tol", help="Stopping tolerance, as in 
                                         "drops by less than tol x the initial error over 10 iterations.")]
 SeedOpt = Annotated[int | None, typer.Option("--random-state", help="Seed for reproducible initialisation.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
+MissingOpt = Annotated[str, typer.Option("--missing", help="zero: unstored entries are zeros (occurrences, tf-idf); "
+                                         "unobserved: only stored entries are data (ratings).")]
 
 
 # --------------------------------------------------------------------------- fit
@@ -163,6 +165,7 @@ def fit(
     results: Annotated[Path | None, typer.Option("--out", help="Where to write the factors. "
                                                  "Default: STORE's name with .nmf-k<K>.zarr.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing factors store.")] = False,
+    missing: MissingOpt = "zero",
 ) -> None:
     """Factorize a matrix store X ≈ W H and write W, H, labels and the error history.
 
@@ -178,7 +181,7 @@ def fit(
                          f"matrix, got n_components={k}")
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
-    params = _fit_params(solver, init, beta_loss, max_iter, tol, random_state)
+    params = {**_fit_params(solver, init, beta_loss, max_iter, tol, random_state), "missing": missing}
     started = time.perf_counter()
     with _cluster(scheduler), _convergence_notes(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                        TextColumn("rel. error {task.fields[error]}"), TimeElapsedColumn(),
@@ -277,12 +280,17 @@ def sweep(
     tol: TolOpt = 1e-4,
     random_state: SeedOpt = None,
     scheduler: SchedulerOpt = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Also write the error-vs-rank (elbow) PNG here.")] = None,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also write the error-vs-rank PNG here.")] = None,
     as_json: JsonOpt = False,
+    cv: Annotated[bool, typer.Option("--cv", help="Cross-validate: hold out entries, fit masked NMF on the rest, "
+                                     "report the held-out error per rank and the rank to use.")] = False,
+    test_fraction: Annotated[float, typer.Option("--test-fraction", help="With --cv: fraction of the observed "
+                                                 "entries held out.")] = 0.05,
+    replicates: Annotated[int, typer.Option("--replicates", help="With --cv: independent hold-out splits.")] = 3,
 ) -> None:
-    """Fit several ranks and compare their reconstruction errors, to choose k at the elbow.
+    """Fit several ranks and compare their errors; with --cv, on held-out entries, to choose k.
 
-    Example: distnmf sweep ratings.zarr -k 5,10,20,40 --plot elbow.png
+    Example: distnmf sweep ratings.zarr -k 2,4,8,16 --cv --plot rank.png
     """
     from distnmf.analysis import rank_sweep
     from distnmf.plots import elbow_plot
@@ -290,6 +298,10 @@ def sweep(
 
     ranks = _parse_ks(ks)
     matrix = open_matrix(store)
+    if cv:
+        _cv_sweep(store, matrix, ranks, init, max_iter, tol, random_state, scheduler, plot, as_json, test_fraction,
+                  replicates)
+        return
     params = _fit_params(solver, init, beta_loss, max_iter, tol, random_state)
     with _cluster(scheduler), _convergence_notes(), err.status(f"fitting ranks {', '.join(map(str, ranks))} on "
                                          f"{matrix.shape[0]}x{matrix.shape[1]} ..."):
@@ -306,6 +318,33 @@ def sweep(
         out.print(table)
     if plot is not None:
         err.print(f"wrote {elbow_plot(found, plot)}")
+
+
+def _cv_sweep(store: Path, matrix: Any, ranks: list[int], init: str, max_iter: int, tol: float,
+              random_state: int | None, scheduler: str | None, plot: Path | None, as_json: bool,
+              test_fraction: float, replicates: int) -> None:
+    from distnmf.rank import select_rank
+
+    with _cluster(scheduler), _convergence_notes(), err.status(
+            f"cross-validating ranks {', '.join(map(str, ranks))} x {replicates} replicates on "
+            f"{matrix.shape[0]}x{matrix.shape[1]} ..."):
+        report = select_rank(matrix, ranks, test_fraction=test_fraction, replicates=replicates,
+                             random_state=0 if random_state is None else random_state, init=init,
+                             max_iter=max_iter, tol=tol)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        table = Table(title=f"cross-validated rank of {store}: {test_fraction:g} of the entries held out, "
+                            f"{replicates} replicates", title_justify="left")
+        for name in ("k", "test RMSE", "± std", "train RMSE"):
+            table.add_column(name, justify="right")
+        for r in report.table:
+            table.add_row(str(r["n_components"]), f"{r['test_rmse']:.5g}", f"{r['test_rmse_std']:.2g}",
+                          f"{r['train_rmse']:.5g}")
+        out.print(table)
+        out.print(f"best k = {report.best_k} (lowest held-out RMSE); one-standard-error k = {report.one_se_k}")
+    if plot is not None:
+        err.print(f"wrote {report.plot(plot)}")
 
 
 @app.command()

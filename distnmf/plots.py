@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -243,3 +244,29 @@ def plot_all(factors: Factors, out_dir: str | os.PathLike, matrix: Matrix | str 
         rows = list(range(min(n_rows, factors.shape[0])))
         written["reconstruction"] = reconstruction_plot(factors, source, rows, out_dir / "reconstruction.png")
     return written
+
+
+def cv_rank_plot(report: Any, path: str | os.PathLike) -> Path:
+    """Held-out and training RMSE against rank from :func:`distnmf.select_rank` (mean, and the
+    range over replicates; log scale), with the best and the one-standard-error ranks. 6 x 4 inches."""
+    ks = report.ks
+    fig = Figure(figsize=(6, 4), dpi=DPI)
+    ax = fig.subplots()
+    for values, label, marker in ((report.test_rmse, "held-out entries", "o"),
+                                  (report.train_rmse, "training entries", "s")):
+        mean = values.mean(axis=1)
+        spread = np.vstack([mean - values.min(axis=1), values.max(axis=1) - mean])
+        ax.errorbar(ks, mean, yerr=spread, marker=marker, capsize=3, label=label)
+    ax.set_yscale("log")
+    ax.axvline(report.best_k, color="tab:green", linestyle="--", alpha=0.7, label=f"best k = {report.best_k}")
+    if report.one_se_k != report.best_k:
+        ax.axvline(report.one_se_k, color="tab:gray", linestyle=":", label=f"one-SE k = {report.one_se_k}")
+    ax.set_xticks(ks)
+    ax.set_xlabel("rank (n_components)")
+    ax.set_ylabel("RMSE (log scale)")
+    ax.set_title(f"cross-validated rank: {report.test_fraction:.0%} of entries held out, "
+                 f"{report.test_rmse.shape[1]} replicates", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save_figure(fig, path)
