@@ -232,8 +232,3 @@ def observed_stats(block: MaskedBlock, row_offset: int) -> tuple[float, float, f
         x_sum = float(data.sum())
     return x_sq, x_sum, float(counts.sum()), block.column_counts()
 
-
-def predict_at(block: MaskedBlock, W: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """W_i H at the observed entries of an observed-form block, aligned with ``values.data``."""
-    rows = np.repeat(np.arange(block.shape[0]), np.diff(block.values.indptr))
-    return np.einsum("ij,ji->i", W[rows], H[:, block.values.indices])

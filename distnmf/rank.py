@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -26,7 +25,7 @@ import scipy.sparse as sp
 
 from distnmf.kernels import Block
 from distnmf.source import BlockRef, BlockSource, as_float32, as_source, materialize
-from distnmf.store import Matrix, open_matrix
+from distnmf.store import open_matrix
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
