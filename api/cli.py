@@ -11,14 +11,17 @@ import typer
 def serve(
     host: Annotated[str, typer.Option("--host", help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    ssl_certfile: Annotated[Path | None, typer.Option("--ssl-certfile", help="Serve HTTPS with this certificate "
+                                                      "(PEM); needed for a token sent over a network.")] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option("--ssl-keyfile", help="Private key of --ssl-certfile.")] = None,
 ) -> None:
     """Run the HTTP service (job submission and queries on results).
 
-    Example: distnmf serve --host 0.0.0.0 --port 8000
+    Example: DISTNMF_API_TOKEN=... distnmf serve --host 0.0.0.0 --port 8443 --ssl-certfile cert.pem --ssl-keyfile key.pem
     """
     from distnmf_api.server import serve as run_server
 
-    run_server(host, port)
+    run_server(host, port, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
 
 
 def demo(

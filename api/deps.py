@@ -40,15 +40,24 @@ RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 bearer = HTTPBearer(auto_error=False, description="Needed when the service runs with DISTNMF_API_TOKEN.")
 
 
-def require_token(settings: SettingsDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+def authenticated(settings: SettingsDep, credentials: Credentials) -> bool:
+    """Whether the request carries the service's token (never true when the service has none)."""
+    if settings.api_token is None or credentials is None:
+        return False
+    return secrets.compare_digest(credentials.credentials.encode(), settings.api_token.get_secret_value().encode())
+
+
+def require_token(settings: SettingsDep, credentials: Credentials) -> None:
     """Check the bearer token in constant time when the service has one."""
-    if settings.api_token is None:
-        return
-    expected = settings.api_token.get_secret_value().encode()
-    if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected):
+    if settings.api_token is not None and not authenticated(settings, credentials):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
+
+
+AuthenticatedDep = Annotated[bool, Depends(authenticated)]
 
 
 def get_matrix(store: StoreDep, matrix_id: Annotated[str, Path(max_length=64)]) -> StoredMatrix:

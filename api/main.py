@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from distnmf_api import guards
 from distnmf_api.deps import require_token
 from distnmf_api.jobstore import JobStore
 from distnmf_api.routers import health, jobs, matrices, results
@@ -54,4 +55,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(jobs.router, dependencies=protected)
     api.include_router(results.router, dependencies=protected)
     app.include_router(api)
+    guards.install(app, settings)
     return app

@@ -31,7 +31,13 @@ class ServiceStopping(Exception):
 
 
 class Cluster:
-    """The Dask cluster jobs run on: ``DISTNMF_SCHEDULER``, or an embedded ``LocalCluster``."""
+    """The Dask cluster jobs run on: ``DISTNMF_SCHEDULER``, or an embedded ``LocalCluster``.
+
+    The embedded cluster talks TLS with certificates made for it in memory
+    (``Security.temporary()``), so only this process and its workers can connect: no other
+    local process can submit work. An external scheduler is reached with the TLS files of
+    ``DISTNMF_TLS_CA_FILE``/``_CERT``/``_KEY``, else Dask's own ``distributed.comm.tls`` config.
+    """
 
     def __init__(self, settings: Settings) -> None:
         from distributed import Client, LocalCluster
@@ -39,13 +45,21 @@ class Cluster:
         self._local = None
         if settings.scheduler:
             self.address = settings.scheduler
+            self.security = external_security(settings)
         else:
             self._local = LocalCluster(n_workers=settings.n_workers, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address="127.0.0.1:0")
+                                       host="127.0.0.1", dashboard_address="127.0.0.1:0", security=True)
             self.address = self._local.scheduler_address
-            log.info("started a LocalCluster at %s", self.address)
-        self.client = Client(self.address, set_as_default=False)
+            self.security = self._local.security
+            log.info("started a LocalCluster at %s (TLS, temporary certificates)", self.address)
+        self.client = Client(self.address, security=self.security, set_as_default=False)
         self.dashboard_url = self.client.dashboard_link
+
+    def connect(self) -> Any:
+        """A new ``distributed.Client`` on the cluster, with its credentials."""
+        from distributed import Client
+
+        return Client(self.address, security=self.security, set_as_default=False)
 
     def n_workers(self) -> int:
         return len(self.client.scheduler_info(n_workers=-1)["workers"])
@@ -54,6 +68,18 @@ class Cluster:
         self.client.close()
         if self._local is not None:
             self._local.close()
+
+
+def external_security(settings: Settings) -> Any:
+    """The ``distributed.security.Security`` for ``settings.scheduler``: the DISTNMF_TLS_* files
+    when given (encryption then required), else whatever Dask's configuration says."""
+    from distributed.security import Security
+
+    if settings.tls_cert is None and settings.tls_ca_file is None:
+        return Security()
+    return Security(tls_ca_file=str(settings.tls_ca_file) if settings.tls_ca_file else None,
+                    tls_client_cert=str(settings.tls_cert) if settings.tls_cert else None,
+                    tls_client_key=str(settings.tls_key) if settings.tls_key else None, require_encryption=True)
 
 
 class JobRunner:
@@ -155,13 +181,11 @@ class JobRunner:
 
     def _fit(self, source: Path, out: Path, callback: Any, params: dict[str, Any], checkpoint: Path,
              resume: Path | None) -> None:
-        from distributed import Client
-
         from distnmf import factorize
         from distnmf.index import build_for
 
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)  # a half-recorded earlier run of this job
-        with Client(self.cluster.address, set_as_default=False) as client, client.as_current():
+        with self.cluster.connect() as client, client.as_current():
             factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
         build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)  # served from the start

@@ -68,7 +68,8 @@ class Error(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
-    scheduler: str = Field(description="Address of the Dask scheduler the jobs run on.")
+    scheduler: str | None = Field(description="Address of the Dask scheduler the jobs run on; only given to "
+                                             "requests with the service's token.")
     n_workers: int
     dashboard_url: str | None
     auth: bool = Field(description="Whether requests need a bearer token.")

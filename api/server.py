@@ -6,15 +6,17 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 import uvicorn
 
 from distnmf_api.main import create_app
-from distnmf_api.settings import Settings
+from distnmf_api.settings import LOOPBACK_HOSTS, Settings
 
 log = logging.getLogger("distnmf.api")
 
 LOOPBACK = "127.0.0.1"
+WILDCARDS = ("0.0.0.0", "::", "")
 
 
 def bind_host(host: str, settings: Settings) -> str:
@@ -29,11 +31,32 @@ def bind_host(host: str, settings: Settings) -> str:
     return host
 
 
-def serve(host: str, port: int) -> None:
-    """Run the service on ``host:port`` until interrupted (settings from ``DISTNMF_*``)."""
+def allowed_hosts(host: str, settings: Settings) -> list[str]:
+    """The Host header values to accept: the configured ones plus the bound name (for a wildcard
+    bind, this machine's names; clients using other names need DISTNMF_ALLOWED_HOSTS)."""
+    if host in WILDCARDS:
+        names = [socket.gethostname(), socket.getfqdn()]
+        if not settings.allowed_hosts:
+            log.warning("listening on all interfaces: requests must name this machine as %s or a loopback "
+                        "address; set DISTNMF_ALLOWED_HOSTS to the names clients use", " or ".join(names))
+    else:
+        names = [host]
+    return list(dict.fromkeys(settings.allowed_hosts + [n for n in names if n not in LOOPBACK_HOSTS]))
+
+
+def serve(host: str, port: int, ssl_keyfile: Path | None = None, ssl_certfile: Path | None = None) -> None:
+    """Run the service on ``host:port`` until interrupted (settings from ``DISTNMF_*``); with
+    ``ssl_certfile`` (and ``ssl_keyfile`` unless the certificate file holds the key), over HTTPS."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
-    uvicorn.run(create_app(settings), host=bind_host(host, settings), port=port, log_level="info")
+    host = bind_host(host, settings)
+    settings = settings.model_copy(update={"allowed_hosts": allowed_hosts(host, settings)})
+    if settings.api_token is not None and ssl_certfile is None:
+        log.warning("the API token travels in clear text unless a TLS proxy is in front of the service; "
+                    "or serve HTTPS directly with --ssl-certfile and --ssl-keyfile")
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+                ssl_certfile=str(ssl_certfile) if ssl_certfile else None)
 
 
 class BackgroundServer:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from distnmf.ingest.limits import IngestLimits
 from distnmf_api.layout import DataDir
 
-
-LIMITS = ("max_upload_bytes", "max_components", "max_iter", "max_k", "max_range", "max_transform_rows")
+LIMITS = ("max_upload_bytes", "max_json_bytes", "max_components", "max_iter", "max_k", "max_range",
+          "max_transform_rows", "max_rows", "max_cols", "max_values", "max_line_bytes", "ingest_memory_bytes")
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1"]
 
 
 class Settings(BaseSettings):
@@ -19,16 +22,35 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DISTNMF_")
 
     data_dir: Path = Field(Path("distnmf-data"), description="Matrices, factors and the SQLite file live here.")
-    scheduler: str | None = Field(None, description="Dask scheduler address; none starts a LocalCluster.")
+    scheduler: str | None = Field(None, description="Dask scheduler address; none starts a LocalCluster "
+                                                    "secured with temporary TLS certificates.")
+    tls_ca_file: Path | None = Field(None, description="CA certificate of an external TLS Dask scheduler.")
+    tls_cert: Path | None = Field(None, description="Client certificate for an external TLS Dask scheduler.")
+    tls_key: Path | None = Field(None, description="Key of tls_cert (omit when tls_cert holds both).")
     api_token: SecretStr | None = Field(None, description="Bearer token; none binds the service to 127.0.0.1.")
+    allowed_hosts: list[str] = Field(default_factory=list,
+                                     description="Host header values accepted besides the loopback names and the "
+                                                 "bound host (JSON list; '*' accepts any, e.g. behind a proxy).")
+    cors_origins: list[str] = Field(default_factory=list,
+                                    description="Browser origins (scheme://host:port) allowed to call the API "
+                                                "cross-site; none by default (JSON list).")
     n_workers: int | None = Field(None, ge=1, description="Workers of the embedded LocalCluster (default: cores).")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs running on the cluster at the same time.")
     max_upload_bytes: int = Field(2 * 2**30, ge=1, description="Largest accepted upload.")
+    max_json_bytes: int = Field(16 * 2**20, ge=1024, description="Largest JSON request body.")
     max_components: int = Field(1000, ge=1, description="Largest n_components of a job.")
     max_iter: int = Field(10_000, ge=1, description="Largest max_iter of a job.")
     max_k: int = Field(1000, ge=1, description="Largest k (or top) in queries.")
     max_range: int = Field(2**22, ge=1, description="Most rows (W) or columns (H) in one factor download.")
     max_transform_rows: int = Field(10_000, ge=1, description="Most rows in one transform request.")
+    max_rows: int = Field(50_000_000, ge=1, description="Most rows of an ingested matrix.")
+    max_cols: int = Field(10_000_000, ge=1, description="Most columns of an ingested matrix.")
+    max_values: int = Field(2**31, ge=1, description="Most stored values (non-zeros, or rows x cols when dense) "
+                                                     "of an ingested matrix.")
+    max_line_bytes: int = Field(64 * 2**20, ge=1024, description="Longest line of a CSV or label file.")
+    ingest_memory_bytes: int = Field(256 * 2**20, ge=2**20,
+                                     description="Memory an ingest may hold for inputs that cannot be streamed "
+                                                 "by rows (unsorted .mtx entries, non-CSR sparse .npz).")
     index_memory_bytes: int = Field(4 * 2**30, ge=0, description="Memory for similarity indexes held for "
                                     "finished jobs (least recently used evicted); 0 scans W from storage per query.")
     approximate_from_rows: int = Field(200_000, ge=0, description="Rows from which similarity queries use a faiss "
@@ -48,3 +70,19 @@ class Settings(BaseSettings):
 
     def limits(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in LIMITS}
+
+    def ingest_limits(self) -> IngestLimits:
+        """The limits every ingest of the service reads its input under."""
+        return IngestLimits(max_rows=self.max_rows, max_cols=self.max_cols, max_values=self.max_values,
+                            max_line_bytes=self.max_line_bytes, memory_bytes=self.ingest_memory_bytes,
+                            setting_prefix="DISTNMF_")
+
+    def redact(self, text: str, names: dict[str, str] | None = None) -> str:
+        """``text`` with server paths replaced: each key of ``names`` by its value (the name the
+        client gave), then any path under the data directory by its part relative to it."""
+        for path, name in sorted((names or {}).items(), key=lambda item: -len(item[0])):
+            text = text.replace(path, name)
+        for root in {str(self.data_dir.resolve()), str(self.data_dir.absolute()), str(self.data_dir)}:
+            if root not in (".", ""):
+                text = re.sub(re.escape(root.rstrip("/")) + r"/?", "", text)
+        return text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from distnmf_api.deps import ClusterDep, SettingsDep
+from distnmf_api.deps import AuthenticatedDep, ClusterDep, SettingsDep
 from distnmf_api.schemas import Health
 from distnmf import __version__
 
@@ -12,7 +12,9 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/health", response_model=Health)
-def health(cluster: ClusterDep, settings: SettingsDep) -> Health:
-    """Status, the scheduler address, the number of workers and the dashboard URL (no auth)."""
-    return Health(version=__version__, scheduler=cluster.address, n_workers=cluster.n_workers(),
-                  dashboard_url=cluster.dashboard_url, auth=settings.api_token is not None, limits=settings.limits())
+def health(cluster: ClusterDep, settings: SettingsDep, authenticated: AuthenticatedDep) -> Health:
+    """Status, the number of workers, the dashboard URL and the limits (no auth); the scheduler
+    address only to requests with the service's token (never when the service has none)."""
+    return Health(version=__version__, scheduler=cluster.address if authenticated else None,
+                  n_workers=cluster.n_workers(), dashboard_url=cluster.dashboard_url,
+                  auth=settings.api_token is not None, limits=settings.limits())
