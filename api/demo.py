@@ -46,7 +46,7 @@ def run_demo(out_dir: Path, small: bool = False) -> None:
     with BackgroundServer(settings) as server, Client(server.url) as client:
         health = client.health()
         print(f"service    {server.url}/docs")
-        print(f"scheduler  {health['scheduler']} with {health['n_workers']} workers")
+        print(f"scheduler  {health['scheduler'] or '(address given to token holders only)'}, {health['n_workers']} workers")
         print(f"dashboard  {health['dashboard_url']}")
 
         _section("Ingesting two data sets")
