@@ -10,6 +10,7 @@ from typing import Any
 _LAZY = {
     "NMF": "distnmf.estimator",
     "fold_in": "distnmf.estimator",
+    "non_negative_factorization": "distnmf.estimator",
     "factorize": "distnmf.factors",
     "Factors": "distnmf.factors",
     "open_factors": "distnmf.factors",

@@ -80,8 +80,8 @@ class FitResult:
 # --------------------------------------------------------------------------- block tasks
 
 
-def _stats_task(x: Any, start: int) -> tuple[float, float]:
-    """Validate a block (finite, non-negative) and return (||X_i||², sum X_i)."""
+def _stats_task(x: Any, start: int) -> tuple[float, float, int]:
+    """Validate a block (finite, non-negative) and return (||X_i||², sum X_i, non-zeros of X_i)."""
     block = materialize(x)
     check_block(block, start)
     return kernels.block_stats(block)
@@ -160,6 +160,10 @@ def _divergence_task(x: Any, W: np.ndarray, H: np.ndarray, beta: float) -> float
     return kernels.beta_divergence_block(materialize(x), W, H, beta)
 
 
+def _residual_task(x: Any, W: np.ndarray, H: np.ndarray) -> float:
+    return kernels.residual_sq_block(materialize(x), W, H)
+
+
 def _read_w_task(path: str, start: int, stop: int) -> np.ndarray:
     return zarr.open_group(path, mode="r")["W"][start:stop]
 
@@ -197,14 +201,15 @@ def fit_blocks(runner: Runner, source: BlockSource, config: FitConfig, W0: np.nd
         if config.missing == "unobserved":
             mask = _observed(runner, source, x_handles, weights, keep)
             x_sq, x_sum, n_observed = mask.x_sq, mask.x_sum, mask.n_observed
+            x_nonzeros = int(n_observed)
         else:
             stats = runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1]))
-            (x_sq, x_sum), n_observed = runner.reduce(stats, "nmf-reduce-stats"), m * n
+            (x_sq, x_sum, x_nonzeros), n_observed = runner.reduce(stats, "nmf-reduce-stats"), m * n
         x_norm = math.sqrt(x_sq)
         w_handles, H, first_iter, errors = _initial_factors(
             runner, source, config, x_handles if mask is None or source.is_sparse else _zero_filled(runner, x_handles),
             x_sum / n_observed, W0, H0)
-        result = _iterate(runner, source, config, x_handles, w_handles, H, x_sq, first_iter, errors,
+        result = _iterate(runner, source, config, x_handles, w_handles, H, x_sq, x_nonzeros, first_iter, errors,
                           start_time, mask)
         result.x_norm = x_norm
         return result
@@ -265,17 +270,17 @@ def _initial_factors(runner: Runner, source: BlockSource, config: FitConfig, x_h
 
 
 def _iterate(runner: Runner, source: BlockSource, config: FitConfig, x_handles: list[Any],
-             w_handles: list[Any], H: np.ndarray, x_sq: float, first_iter: int, errors: list[float],
-             start_time: float, mask: Mask | None = None) -> FitResult:
+             w_handles: list[Any], H: np.ndarray, x_sq: float, x_nonzeros: int, first_iter: int,
+             errors: list[float], start_time: float, mask: Mask | None = None) -> FitResult:
     m, n = source.shape
     k = config.n_components
     x_norm = math.sqrt(x_sq) or 1.0
     gram_path = config.solver == "hals" or config.beta == 2.0
-    # Sweep budgets from whole-matrix sizes, and a fixed count per block (no per-block early
-    # stop), so the iterates do not depend on how X is split into blocks.
-    nnz = source.nnz if mask is None else int(mask.n_observed)
-    sweeps_w = kernels.accelerated_sweeps(m, n, k, nnz)
-    sweeps_h = kernels.accelerated_sweeps(n, m, k, nnz)
+    # Sweep budgets from whole-matrix sizes and non-zero (or observed) values, and a fixed count
+    # per block (no per-block early stop), so the iterates depend neither on the block split nor
+    # on the storage format.
+    sweeps_w = kernels.accelerated_sweeps(m, n, k, x_nonzeros)
+    sweeps_h = kernels.accelerated_sweeps(n, m, k, x_nonzeros)
     iteration, converged = first_iter, False
     HHt = kernels.gram64(H)  # H H^T, computed once per H: for the error, then for the next W update
     violations: list[float] = []
@@ -330,6 +335,11 @@ def _iterate(runner: Runner, source: BlockSource, config: FitConfig, x_handles: 
             if iteration > first_iter + 1:
                 errors.append(math.sqrt(2 * max(previous, 0.0)) / x_norm)
         converged = _converged(config, errors, violations, error_at_init)
+        if mask is None and gram_path and (converged or iteration >= config.max_iter):
+            # the float32 Gram-form error is inexact near zero: the final one comes from an exact pass
+            residual = runner.reduce(runner.map("nmf-residual", _residual_task, x_handles, w_handles,
+                                                shared=(runner.broadcast(H),)), "nmf-reduce-residual")
+            errors[-1] = math.sqrt(residual) / x_norm
         _report(config, iteration if gram_path else iteration - 1, errors, start_time)
         if config.checkpoint and iteration % config.checkpoint_every == 0:
             write_checkpoint(runner, config.checkpoint, w_handles, H, source.bounds, iteration, errors,

@@ -37,10 +37,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Parameters
     ----------
-    n_components : int or None, default=None
-        Rank k. None means min(n_samples, n_features). Must be in [1, min(n_samples, n_features)].
-    init : {"nndsvda", "nndsvd", "nndsvdar", "random", "custom"}, default="nndsvda"
-        Initialisation; the NNDSVD family uses a blockwise randomized truncated SVD.
+    n_components : int, "auto" or None, default="auto"
+        Rank k. "auto" takes it from the custom H (``init="custom"``), else it is n_features,
+        as is None (scikit-learn's meanings). The NNDSVD inits need k <= min(n_samples, n_features).
+    init : {"nndsvda", "nndsvd", "nndsvdar", "random", "custom"} or None, default=None
+        Initialisation; the NNDSVD family uses a blockwise randomized truncated SVD. None means
+        "nndsvda" when k <= min(n_samples, n_features), else "random" (scikit-learn's rule).
     solver : {"hals", "mu"}, default="hals"
         Accelerated HALS (Frobenius loss only) or multiplicative updates (any beta loss).
     beta_loss : {"frobenius", "kullback-leibler", "itakura-saito"} or float, default="frobenius"
@@ -81,9 +83,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    components_ : ndarray of shape (n_components, n_features), float32
+    components_ : ndarray of shape (n_components, n_features)
+        In X's float dtype (float32 for int or out-of-core input); the fit itself computes in
+        float32.
     reconstruction_err_ : float
-        ||X - WH||_F for the Frobenius loss, else sqrt(2 * beta-divergence).
+        ||X - WH||_F for the Frobenius loss, else sqrt(2 * beta-divergence); NaN if the fit
+        diverged.
     n_iter_ : int
     error_history_ : list of float
         Relative error ``reconstruction_err / ||X||_F`` after each iteration.
@@ -92,8 +97,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 1, None, closed="left"), None],
-        "init": [StrOptions({"random", "nndsvd", "nndsvda", "nndsvdar", "custom"})],
+        "n_components": [Interval(Integral, 1, None, closed="left"), None, StrOptions({"auto"})],
+        "init": [StrOptions({"random", "nndsvd", "nndsvda", "nndsvdar", "custom"}), None],
         "solver": [StrOptions({"hals", "mu"})],
         "beta_loss": [StrOptions({"frobenius", "kullback-leibler", "itakura-saito"}), Real],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -112,7 +117,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "missing": [StrOptions({"zero", "unobserved"})],
     }
 
-    def __init__(self, n_components: int | None = None, *, init: str = "nndsvda", solver: str = "hals",
+    def __init__(self, n_components: int | str | None = "auto", *, init: str | None = None, solver: str = "hals",
                  beta_loss: str | float = "frobenius", tol: float = 1e-4, max_iter: int = 200,
                  random_state: Any = None, alpha_W: float = 0.0, alpha_H: float | str = "same",
                  l1_ratio: float = 0.0, verbose: int = 0, callback: Any = None,
@@ -168,6 +173,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         runner = make_runner()
         try:
             source = self._source(X, reset=True, n_blocks_hint=_blocks_hint(runner, X))
+            self._dtype = _float_dtype(X)
             config = self._config(source, W0, H0)
             weights = None if entry_weights is None else _weight_source(entry_weights)
             result = fit_blocks(runner, source, config, W0, H0, weights)
@@ -183,7 +189,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         if isinstance(X, IN_MEMORY_TYPES) or sp.issparse(X):
             allow_nan = self.missing == "unobserved" and not sp.issparse(X)
             try:
-                X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float32, np.float64],
+                X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32],
                                   reset=reset, ensure_all_finite="allow-nan" if allow_nan else True)
             except ValueError as exc:
                 if "NaN" not in str(exc) or self.missing == "unobserved":
@@ -205,27 +211,40 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
 
     def _config(self, source: BlockSource, W0: np.ndarray | None, H0: np.ndarray | None) -> FitConfig:
         m, n = source.shape
-        k = self.n_components if self.n_components is not None else min(m, n)
-        if k > min(m, n):
-            raise ValueError(f"n_components={k} must be <= min(n_samples, n_features) = {min(m, n)} "
-                             f"for X of shape {(m, n)}")
         beta = kernels.beta_to_float(self.beta_loss)
         if self.missing == "unobserved" and (self.solver != "hals" or beta != 2.0):
             raise ValueError(f"missing='unobserved' fits with solver='hals' and beta_loss='frobenius', got "
                              f"solver={self.solver!r}, beta_loss={self.beta_loss!r}")
-        if self.solver == "hals" and beta != 2.0:
-            raise ValueError(f"solver='hals' supports only beta_loss='frobenius'; use solver='mu' for "
-                             f"beta_loss={self.beta_loss!r}")
-        if beta <= 0 and source.nnz < m * n and source.is_sparse:
-            raise ValueError("beta_loss <= 0 (e.g. 'itakura-saito') needs X without zeros; X is sparse")
+        if self.solver != "mu" and beta != 2.0:
+            raise ValueError(f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
+                             f"beta_loss = {self.beta_loss!r}; use solver='mu'")
+        if beta <= 0 and _has_zeros(source):
+            raise ValueError("When beta_loss <= 0 and X contains zeros, the solver may diverge. Please add "
+                             "small values to X, or use a positive beta_loss.")
         if self.init == "custom":
-            _check_custom(W0, H0, m, n, k)
-        elif W0 is not None or H0 is not None:
-            raise ValueError(f"W and H are only used with init='custom', got init={self.init!r}")
+            k = _check_custom(W0, H0, m, n, self.n_components, self._dtype)
+        else:
+            if W0 is not None or H0 is not None:
+                warnings.warn("When init!='custom', provided W or H are ignored. Set  init='custom' to use "
+                              "them as initialization.", RuntimeWarning, stacklevel=4)
+            k = n if self.n_components in (None, "auto") else self.n_components
+        self._n_components = k
+        init = self.init
+        if init is None:
+            init = "nndsvda" if k <= min(m, n) else "random"
+        if init not in ("random", "custom") and k > min(m, n):
+            raise ValueError(f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)"
+                             f" (n_components={k}, X of shape {(m, n)}); use init='random' or a smaller "
+                             f"n_components")
+        if self.solver == "mu" and init == "nndsvd":
+            warnings.warn("The multiplicative update ('mu') solver cannot update zeros present in the "
+                          "initialization, and so leads to poorer results when used jointly with "
+                          "init='nndsvd'. You may try init='nndsvda' or init='nndsvdar' instead.",
+                          UserWarning, stacklevel=4)
         alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         return FitConfig(
-            n_components=k, solver=self.solver, beta=beta, init=self.init, max_iter=self.max_iter,
+            n_components=k, solver=self.solver, beta=beta, init=init, max_iter=self.max_iter,
             tol=self.tol, seed=seed,
             l1_W=n * self.alpha_W * self.l1_ratio, l2_W=n * self.alpha_W * (1 - self.l1_ratio),
             l1_H=m * alpha_H * self.l1_ratio, l2_H=m * alpha_H * (1 - self.l1_ratio),
@@ -234,18 +253,22 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             missing=self.missing)
 
     def _store_result(self, result: FitResult, source: BlockSource) -> None:
-        self.components_ = result.H
+        self.components_ = result.H.astype(self._dtype, copy=False)
         self.n_components_ = result.H.shape[0]
         self.n_iter_ = result.n_iter
         self.error_history_ = list(result.errors)
         self.reconstruction_err_ = float(result.reconstruction_err)
+        if not (np.isfinite(self.components_).all() and np.isfinite(self.reconstruction_err_)):
+            self.reconstruction_err_ = float("nan")
+            warnings.warn("The fit diverged: the factors have non-finite entries.", RuntimeWarning,
+                          stacklevel=3)
         if not result.converged and self.tol > 0 and result.n_iter >= self.max_iter:
             warnings.warn(f"Maximum number of iterations {self.max_iter} reached. Increase it to improve "
                           f"convergence.", ConvergenceWarning, stacklevel=3)
 
     def _output_w(self, runner: Runner, result: FitResult, source: BlockSource) -> np.ndarray | da.Array:
         if not source.out_of_core and self.W_store is None:
-            return np.concatenate(runner.gather(result.w_handles))
+            return np.concatenate(runner.gather(result.w_handles)).astype(self._dtype, copy=False)
         path = Path(self.W_store) if self.W_store is not None else Path(tempfile.mkdtemp(prefix="distnmf-W-")) / "W.zarr"
         write_w_store(runner, result.w_handles, source.bounds, path, result.H.shape[0])
         return da.from_zarr(str(path), component="W")
@@ -255,32 +278,38 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray | da.Array:
         """Coefficients W of new samples X (n_samples, n_features) with H fixed (fold-in)."""
         check_is_fitted(self)
+        return self._fold_in(X)[0]
+
+    def _fold_in(self, X: Any) -> tuple[np.ndarray | da.Array, int]:
+        """W for X with ``components_`` fixed, and the sweeps its slowest row took."""
         runner = make_runner()
         try:
             source = self._source(X, reset=False, n_blocks_hint=_blocks_hint(runner, X))
-            w_handles = transform_blocks(runner, source, self.components_, kernels.beta_to_float(self.beta_loss),
-                                         self.solver, self.max_iter, self.tol, self.alpha_W, self.l1_ratio)
+            results = transform_blocks(runner, source, self.components_, kernels.beta_to_float(self.beta_loss),
+                                       self.solver, self.max_iter, self.tol, self.alpha_W, self.l1_ratio)
+            w_handles = runner.select(results, 0, "nmf-fold-in-W")
+            n_iter = max(runner.gather(runner.select(results, 1, "nmf-fold-in-sweeps")))
             if source.out_of_core:
                 path = Path(tempfile.mkdtemp(prefix="distnmf-W-")) / "W.zarr"
                 write_w_store(runner, w_handles, source.bounds, path, self.n_components_)
-                return da.from_zarr(str(path), component="W")
-            return np.concatenate(runner.gather(w_handles))
+                return da.from_zarr(str(path), component="W"), n_iter
+            return np.concatenate(runner.gather(w_handles)).astype(_float_dtype(X), copy=False), n_iter
         finally:
             runner.close()
 
     def inverse_transform(self, X: np.ndarray) -> np.ndarray:
         """Reconstruct data from coefficients: X (n_samples, n_components) @ components_."""
         check_is_fitted(self)
-        X = check_array(X, accept_sparse=("csr", "csc"), dtype=[np.float32, np.float64])
+        X = check_array(X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32])
         if X.shape[1] != self.n_components_:
             raise ValueError(f"W must have shape (n_samples, {self.n_components_}), got {X.shape}")
-        return np.asarray(X @ self.components_, dtype=np.float32)
+        return np.asarray(X @ self.components_, dtype=self.components_.dtype)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.positive_only = True
         tags.input_tags.sparse = True
-        tags.transformer_tags.preserves_dtype = ["float32"]
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
     @property
@@ -288,13 +317,54 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         return self.components_.shape[0]
 
 
+def non_negative_factorization(X: Any, W: Any = None, H: Any = None, n_components: int | str | None = "auto", *,
+                               init: str | None = None, update_H: bool = True, solver: str = "hals",
+                               beta_loss: str | float = "frobenius", tol: float = 1e-4, max_iter: int = 200,
+                               alpha_W: float = 0.0, alpha_H: float | str = "same", l1_ratio: float = 0.0,
+                               random_state: Any = None, verbose: int = 0, shuffle: bool = False
+                               ) -> tuple[Any, np.ndarray, int]:
+    """scikit-learn's ``non_negative_factorization`` on distnmf: X ≈ W H.
+
+    Same signature and meaning (``solver="hals"`` stands for scikit-learn's ``"cd"``). With
+    ``update_H=False``, H (n_components, n_features) is fixed and only W is computed (W is
+    ignored, with a warning). ``shuffle=True`` is refused: HALS updates components in order.
+
+    Returns
+    -------
+    W : ndarray of shape (n_samples, n_components)
+    H : ndarray of shape (n_components, n_features)
+    n_iter : int
+        Iterations of the fit; with ``update_H=False`` the sweeps of the slowest row.
+    """
+    if shuffle:
+        raise ValueError("shuffle=True is not supported: distnmf's HALS updates the components in order")
+    est = NMF(n_components=n_components, init=init, solver=solver, beta_loss=beta_loss, tol=tol,
+              max_iter=max_iter, random_state=random_state, alpha_W=alpha_W, alpha_H=alpha_H,
+              l1_ratio=l1_ratio, verbose=verbose)
+    est._validate_params()
+    if update_H:
+        W = est.fit_transform(X, W=W, H=H)
+        return W, est.components_, est.n_iter_
+    X = check_array(X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32])
+    if W is not None:
+        warnings.warn("When update_H=False, the provided initial W is not used.", RuntimeWarning, stacklevel=2)
+    k = X.shape[1] if n_components is None else n_components
+    H = check_init_factor(H, (k, X.shape[1]), "NMF (input H)")
+    if H.dtype != X.dtype:
+        raise TypeError(f"H should have the same dtype as X. Got H.dtype = {H.dtype}.")
+    est.components_, est.n_components_, est._n_components, est.n_features_in_ = H, H.shape[0], H.shape[0], X.shape[1]
+    W, n_iter = est._fold_in(X)
+    return W, H, n_iter
+
+
 # --------------------------------------------------------------------------- fold-in
 
 
 def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: float, solver: str,
-                  max_iter: int, tol: float, l1: float, l2: float) -> np.ndarray:
+                  max_iter: int, tol: float, l1: float, l2: float) -> tuple[np.ndarray, int]:
     """Coefficients of one block with H fixed: HALS (or MU) to convergence from the flat start
-    ``avg`` (scikit-learn's ``sqrt(mean(X) / k)`` over all of X, so rows don't depend on blocks)."""
+    ``avg`` (scikit-learn's ``sqrt(mean(X) / k)`` over all of X, so rows don't depend on blocks).
+    Returns W_i (m_i, k) and the number of sweeps (iterations) done."""
     block = materialize(x)
     W = np.full((block.shape[0], H.shape[0]), avg, dtype=np.float32)
     if solver == "hals":
@@ -304,24 +374,25 @@ def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: floa
         if l2:
             HHt = HHt + l2 * np.eye(len(HHt), dtype=HHt.dtype)
         return kernels.hals_fold_in(W, XHt, HHt, max_sweeps=max_iter, tol=tol)
-    for _ in range(max_iter):
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
         previous = W
         W = kernels.mu_update_block(block, W, H, beta, HHt=HHt if beta == 2.0 else None, l1=l1, l2=l2)
         change = np.linalg.norm(W - previous)
         if change <= tol * max(np.linalg.norm(W), 1e-12):
             break
-    return W
+    return W, n_iter
 
 
 def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: float, solver: str,
                      max_iter: int, tol: float, alpha_W: float = 0.0, l1_ratio: float = 0.0) -> list[Any]:
-    """Fold-in over row blocks: per-block W handles for fixed H (k, n), with the W
-    regularization of scikit-learn (``alpha_W * n_features``, split by ``l1_ratio``)."""
+    """Fold-in over row blocks for fixed H (k, n), with the W regularization of scikit-learn
+    (``alpha_W * n_features``, split by ``l1_ratio``): per-block handles of (W_i, sweeps done)."""
     n = source.shape[1]
     l1, l2 = n * alpha_W * l1_ratio, n * alpha_W * (1 - l1_ratio)
     x_handles = runner.load(source, keep=False)
-    _, x_sum = runner.reduce(runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1])),
-                             "nmf-reduce-stats")
+    x_sum = runner.reduce(runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1])),
+                             "nmf-reduce-stats")[1]
     H = np.asarray(H, dtype=np.float32)
     avg = float(np.sqrt(max(x_sum, 0.0) / (source.shape[0] * source.shape[1]) / H.shape[0]))
     return runner.map("nmf-fold-in", _fold_in_task, x_handles,
@@ -348,8 +419,8 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
         source = as_source(X_new, n_blocks_hint=_blocks_hint(runner, X_new))
         if source.shape[1] != H.shape[1]:
             raise ValueError(f"X_new has {source.shape[1]} columns but H has {H.shape[1]}")
-        return np.concatenate(runner.gather(transform_blocks(runner, source, H, beta, solver, max_iter, tol,
-                                                             alpha_W, l1_ratio)))
+        results = transform_blocks(runner, source, H, beta, solver, max_iter, tol, alpha_W, l1_ratio)
+        return np.concatenate(runner.gather(runner.select(results, 0, "nmf-fold-in-W")))
     finally:
         runner.close()
 
@@ -387,12 +458,50 @@ def _weight_source(entry_weights: Any) -> BlockSource:
     return as_source(entry_weights)
 
 
-def _check_custom(W0: np.ndarray | None, H0: np.ndarray | None, m: int, n: int, k: int) -> None:
+def _float_dtype(X: Any) -> np.dtype:
+    """The dtype results are returned in: X's if float64 or float32, float64 for other
+    in-memory input (as scikit-learn's validation converts it), float32 for stores."""
+    dtype = getattr(X, "dtype", None)
+    if dtype in (np.float32, np.float64):
+        return np.dtype(dtype)
+    return np.dtype(np.float64 if isinstance(X, IN_MEMORY_TYPES) or sp.issparse(X) else np.float32)
+
+
+def _has_zeros(source: BlockSource) -> bool:
+    """Whether X has a zero entry: implicit zeros of sparse input, or a zero stored value of
+    in-memory input. Out-of-core dense input is not scanned here (a pass over the store)."""
+    if source.is_sparse and source.nnz < source.shape[0] * source.shape[1]:
+        return True
+    if source.array is None:
+        return False
+    values = source.array.data if source.is_sparse else source.array
+    return bool(values.size) and float(np.nanmin(values)) == 0
+
+
+def check_init_factor(A: Any, shape: tuple[int | str, int | str], whom: str) -> np.ndarray:
+    """scikit-learn's checks of a user-given factor, with its messages: 2-D, finite, the
+    expected shape ("auto" accepts any), non-negative, not all zero."""
+    A = check_array(A)
+    for axis, (name, expected) in enumerate((("first", shape[0]), ("second", shape[1]))):
+        if expected != "auto" and A.shape[axis] != expected:
+            raise ValueError(f"Array with wrong {name} dimension passed to {whom}. Expected {expected}, "
+                             f"but got {A.shape[axis]}.")
+    check_non_negative(A, whom)
+    if np.max(A) == 0:
+        raise ValueError(f"Array passed to {whom} is full of zeros.")
+    return A
+
+
+def _check_custom(W0: Any, H0: Any, m: int, n: int, n_components: int | str | None, dtype: np.dtype) -> int:
+    """Check custom W (m, k) and H (k, n) as scikit-learn does; return k."""
     if W0 is None or H0 is None:
         raise ValueError("init='custom' needs both W and H")
-    for name, arr, shape in (("W", W0, (m, k)), ("H", H0, (k, n))):
-        arr = np.asarray(arr)
-        if arr.shape != shape:
-            raise ValueError(f"custom {name} has shape {arr.shape}, expected {shape}")
-        check_non_negative(arr, f"NMF (input {name})")
+    k = n if n_components is None else n_components
+    H0 = check_init_factor(H0, (k, n), "NMF (input H)")
+    k = H0.shape[0]
+    W0 = check_init_factor(W0, (m, k), "NMF (input W)")
+    if H0.dtype != dtype or W0.dtype != dtype:
+        raise TypeError(f"H and W should have the same dtype as X. Got H.dtype = {H0.dtype} and "
+                        f"W.dtype = {W0.dtype}.")
+    return k
 

@@ -136,9 +136,22 @@ def block_truncated_svd(runner: Runner, x_handles: list[Any], n_cols: int, k: in
     q = _orthonormalize(runner, y, "svd-range")
     b = runner.reduce(runner.map("svd-project", _project, x_handles, q), "svd-reduce")  # (l, n)
     u_small, s, vt = np.linalg.svd(b, full_matrices=False)
-    u_small, s, vt = _flip_signs(u_small[:, :k], s[:k], vt[:k])
+    u_small, s, vt = _complete(*_flip_signs(u_small[:, :k], s[:k], vt[:k]), k)
     u = runner.map("svd-U", _apply_right, q, shared=(u_small,))
     return u, s, vt
+
+
+def _complete(u: np.ndarray, s: np.ndarray, vt: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pad a rank-r decomposition (r < k: X has fewer than k numerical directions, or fewer
+    than k rows or columns) to k triplets with zero singular values and zero vectors.
+
+    NNDSVD then gives those components zero columns of W and rows of H, which the ``a`` /
+    ``ar`` variants fill, as scikit-learn's NNDSVD does for (near-)zero singular values.
+    """
+    missing = k - len(s)
+    if missing <= 0:
+        return u, s, vt
+    return (np.pad(u, ((0, 0), (0, missing))), np.pad(s, (0, missing)), np.pad(vt, ((0, missing), (0, 0))))
 
 
 def _flip_signs(u: np.ndarray, s: np.ndarray, vt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -226,3 +239,42 @@ def truncated_svd(X: Any, n_components: int, random_state: int | None = None,
     finally:
         runner.close()
 
+
+
+def initialize_nmf(X: Any, n_components: int, init: str | None = None,
+                   random_state: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    """Initial W (n_samples, k) and H (k, n_features) of in-memory X, as ``NMF.fit`` starts.
+
+    Same arguments and rules as scikit-learn's NMF initializer: ``init=None`` is "nndsvda"
+    when k <= min(n_samples, n_features), else "random"; the NNDSVD variants need that bound.
+    Computed in float32, returned in X's float dtype.
+    """
+    from sklearn.utils import check_random_state
+    from sklearn.utils.validation import check_array, check_non_negative
+
+    from distnmf.runner import make_runner
+
+    X = check_array(X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32])
+    check_non_negative(X, "NMF initialization")
+    m, n = X.shape
+    if init is not None and init != "random" and n_components > min(m, n):
+        raise ValueError(f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)")
+    if init is None:
+        init = "nndsvda" if n_components <= min(m, n) else "random"
+    if init not in ("random", "nndsvd", "nndsvda", "nndsvdar"):
+        raise ValueError(f"Invalid init parameter: got {init!r} instead of one of "
+                         f"{(None, 'random', 'nndsvd', 'nndsvda', 'nndsvdar')}")
+    seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    runner = make_runner()
+    try:
+        source = as_source(X)
+        x_handles = runner.load(source, keep=True)
+        x_mean = float(X.sum()) / (m * n)
+        if init == "random":
+            w_handles, H = random_init(runner, source.bounds, n, n_components, x_mean, seed)
+        else:
+            w_handles, H = nndsvd_init(runner, x_handles, source.bounds, n, n_components, init, x_mean, seed)
+        W = np.concatenate(runner.gather(w_handles))
+        return W.astype(X.dtype, copy=False), H.astype(X.dtype, copy=False)
+    finally:
+        runner.close()

@@ -47,16 +47,19 @@ def wt_x(W: np.ndarray, X: Block) -> np.ndarray:
     return np.asarray((X.T @ W).T, dtype=np.float32)
 
 
-def block_stats(X: Block, chunk: int = 1 << 20) -> tuple[float, float]:
-    """(sum of squares, sum) of a block, accumulated in float64 over slices of ``chunk``
-    values, so no float64 copy of the whole block is made."""
+def block_stats(X: Block, chunk: int = 1 << 20) -> tuple[float, float, int]:
+    """(sum of squares, sum, number of non-zero values) of a block, accumulated in float64
+    over slices of ``chunk`` values, so no float64 copy of the whole block is made. The count
+    is of non-zero *values*, the same for dense and sparse storage of one matrix."""
     values = (X.data if sp.issparse(X) else X).ravel()
     sq = total = 0.0
+    nonzeros = 0
     for start in range(0, values.size, chunk):
         part = values[start:start + chunk].astype(np.float64)
         sq += float(part @ part)
         total += float(part.sum())
-    return sq, total
+        nonzeros += int(np.count_nonzero(part))
+    return sq, total, nonzeros
 
 
 # --------------------------------------------------------------------------- HALS
@@ -107,7 +110,8 @@ def accelerated_sweeps(n_rows: int, n_cols: int, k: int, nnz: int | None = None,
     """Inner sweep budget of accelerated HALS: ``1 + alpha * rho`` with rho the cost ratio.
 
     rho = (cost of X H^T + H H^T) / (cost of one sweep) = (nnz k + n k^2) / (m k^2 + m k),
-    from Gillis & Glineur (2012), capped at ``cap``.
+    from Gillis & Glineur (2012), capped at ``cap``. ``nnz`` is the number of non-zero values
+    (not of stored entries), so dense and sparse storage of one matrix get the same budget.
     """
     nnz = n_rows * n_cols if nnz is None else nnz
     rho = (nnz * k + n_cols * k * k) / max(1.0, n_rows * (k * k + k))
@@ -115,7 +119,7 @@ def accelerated_sweeps(n_rows: int, n_cols: int, k: int, nnz: int | None = None,
 
 
 def hals_fold_in(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps: int,
-                 tol: float) -> np.ndarray:
+                 tol: float) -> tuple[np.ndarray, int]:
     """HALS sweeps for W with H fixed, each row stopped on its own.
 
     Rows of W are independent problems given X H^T and H H^T; a row leaves the active set
@@ -126,10 +130,15 @@ def hals_fold_in(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps:
     ----------
     W : ndarray of shape (m, k), updated in place.
     XHt : ndarray of shape (m, k); HHt : ndarray of shape (k, k).
+
+    Returns
+    -------
+    W : the updated array; n_sweeps : sweeps done by the slowest row.
     """
     active = np.arange(W.shape[0])
     first_change: np.ndarray | None = None
-    for _ in range(max_sweeps):
+    sweeps = 0
+    for sweeps in range(1, max_sweeps + 1):
         rows = W[active]
         before = rows.copy()
         hals_sweeps(rows, XHt[active], HHt, max_sweeps=1)
@@ -143,7 +152,7 @@ def hals_fold_in(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps:
         active, first_change = active[still], first_change[still]
         if not active.size:
             break
-    return W
+    return W, sweeps
 
 
 def projected_gradient_l1(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, l1: float = 0.0,
@@ -205,6 +214,31 @@ def frobenius_error_sq(x_sq: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndar
     cross = float(np.vdot(WtX.astype(np.float64), H.astype(np.float64)))
     quad = float(np.vdot(WtW.astype(np.float64), HHt))
     return max(x_sq - 2.0 * cross + quad, 0.0)
+
+
+def residual_sq_block(X: Block, W: np.ndarray, H: np.ndarray, chunk_rows: int = 4096) -> float:
+    """||X_i - W_i H||_F^2 of one block in float64, accurate even when the residual is tiny.
+
+    The per-iteration error from float32 W^T X and W^T W (:func:`frobenius_error_sq`) loses
+    everything below ~1e-7 ||X||^2 to cancellation; this pass reports the final error exactly.
+    Dense: the residual over slices of ``chunk_rows`` rows. Sparse: ``||X||^2 - 2 <X, WH>_nnz +
+    <W^T W, H H^T>`` with every term in float64.
+    """
+    H64 = H.astype(np.float64)
+    if sp.issparse(X):
+        W64 = W.astype(np.float64)
+        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+        data = X.data.astype(np.float64)
+        cross = sum(float(data[s:s + 2**18] @ np.einsum("ij,ji->i", W64[rows[s:s + 2**18]],
+                                                         H64[:, X.indices[s:s + 2**18]]))
+                    for s in range(0, X.nnz, 2**18))
+        quad = float(np.vdot(W64.T @ W64, H64 @ H64.T))
+        return max(float(data @ data) - 2.0 * cross + quad, 0.0)
+    total = 0.0
+    for start in range(0, X.shape[0], chunk_rows):
+        diff = X[start:start + chunk_rows].astype(np.float64) - W[start:start + chunk_rows].astype(np.float64) @ H64
+        total += float(np.vdot(diff, diff))
+    return total
 
 
 # --------------------------------------------------------------------------- multiplicative updates
@@ -302,7 +336,7 @@ def beta_divergence_block(X: Block, W: np.ndarray, H: np.ndarray, beta: float) -
     terms that are defined there, as in scikit-learn.
     """
     if beta == 2.0:
-        x_sq, _ = block_stats(X)
+        x_sq = block_stats(X)[0]
         WtX = wt_x(W, X)
         return 0.5 * frobenius_error_sq(x_sq, WtX, W.T @ W, H)
     x_data = (X.data if sp.issparse(X) else X.ravel()).astype(np.float64)

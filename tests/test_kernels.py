@@ -60,14 +60,15 @@ def test_products_and_stats(problem, sparse):
     dense = Xs.toarray() if sparse else X
     np.testing.assert_allclose(kernels.x_ht(Xs, H), dense @ H.T, rtol=1e-5)
     np.testing.assert_allclose(kernels.wt_x(W, Xs), W.T @ dense, rtol=1e-5)
-    sq, total = kernels.block_stats(Xs)
+    sq, total, nonzeros = kernels.block_stats(Xs)
     assert sq == pytest.approx(float((dense.astype(np.float64) ** 2).sum()))
     assert total == pytest.approx(float(dense.sum(dtype=np.float64)))
+    assert nonzeros == np.count_nonzero(dense)  # the same for both storages
 
 
 def test_frobenius_error_without_forming_wh(problem):
     X, W, H = problem
-    sq, _ = kernels.block_stats(X)
+    sq = kernels.block_stats(X)[0]
     got = kernels.frobenius_error_sq(sq, kernels.wt_x(W, X), W.T @ W, H)
     expected = np.linalg.norm(X.astype(np.float64) - W.astype(np.float64) @ H) ** 2
     assert got == pytest.approx(expected, rel=1e-5)
@@ -124,8 +125,8 @@ def test_fold_in_rows_do_not_depend_on_their_block(problem):
     X, _, H = problem
     XHt, HHt = kernels.x_ht(X, H), H @ H.T
     start = np.full((40, 4), 0.3, dtype=np.float32)
-    together = kernels.hals_fold_in(start.copy(), XHt, HHt, max_sweeps=300, tol=1e-4)
-    alone = kernels.hals_fold_in(start[7:8].copy(), XHt[7:8], HHt, max_sweeps=300, tol=1e-4)
+    together, _ = kernels.hals_fold_in(start.copy(), XHt, HHt, max_sweeps=300, tol=1e-4)
+    alone, _ = kernels.hals_fold_in(start[7:8].copy(), XHt[7:8], HHt, max_sweeps=300, tol=1e-4)
     np.testing.assert_allclose(together[7:8], alone, rtol=1e-5)  # up to BLAS rounding
     # converged: each row is the non-negative least-squares solution
     from scipy.optimize import nnls

@@ -225,10 +225,10 @@ def test_bad_blocks_in_stores_are_named(tmp_path):
 
 @pytest.mark.parametrize("params,message", [
     ({"n_components": 0}, "n_components"),
-    ({"n_components": 9}, r"n_components=9 must be <= min\(n_samples, n_features\) = 8"),
+    ({"n_components": 9, "init": "nndsvda"}, r"init = 'nndsvda' can only be used when n_components <= min"),
     ({"n_components": 2, "solver": "als"}, "solver"),
     ({"n_components": 2, "beta_loss": "hinge"}, "beta_loss"),
-    ({"n_components": 2, "beta_loss": "kullback-leibler"}, "solver='hals' supports only"),
+    ({"n_components": 2, "beta_loss": "kullback-leibler"}, "solver 'hals' does not handle beta_loss"),
     ({"n_components": 2, "init": "svd"}, "init"),
     ({"n_components": 2, "max_iter": 0}, "max_iter"),
     ({"n_components": 2, "tol": -1}, "tol"),
@@ -249,10 +249,14 @@ def test_missing_or_corrupt_store(tmp_path):
         distnmf.NMF(2).fit(str(tmp_path / "corrupt.zarr"))
 
 
-def test_itakura_saito_rejects_sparse_with_zeros():
+@pytest.mark.parametrize("beta_loss", ["itakura-saito", -0.5])
+def test_negative_beta_loss_rejects_zeros_dense_or_sparse(beta_loss):
     S = sp.random(30, 10, density=0.3, format="csr", random_state=0)
-    with pytest.raises(ValueError, match="without zeros"):
-        distnmf.NMF(2, solver="mu", beta_loss="itakura-saito").fit(S)
+    message = "When beta_loss <= 0 and X contains zeros, the solver may diverge"
+    for X in (S, S.toarray(), S + sp.csr_array(([0.0], ([0], [0])), shape=S.shape)):
+        with pytest.raises(ValueError, match=message):
+            distnmf.NMF(2, solver="mu", beta_loss=beta_loss).fit(X)
+    distnmf.NMF(2, solver="mu", beta_loss=beta_loss, max_iter=5).fit(S.toarray() + 1e-3)
 
 
 def test_scikit_learn_estimator_checks():
