@@ -792,8 +792,8 @@ def render(report: dict[str, Any]) -> str:
                          fmt(s["final_rel_error"], ".5f"), str(s["n_iter"]), fmt(d["final_rel_error"], ".5f"),
                          str(d["n_iter"]), fmt(d["explained_ratio"], ".4f"), fmt(d.get("located_iter"), "d"),
                          fmt(d.get("ratio_time_to_reach")) + ("" if d["reached"] else " (not reached)")])
-        parts += ["", "1b. data nobody here tuned on, in-process: distnmf defaults vs scikit-learn cd/nndsvda; "
-                      "RATIO = time of a fit of exactly the located iterations (true error checked) / sklearn's time",
+        parts += ["", ("1b. data nobody here tuned on, in-process: distnmf defaults vs scikit-learn cd/nndsvda; "
+                       "RATIO = time of a fit of exactly the located iterations (true error checked) / sklearn's time"),
                   table(["data", "shape", "sk s", "sk err", "sk it", "dn err", "dn it", "explained/sk", "reach it",
                          "RATIO"], rows)]
     oc = report.get("ooc")
