@@ -17,6 +17,7 @@ from typing import Any
 
 from distnmf_api.jobstore import JobStore
 from distnmf_api.settings import Settings
+from distnmf.runner import cluster_capacity
 from distnmf.wire import JobStatus
 
 log = logging.getLogger("distnmf.api")
@@ -62,7 +63,7 @@ class Cluster:
         return Client(self.address, security=self.security, set_as_default=False)
 
     def n_workers(self) -> int:
-        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+        return cluster_capacity(self.client).workers
 
     def close(self) -> None:
         self.client.close()

@@ -417,13 +417,10 @@ def rank_sweep(source: Any, ks: Sequence[int], **nmf_params: Any) -> list[dict]:
 
 def _parallel_fits(client: Any, x_nbytes: int, n_fits: int) -> int:
     """How many fits to run at once on ``client``: bounded by its threads and its memory."""
-    from distnmf.runner import _accepts_n_workers
+    from distnmf.runner import cluster_capacity
 
     if client is None:
         return 1
-    info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-    workers = info.get("workers", {}).values()
-    threads = sum(int(w.get("nthreads", 1)) for w in workers)
-    memory = sum(int(w.get("memory_limit") or 0) for w in workers)
-    by_memory = int(0.4 * memory // max(1, x_nbytes)) if memory else threads
-    return max(1, min(n_fits, threads, by_memory))
+    capacity = cluster_capacity(client)
+    by_memory = int(0.4 * capacity.memory // max(1, x_nbytes)) if capacity.memory else capacity.threads
+    return max(1, min(n_fits, capacity.threads, by_memory))

@@ -12,6 +12,7 @@ import sys
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from threadpoolctl import threadpool_limits
@@ -139,12 +140,11 @@ class DaskRunner:
 
     def __init__(self, client: Any) -> None:
         self.client = client
-        info = client.scheduler_info(n_workers=-1) if _accepts_n_workers(client) else client.scheduler_info()
-        workers = info.get("workers", {})
-        if not workers:
+        capacity = cluster_capacity(client)
+        if not capacity.workers:
             raise RuntimeError(f"the Dask cluster at {client.scheduler.address} has no workers")
-        self.n_workers = sum(int(w.get("nthreads", 1)) for w in workers.values())
-        self.memory_limit = sum(int(w.get("memory_limit") or 0) for w in workers.values()) or _available_memory()
+        self.n_workers = capacity.threads
+        self.memory_limit = capacity.memory or _available_memory()
         self.dashboard_link = client.dashboard_link
         self.token = uuid.uuid4().hex[:8]
         self._calls = 0
@@ -202,8 +202,15 @@ class DaskRunner:
         """The client belongs to the caller; nothing to close."""
 
 
-def active_client() -> Any | None:
-    """The current ``distributed.Client`` if one is active, else None."""
+def active_client(client: Any = None) -> Any | None:
+    """The client to use: ``client`` itself, else the current ``distributed.Client``, else None.
+
+    ``client=False`` forces in-process work even when a client is active.
+    """
+    if client is False:
+        return None
+    if client is not None:
+        return client
     if "distributed" not in sys.modules:  # no client can exist; don't pay for the import
         return None
     try:
@@ -220,10 +227,23 @@ def make_runner(client: Any | None = None) -> Runner:
     return DaskRunner(client) if client is not None else LocalRunner()
 
 
-def _accepts_n_workers(client: Any) -> bool:
+@dataclass(frozen=True)
+class Capacity:
+    """What a Dask cluster offers: worker processes, their threads, their memory limits (bytes, 0 if none)."""
+
+    workers: int
+    threads: int
+    memory: int
+
+
+def cluster_capacity(client: Any) -> Capacity:
+    """The capacity of ``client``'s cluster, counting every worker (not only the first few)."""
     import inspect
 
-    return "n_workers" in inspect.signature(client.scheduler_info).parameters
+    every = {"n_workers": -1} if "n_workers" in inspect.signature(client.scheduler_info).parameters else {}
+    workers = client.scheduler_info(**every).get("workers", {}).values()
+    return Capacity(workers=len(workers), threads=sum(int(w.get("nthreads", 1)) for w in workers),
+                    memory=sum(int(w.get("memory_limit") or 0) for w in workers))
 
 
 def _available_memory() -> int:

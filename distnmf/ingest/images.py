@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from distnmf.ingest.parallel import ClientArg, active_client, ordered_map
+from distnmf.ingest.parallel import ClientArg, ordered_map
+from distnmf.runner import active_client
 from distnmf.ingest.report import IngestReport, SkipLog, Stopwatch, progress
 from distnmf.store import MatrixWriter, default_chunk_rows
 

@@ -7,24 +7,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from distnmf.runner import cluster_capacity
+
 ClientArg = Any  # a distributed.Client, None (use the active one if any) or False (never)
-
-
-def active_client(client: ClientArg = None) -> Any:
-    """The client to use: ``client`` itself, else the default ``distributed`` client, else None.
-
-    Pass ``client=False`` to force in-process work even when a client is active.
-    """
-    if client is False:
-        return None
-    if client is not None:
-        return client
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except (ImportError, ValueError):
-        return None
 
 
 def ordered_map(func: Callable[..., Any], items: Iterable[Any], *, client: Any, name: str,
@@ -42,7 +27,7 @@ def ordered_map(func: Callable[..., Any], items: Iterable[Any], *, client: Any, 
             yield func(item, *shared)
         return
     if window is None:
-        window = 2 * max(1, sum(client.nthreads().values()))
+        window = 2 * max(1, cluster_capacity(client).threads)
     token = uuid.uuid4().hex[:8]
     shared_futures = [client.scatter([value], broadcast=True)[0] for value in shared]
     pending: deque[Any] = deque()

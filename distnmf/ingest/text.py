@@ -29,7 +29,8 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.preprocessing import normalize
 
 from distnmf.ingest.images import list_files
-from distnmf.ingest.parallel import ClientArg, active_client, ordered_map
+from distnmf.ingest.parallel import ClientArg, ordered_map
+from distnmf.runner import active_client
 from distnmf.ingest.report import IngestReport, Stopwatch, progress
 from distnmf.store import MatrixWriter
 
