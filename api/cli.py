@@ -17,7 +17,8 @@ def serve(
 ) -> None:
     """Run the HTTP service (job submission and queries on results).
 
-    Example: DISTNMF_API_TOKEN=... distnmf serve --host 0.0.0.0 --port 8443 --ssl-certfile cert.pem --ssl-keyfile key.pem
+    Example: distnmf serve --host 0.0.0.0 --port 8443 --ssl-certfile cert.pem --ssl-keyfile key.pem
+    (with DISTNMF_API_TOKEN set: without a token the service binds to 127.0.0.1 only)
     """
     from distnmf_api.server import serve as run_server
 

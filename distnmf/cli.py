@@ -16,10 +16,10 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from distnmf.console import err, out, scheduler_client, user_errors
 from distnmf.ingest.cli import app as ingest_app
 
 app = typer.Typer(
@@ -35,44 +35,6 @@ app = typer.Typer(
 app.add_typer(ingest_app, name="ingest",
               help="Build a matrix store from images, tag sets, text, rating tables or arrays. "
                    "Example: distnmf ingest images ./cats cats.zarr --shape 64x64")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
-
-USER_ERRORS = (ValueError, KeyError, IndexError, OSError)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = exc.args[0] if type(exc) is KeyError and exc.args else str(exc)  # KeyError quotes its str
-    return " ".join(str(text).split()) or type(exc).__name__
-
-
-def _user_errors(fn: Callable) -> Callable:
-    """Turn bad-input exceptions into ``error: ...`` on stderr and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except USER_ERRORS as exc:
-            typer.echo(f"error: {_one_line(exc)}", err=True)
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def _cluster(scheduler: str | None) -> Iterator[Any]:
-    """A ``distributed.Client`` on ``scheduler`` for the block's duration, else the embedded default."""
-    if scheduler is None:
-        yield None
-        return
-    from distributed import Client
-
-    with Client(scheduler, timeout="10s") as client:
-        err.print(f"connected to {scheduler}; dashboard: {client.dashboard_link}")
-        yield client
-
-
 @contextlib.contextmanager
 def _convergence_notes() -> Iterator[None]:
     """Show scikit-learn's ConvergenceWarning as a one-line note on stderr, without source lines."""
@@ -151,7 +113,7 @@ MissingOpt = Annotated[str, typer.Option("--missing", help="zero: unstored entri
 
 
 @app.command()
-@_user_errors
+@user_errors
 def fit(
     store: StoreArg,
     k: Annotated[int, typer.Option("-k", "--n-components", help="Rank: number of components.", show_default=False)],
@@ -183,7 +145,7 @@ def fit(
         raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
     params = {**_fit_params(solver, init, beta_loss, max_iter, tol, random_state), "missing": missing}
     started = time.perf_counter()
-    with _cluster(scheduler), _convergence_notes(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    with scheduler_client(scheduler), _convergence_notes(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                        TextColumn("rel. error {task.fields[error]}"), TimeElapsedColumn(),
                                        console=err, transient=False) as progress:
         task = progress.add_task(f"NMF k={k} on {matrix.shape[0]}x{matrix.shape[1]}", total=max_iter, error="-")
@@ -206,7 +168,7 @@ def fit(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def top(
     results: ResultsArg,
     component: Annotated[int | None, typer.Option("--component", "-c", help="One component (default: all).")] = None,
@@ -236,7 +198,7 @@ def top(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def similar(
     results: ResultsArg,
     row: Annotated[str | None, typer.Option("--row", "-r", help="Label (or index) of the row to query.")] = None,
@@ -269,7 +231,7 @@ def similar(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def sweep(
     store: StoreArg,
     ks: Annotated[str, typer.Option("-k", "--ranks", help="Comma-separated ranks, e.g. 5,10,20,40.", show_default=False)],
@@ -303,7 +265,7 @@ def sweep(
                   replicates)
         return
     params = _fit_params(solver, init, beta_loss, max_iter, tol, random_state)
-    with _cluster(scheduler), _convergence_notes(), err.status(f"fitting ranks {', '.join(map(str, ranks))} on "
+    with scheduler_client(scheduler), _convergence_notes(), err.status(f"fitting ranks {', '.join(map(str, ranks))} on "
                                          f"{matrix.shape[0]}x{matrix.shape[1]} ..."):
         found = rank_sweep(matrix, ranks, **params)
     if as_json:
@@ -325,7 +287,7 @@ def _cv_sweep(store: Path, matrix: Any, ranks: list[int], init: str, max_iter: i
               test_fraction: float, replicates: int) -> None:
     from distnmf.rank import select_rank
 
-    with _cluster(scheduler), _convergence_notes(), err.status(
+    with scheduler_client(scheduler), _convergence_notes(), err.status(
             f"cross-validating ranks {', '.join(map(str, ranks))} x {replicates} replicates on "
             f"{matrix.shape[0]}x{matrix.shape[1]} ..."):
         report = select_rank(matrix, ranks, test_fraction=test_fraction, replicates=replicates,
@@ -348,7 +310,7 @@ def _cv_sweep(store: Path, matrix: Any, ranks: list[int], init: str, max_iter: i
 
 
 @app.command()
-@_user_errors
+@user_errors
 def svd(
     store: StoreArg,
     k: Annotated[int, typer.Option("-k", "--n-components", help="Number of singular triplets.", show_default=False)],
@@ -364,7 +326,7 @@ def svd(
     from distnmf.store import open_matrix
 
     matrix = open_matrix(store)
-    with _cluster(scheduler), err.status(f"randomized SVD, k={k}, of {matrix.shape[0]}x{matrix.shape[1]} ..."):
+    with scheduler_client(scheduler), err.status(f"randomized SVD, k={k}, of {matrix.shape[0]}x{matrix.shape[1]} ..."):
         U, S, Vt = truncated_svd(matrix, k, random_state=random_state)
     out.print("singular values: " + " ".join(f"{s:.5g}" for s in S))
     if save is not None:
@@ -372,7 +334,7 @@ def svd(
 
 
 @app.command()
-@_user_errors
+@user_errors
 def plot(
     results: ResultsArg,
     directory: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: RESULTS name + '-plots'.")] = None,
@@ -447,7 +409,7 @@ def _add_plugin_commands() -> None:
     from importlib.metadata import entry_points
 
     for entry in entry_points(group=COMMANDS_GROUP):
-        app.command(name=entry.name)(_user_errors(_plugin_command(entry.name, entry.load)))
+        app.command(name=entry.name)(user_errors(_plugin_command(entry.name, entry.load)))
 
 
 _add_plugin_commands()

@@ -7,14 +7,14 @@ message on bad input (leaving no store behind).
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 import distnmf.ingest as ingesters  # loads each ingester on first use: `distnmf --help` stays fast
+from distnmf.console import scheduler_client, user_errors
 
 app = typer.Typer(help="Build a matrix store from the data you have: images, tags, text, ratings or arrays.",
                   no_args_is_help=True)
@@ -29,28 +29,12 @@ Scheduler = Annotated[str | None, typer.Option(help="Dask scheduler address (tcp
 
 
 def _run(ingest: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run an ingest, print its summary, turn bad input into exit status 1."""
+    """Run an ingest and print its summary."""
     if kwargs.get("compression") == "none":
         kwargs["compression"] = None
-    try:
-        report = ingest(*args, **kwargs)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+    report = ingest(*args, **kwargs)
     typer.echo(report.summary())
     return report
-
-
-@contextlib.contextmanager
-def _client(address: str | None) -> Iterator[Any]:
-    """A ``distributed.Client`` connected to ``address``, or ``False`` (work in-process)."""
-    if address is None:
-        yield False
-        return
-    from distributed import Client
-
-    with Client(address) as client:
-        yield client
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -86,6 +70,7 @@ def _column(text: str | None) -> str | int | None:
 
 
 @app.command()
+@user_errors
 def images(
     folder: Annotated[Path, typer.Argument(help="Folder searched recursively for images.")],
     store: Store,
@@ -103,12 +88,13 @@ def images(
 
         distnmf ingest images ./cats cats.zarr --shape 64x64
     """
-    with _client(scheduler) as client:
+    with scheduler_client(scheduler) as client:
         _run(ingesters.ingest_images, folder, store, image_shape=_shape(shape), crop=crop, batch_size=batch_size,
              client=client, compression=compression, overwrite=overwrite, show_progress=progress)
 
 
 @app.command()
+@user_errors
 def tags(
     source: Annotated[Path, typer.Argument(help="JSON Lines tag records (or a .json document).")],
     store: Store,
@@ -136,6 +122,7 @@ def tags(
 
 
 @app.command()
+@user_errors
 def text(
     source: Annotated[Path, typer.Argument(help="A file (one document per line) or a folder (one per file).")],
     store: Store,
@@ -156,13 +143,14 @@ def text(
 
         distnmf ingest text articles.txt articles.zarr --max-features 20000 --min-df 5
     """
-    with _client(scheduler) as client:
+    with scheduler_client(scheduler) as client:
         _run(ingesters.ingest_text, source, store, max_features=max_features, min_df=_df(min_df), max_df=_df(max_df),
              stop_words="english" if stop_words else None, docs_per_partition=docs_per_partition,
              client=client, compression=compression, overwrite=overwrite, show_progress=progress)
 
 
 @app.command()
+@user_errors
 def ratings(
     source: Annotated[Path, typer.Argument(help="CSV/TSV with one (user, item, rating) per line.")],
     store: Store,
@@ -189,6 +177,7 @@ def ratings(
 
 
 @app.command()
+@user_errors
 def array(
     source: Annotated[Path, typer.Argument(help=".npy, .npz (scipy.sparse or dense), .mtx, or CSV/TSV of numbers.")],
     store: Store,
