@@ -7,8 +7,8 @@ import shutil
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
 import zarr
-from fastapi import HTTPException, status
 
+from distnmf_api.errors import PathRefused, Unprocessable
 from distnmf_api.jobstore import JobStore, StoredMatrix
 from distnmf_api.layout import DataDir
 from distnmf_api.runner import Cluster
@@ -20,14 +20,6 @@ from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
 SUFFIXES = {MatrixFormat.npy: ".npy", MatrixFormat.npz: ".npz", MatrixFormat.mtx: ".mtx", MatrixFormat.csv: ".csv"}
 
 
-def bad_request(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_400_BAD_REQUEST, detail)
-
-
-def unprocessable(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
-
-
 def resolve_inside(data: DataDir, relative: str) -> Path:
     """The existing path ``relative`` names inside ``data_dir``; 400 if it could lead outside.
 
@@ -35,24 +27,24 @@ def resolve_inside(data: DataDir, relative: str) -> Path:
     (the path itself, a parent, or any entry inside a store directory) are all refused.
     """
     if "\x00" in relative or relative.startswith("~"):
-        raise bad_request(f"path {relative!r} is not a plain relative path inside the data directory")
+        raise PathRefused(f"path {relative!r} is not a plain relative path inside the data directory")
     posix = PurePosixPath(relative.replace("\\", "/"))
     if posix.is_absolute() or PureWindowsPath(relative).is_absolute() or PureWindowsPath(relative).drive:
-        raise bad_request(f"path {relative!r} is absolute; give a path relative to the data directory")
+        raise PathRefused(f"path {relative!r} is absolute; give a path relative to the data directory")
     if ".." in posix.parts:
-        raise bad_request(f"path {relative!r} contains '..'; paths must stay inside the data directory")
+        raise PathRefused(f"path {relative!r} contains '..'; paths must stay inside the data directory")
     root = data.root.resolve()
     target = (root / posix).resolve()
     if not target.is_relative_to(root):
-        raise bad_request(f"path {relative!r} leads outside the data directory (through a symlink)")
+        raise PathRefused(f"path {relative!r} leads outside the data directory (through a symlink)")
     if not target.exists():
-        raise bad_request(f"nothing at {relative!r} in the data directory")
+        raise PathRefused(f"nothing at {relative!r} in the data directory")
     if target.is_dir():
         for folder, dirs, files in os.walk(target):
             for name in dirs + files:
                 entry = Path(folder, name)
                 if entry.is_symlink() and not entry.resolve().is_relative_to(root):
-                    raise bad_request(f"path {relative!r} holds a symlink ({entry.relative_to(root)}) "
+                    raise PathRefused(f"path {relative!r} holds a symlink ({entry.relative_to(root)}) "
                                       f"leading outside the data directory")
     return target
 
@@ -89,14 +81,14 @@ def register(store: JobStore, cluster: Cluster, data: DataDir, relative: str, fm
         try:
             matrix = open_matrix(source)
         except (ValueError, FileNotFoundError) as exc:
-            raise unprocessable(str(exc)) from None
+            raise Unprocessable(str(exc)) from None
         try:
             validate_on_cluster(matrix, cluster)
         except ValueError as exc:
-            raise unprocessable(str(exc)) from None
+            raise Unprocessable(str(exc)) from None
         return store.add_matrix(_record(matrix_id, name, data.relative(source), fmt, False, matrix))
     if not source.is_file():
-        raise bad_request(f"{relative!r} is not a file; format {fmt} needs a {SUFFIXES[fmt]} file")
+        raise PathRefused(f"{relative!r} is not a file; format {fmt} needs a {SUFFIXES[fmt]} file")
     return ingest(store, data, source, fmt, matrix_id, name)
 
 
@@ -105,7 +97,7 @@ def ingest(store: JobStore, data: DataDir, source: Path, fmt: MatrixFormat, matr
            image_shape: list[int] | None = None) -> StoredMatrix:
     """Ingest a npy/npz/mtx/csv file into a new store of the service, then record it."""
     if fmt == MatrixFormat.zarr:
-        raise unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and register its path")
+        raise Unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and register its path")
     final = data.ingested(matrix_id)
     linked = None
     if source.suffix.lower() != SUFFIXES[fmt]:  # the ingest reads the format from the suffix
@@ -117,7 +109,7 @@ def ingest(store: JobStore, data: DataDir, source: Path, fmt: MatrixFormat, matr
                 matrix = ingest_array(linked or source, staging, overwrite=True, show_progress=False).matrix
                 _add_metadata(staging, matrix, row_labels, col_labels, image_shape)
             except (ValueError, TypeError, OSError, EOFError, KeyError) as exc:
-                raise unprocessable(f"cannot ingest the {fmt} file {name!r}: {exc}") from None
+                raise Unprocessable(f"cannot ingest the {fmt} file {name!r}: {exc}") from None
     finally:
         if linked is not None:
             linked.unlink(missing_ok=True)

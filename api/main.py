@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
-from distnmf_api import guards
+from distnmf_api import errors, guards
 from distnmf_api.deps import require_token
 from distnmf_api.jobstore import JobStore
 from distnmf_api.routers import health, jobs, matrices, results
@@ -56,4 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(results.router, dependencies=protected)
     app.include_router(api)
     guards.install(app, settings)
+    errors.install(app)
     return app

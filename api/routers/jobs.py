@@ -13,6 +13,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 
 from distnmf_api.deps import ClusterDep, JobDep, RunnerDep, SettingsDep, StoreDep
+from distnmf_api.errors import Unprocessable
 from distnmf_api.runner import Cluster
 from distnmf_api.schemas import BetaLoss, Error, SubmitJob
 from distnmf.wire import JobRecord, JobStatus
@@ -36,19 +37,17 @@ def submit_job(body: SubmitJob, store: StoreDep, runner: RunnerDep, settings: Se
     for limit, what, value in (("max_components", "n_components", body.n_components),
                                ("max_iter", "max_iter", body.max_iter)):
         if message := settings.limit_error(limit, what, value):
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+            raise Unprocessable(message)
     matrix = store.get_matrix(body.matrix_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {body.matrix_id!r}")
     n_rows, n_cols = matrix.shape
     rank_limit = min(n_rows, n_cols)
     if body.n_components > rank_limit:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            f"n_components={body.n_components} must be <= min(n_rows, n_cols) = {rank_limit} "
+        raise Unprocessable(f"n_components={body.n_components} must be <= min(n_rows, n_cols) = {rank_limit} "
                             f"for matrix {matrix.id} of shape ({n_rows}, {n_cols})")
     if body.beta_loss == BetaLoss.itakura_saito and matrix.nnz < n_rows * n_cols:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            "beta_loss='itakura-saito' needs a matrix without zeros; this one has zeros")
+        raise Unprocessable("beta_loss='itakura-saito' needs a matrix without zeros; this one has zeros")
     params = body.params()
     job_id = body.job_id or uuid.uuid4().hex[:16]
     try:

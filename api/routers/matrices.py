@@ -14,6 +14,7 @@ from starlette.datastructures import FormData, UploadFile
 
 from distnmf_api import catalog
 from distnmf_api.deps import ClusterDep, MatrixDep, SettingsDep, StoreDep
+from distnmf_api.errors import Unprocessable
 from distnmf_api.jobstore import StoredMatrix
 from distnmf_api.schemas import Error, MatrixFormat, RegisterMatrix
 from distnmf_api.settings import Settings
@@ -99,7 +100,7 @@ async def _upload(request: Request, settings: Settings, store: StoreDep) -> Stor
     try:
         file = form.get("file")
         if not isinstance(file, UploadFile):
-            raise catalog.unprocessable("multipart field 'file' (the matrix file) is missing")
+            raise Unprocessable("multipart field 'file' (the matrix file) is missing")
         if file.size is not None and file.size > settings.max_upload_bytes:
             raise _too_large(settings)
         fmt = _upload_format(form, file)
@@ -126,10 +127,10 @@ def _upload_format(form: FormData, file: UploadFile) -> MatrixFormat:
     try:
         fmt = MatrixFormat(value)
     except ValueError:
-        raise catalog.unprocessable(f"cannot tell the upload's format from {value!r}: give format=npy, npz, mtx "
+        raise Unprocessable(f"cannot tell the upload's format from {value!r}: give format=npy, npz, mtx "
                                     f"or csv") from None
     if fmt == MatrixFormat.zarr:
-        raise catalog.unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and "
+        raise Unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and "
                                     "register its path")
     return fmt
 
@@ -139,7 +140,7 @@ def _image_shape(value: Any) -> list[int] | None:
         return None
     parts = str(value).replace("x", ",").split(",")
     if not all(p.strip().isdigit() and int(p) > 0 for p in parts) or len(parts) > 4:
-        raise catalog.unprocessable(f"image_shape must be positive integers like '8,8', got {value!r}")
+        raise Unprocessable(f"image_shape must be positive integers like '8,8', got {value!r}")
     return [int(p) for p in parts]
 
 
@@ -151,7 +152,7 @@ async def _labels(form: FormData, field: str) -> list[str] | None:
     try:
         return raw.decode("utf-8").splitlines()
     except UnicodeDecodeError:
-        raise catalog.unprocessable(f"{field} must be UTF-8 text, one label per line") from None
+        raise Unprocessable(f"{field} must be UTF-8 text, one label per line") from None
 
 
 async def _save(file: UploadFile, target: Path, settings: Settings) -> None:

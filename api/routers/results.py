@@ -14,6 +14,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from distnmf_api import factor_io
 from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, ServedDep, SettingsDep, StoreDep
+from distnmf_api.errors import Unprocessable
 from distnmf_api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, LabelRow, Similar, SparseRow, \
     TransformRequest, TransformResult
 from distnmf_api.runner import Cluster
@@ -34,13 +35,9 @@ class Factor(StrEnum):
     H = "H"
 
 
-def unprocessable(detail: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
-
-
 def _check_k(settings: Settings, name: str, value: int) -> None:
     if message := settings.limit_error("max_k", name, value):
-        raise unprocessable(message)
+        raise Unprocessable(message)
 
 
 @contextmanager
@@ -55,7 +52,7 @@ def _query(cluster: Cluster) -> Iterator[None]:
     except (analysis.UnknownLabelError, analysis.IndexOutOfRangeError) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
     except ValueError as exc:
-        raise unprocessable(str(exc)) from None
+        raise Unprocessable(str(exc)) from None
 
 
 @router.get("/factors/{factor}", response_class=StreamingResponse,
@@ -71,10 +68,10 @@ def get_factor(factor: Factor, factors: FactorsDep, settings: SettingsDep,
     n = factors.shape[0] if factor == Factor.W else factors.shape[1]
     stop = n if stop is None else min(stop, n)
     if start > stop:
-        raise unprocessable(f"start={start} is past the end of the range (stop={stop}; {factor} has {n} "
+        raise Unprocessable(f"start={start} is past the end of the range (stop={stop}; {factor} has {n} "
                             f"{'rows' if factor == Factor.W else 'columns'})")
     if message := settings.limit_error("max_range", "stop - start", stop - start):
-        raise unprocessable(f"{message}; download it in several ranges")
+        raise Unprocessable(f"{message}; download it in several ranges")
     if format == FactorFormat.npy:
         return StreamingResponse(factor_io.stream_npy(factors, factor, start, stop),
                                  media_type="application/octet-stream",
@@ -166,7 +163,7 @@ def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep
               cluster: ClusterDep, served: ServedDep) -> TransformResult:
     """Coefficients of new rows (dense, sparse or tag lists) with H fixed, and their nearest rows."""
     if message := settings.limit_error("max_transform_rows", "len(rows)", len(body.rows)):
-        raise unprocessable(message)
+        raise Unprocessable(message)
     _check_k(settings, "similar_k", body.similar_k)
     X = _new_rows(body.rows, factors)
     with _query(cluster):
@@ -187,26 +184,26 @@ def _new_rows(rows: list[Any], factors: Factors) -> sp.csr_array:
             cols = row.indices
             vals = row.values if row.values is not None else [1.0] * len(cols)
             if len(vals) != len(cols):
-                raise unprocessable(f"row {i}: {len(cols)} indices but {len(vals)} values")
+                raise Unprocessable(f"row {i}: {len(cols)} indices but {len(vals)} values")
         elif isinstance(row, LabelRow):
             if labels is None:
-                raise unprocessable(f"row {i}: the matrix has no column labels; send indices instead")
+                raise Unprocessable(f"row {i}: the matrix has no column labels; send indices instead")
             unknown = [label for label in row.labels if label not in position]
             if unknown:
-                raise unprocessable(f"row {i}: unknown column labels {unknown[:5]}")
+                raise Unprocessable(f"row {i}: unknown column labels {unknown[:5]}")
             cols = sorted({position[label] for label in row.labels})
             vals = [1.0] * len(cols)
         else:
             if len(row) != n_cols:
-                raise unprocessable(f"row {i} has {len(row)} values; the matrix has {n_cols} columns")
+                raise Unprocessable(f"row {i} has {len(row)} values; the matrix has {n_cols} columns")
             dense = np.asarray(row, dtype=np.float32)
             cols = np.flatnonzero(dense).tolist()
             vals = dense[cols].tolist()
         bad = [c for c in cols if not 0 <= c < n_cols]
         if bad:
-            raise unprocessable(f"row {i}: column indices {bad[:5]} out of range 0..{n_cols - 1}")
+            raise Unprocessable(f"row {i}: column indices {bad[:5]} out of range 0..{n_cols - 1}")
         if any(v < 0 for v in vals):
-            raise unprocessable(f"row {i} has negative values; NMF needs non-negative input")
+            raise Unprocessable(f"row {i} has negative values; NMF needs non-negative input")
         indices.extend(cols)
         values.extend(vals)
         indptr.append(len(indices))
