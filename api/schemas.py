@@ -109,11 +109,16 @@ class JobParams(Body):
     alpha_H: float | Literal["same"] = Field("same", description='A number >= 0, or "same" as alpha_W.')
     l1_ratio: float = Field(0.0, ge=0, le=1)
     checkpoint_every: int = Field(10, ge=1, description="Iterations between checkpoints (resumed after a restart).")
+    missing: Literal["zero", "unobserved"] = Field(
+        "zero", description='"zero": unstored entries are zeros; "unobserved": only stored entries are data '
+                            '(ratings; fits with solver hals and the Frobenius loss).')
 
     @model_validator(mode="after")
     def _check(self) -> JobParams:
         if self.solver == Solver.hals and self.beta_loss != BetaLoss.frobenius:
             raise ValueError("solver='hals' supports only beta_loss='frobenius'; use solver='mu'")
+        if self.missing == "unobserved" and self.solver != Solver.hals:
+            raise ValueError("missing='unobserved' fits with solver='hals' and beta_loss='frobenius'")
         if isinstance(self.alpha_H, float) and not 0 <= self.alpha_H <= 1e6:
             raise ValueError("alpha_H must be between 0 and 1e6, or 'same'")
         return self

@@ -322,7 +322,12 @@ def cooccurring(matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10)
 
 def recommend(factors: Factors, matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10) -> list[Hit]:
     """The ``k`` columns with the highest reconstructed score ``W_i H`` among those row ``i`` has
-    no stored entry for (e.g. films a user has not rated). Fewer come back if fewer are unseen."""
+    no stored entry for (e.g. films a user has not rated). Fewer come back if fewer are unseen.
+
+    With factors of a masked fit (``missing="unobserved"``, e.g. a rating table) each score is the
+    predicted rating of an unrated item; with zero-filled factors it mixes "would rate highly"
+    with "would rate at all", so popular items dominate.
+    """
     matrix = open_matrix(matrix) if not isinstance(matrix, Matrix) else matrix
     if tuple(matrix.shape) != tuple(factors.shape):
         raise ValueError(f"matrix {matrix.path} has shape {matrix.shape} but the factors were fitted on "

@@ -18,7 +18,7 @@ from distnmf.client import BadRequest, Client, Conflict, InvalidRequest, JobCanc
     PayloadTooLarge, Unauthorized
 from distnmf.factors import open_factors
 from distnmf.store import MatrixWriter
-from distnmf.synth import tag_set
+from distnmf.synth import ratings, tag_set
 
 LIMITS = {"max_components": 40, "max_k": 50, "max_range": 100, "max_upload_bytes": 400_000}
 
@@ -253,3 +253,19 @@ def test_delete_matrix(client, service) -> None:
     with pytest.raises(NotFound):
         client.matrix(matrix.id)
     assert Path(service[1].data_dir / "distnmf.sqlite").exists()
+
+
+def test_masked_rating_job_recommends_predicted_ratings(client, service) -> None:
+    ratings(service[1].data_dir / "stores" / "ratings.zarr", n_users=400, n_items=60, n_components=3,
+            density=0.2, seed=2)
+    matrix = client.register("stores/ratings.zarr", name="ratings")
+    job = client.submit(matrix, n_components=3, random_state=0, max_iter=30, missing="unobserved", alpha_W=0.1)
+    assert job.wait(progress=False, timeout=120).status == "succeeded"
+    factors = open_factors(service[1].layout.factors(job.id))
+    assert factors.attrs["params"]["missing"] == "unobserved"
+    hits = job.recommend("u007", k=5)
+    expected = analysis.recommend(factors, service[1].data_dir / "stores" / "ratings.zarr", "u007", k=5)
+    assert [(h.label, round(h.score, 4)) for h in hits] == [(h.label, round(h.score, 4)) for h in expected]
+    assert 3 < hits[0].score < 7  # a predicted rating on the 1-5 star scale
+    with pytest.raises(InvalidRequest, match="missing='unobserved' fits with solver='hals'"):
+        client.submit(matrix, n_components=3, solver="mu", missing="unobserved")

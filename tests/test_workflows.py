@@ -148,20 +148,25 @@ def test_movie_recommender_sweep_and_recommendations(tmp_path: Path) -> None:
 
     store = tmp_path / "ratings.zarr"
     cli("ingest", "ratings", train, store)
-    sweep = json.loads(cli("sweep", store, "-k", "2,4,8", "--random-state", "0", "--json",
-                           "--plot", tmp_path / "elbow.png"))
-    errors = [r["reconstruction_err"] for r in sweep]
-    assert [r["n_components"] for r in sweep] == [2, 4, 8]
-    assert errors[0] > errors[1] > errors[2], errors
-    assert (tmp_path / "elbow.png").stat().st_size > 0
+    sweep = json.loads(cli("sweep", store, "-k", "2,4,8", "--cv", "--replicates", "2", "--random-state", "0",
+                           "--max-iter", "100", "--json", "--plot", tmp_path / "rank.png"))
+    assert [r["n_components"] for r in sweep["table"]] == [2, 4, 8]
+    train = [r["train_rmse"] for r in sweep["table"]]
+    assert train[0] > train[1] > train[2], train  # training error always falls with k ...
+    held_out_rmse = [r["test_rmse"] for r in sweep["table"]]
+    assert held_out_rmse[0] > held_out_rmse[1] and sweep["best_k"] in (4, 8), sweep["table"]  # ... held-out error needs k >= 4
+    assert (tmp_path / "rank.png").stat().st_size > 0
 
     matrix = open_matrix(store)
-    factors = factorize(matrix, tmp_path / "ratings.nmf.zarr", n_components=4, random_state=0)
+    factors = factorize(matrix, tmp_path / "ratings.nmf.zarr", n_components=sweep["best_k"], random_state=0,
+                        missing="unobserved", alpha_W=0.1)
     X = matrix.to_memory()
     users, items = list(matrix.row_labels), list(matrix.col_labels)
     popularity = np.asarray((X > 0).sum(axis=0)).ravel()  # how many users rated each film
 
-    model_hits, popular_hits = [], []
+    mean_rating = np.asarray(X.sum(axis=0)).ravel() / np.maximum(popularity, 1)
+    W, H = factors.read_W(), factors.H
+    model_hits, popular_hits, best_rated_hits = [], [], []
     for u, user in enumerate(users[:300]):
         seen = set(X[[u]].indices.tolist())
         recs = recommend(factors, matrix, user, k=20)
@@ -170,14 +175,19 @@ def test_movie_recommender_sweep_and_recommendations(tmp_path: Path) -> None:
         assert all(a.score >= b.score for a, b in zip(recs, recs[1:]))
         unseen = np.array([j for j in range(len(items)) if j not in seen])
         popular = unseen[np.argsort(-popularity[unseen], kind="stable")[:20]]
+        best_rated = unseen[np.argsort(-mean_rating[unseen], kind="stable")[:20]]
         model_hits += [test[user][h.label] for h in recs if h.label in test[user]]
         popular_hits += [test[user][items[j]] for j in popular if items[j] in test[user]]
-    # the held-out ratings of recommended films beat those of the most popular unseen films
-    assert len(model_hits) > 200 and len(popular_hits) > 200
+        best_rated_hits += [test[user][items[j]] for j in best_rated if items[j] in test[user]]
+        # scores are the masked model's predicted ratings (1-5 star scale, at times beyond 5)
+        np.testing.assert_allclose([h.score for h in recs], W[u] @ H[:, [h.index for h in recs]], rtol=1e-5)
+    # the held-out ratings of recommended films beat those of the most popular and of the
+    # best-rated unseen films
+    assert len(model_hits) > 200 and len(popular_hits) > 200 and len(best_rated_hits) > 100
     assert np.mean(model_hits) > np.mean(popular_hits) + 0.1, (np.mean(model_hits), np.mean(popular_hits))
+    assert np.mean(model_hits) > np.mean(best_rated_hits) + 0.1, (np.mean(model_hits), np.mean(best_rated_hits))
 
     # per user, the model's scores of held-out films rank their true ratings better than popularity
-    W, H = factors.read_W(), factors.H
     col = {label: j for j, label in enumerate(items)}
     model_rho, popular_rho = [], []
     for u, user in enumerate(users):
