@@ -144,6 +144,10 @@ def _masked_task(x: Any, weights: Any, start: int, W: np.ndarray, H: np.ndarray,
     return W, (XtW, column_grams, violation)
 
 
+def _masked_residual_task(x: Any, weights: Any, start: int, W: np.ndarray, H: np.ndarray) -> float:
+    return masked.residual_sq(masked.masked_block(materialize(x), materialize(weights), start), W, H)
+
+
 def _masked_update_h(H: np.ndarray, XtW: np.ndarray, column_grams: np.ndarray, mask: Mask, config: FitConfig,
                      n_rows: int, sweeps: int, x_sq: float) -> tuple[np.ndarray, float, float]:
     """H from the reduced normal equations; returns H, the violation and the loss Σ c (x - wh)²."""
@@ -335,10 +339,15 @@ def _iterate(runner: Runner, source: BlockSource, config: FitConfig, x_handles: 
             if iteration > first_iter + 1:
                 errors.append(math.sqrt(2 * max(previous, 0.0)) / x_norm)
         converged = _converged(config, errors, violations, error_at_init)
-        if mask is None and gram_path and (converged or iteration >= config.max_iter):
+        if gram_path and (converged or iteration >= config.max_iter):
             # the float32 Gram-form error is inexact near zero: the final one comes from an exact pass
-            residual = runner.reduce(runner.map("nmf-residual", _residual_task, x_handles, w_handles,
-                                                shared=(runner.broadcast(H),)), "nmf-reduce-residual")
+            if mask is None:
+                residuals = runner.map("nmf-residual", _residual_task, x_handles, w_handles,
+                                       shared=(runner.broadcast(H),))
+            else:
+                residuals = runner.map("nmf-residual", _masked_residual_task, x_handles, mask.weight_handles,
+                                       list(source.bounds[:-1]), w_handles, shared=(runner.broadcast(H),))
+            residual = runner.reduce(residuals, "nmf-reduce-residual")
             errors[-1] = math.sqrt(residual) / x_norm
         _report(config, iteration if gram_path else iteration - 1, errors, start_time)
         if config.checkpoint and iteration % config.checkpoint_every == 0:

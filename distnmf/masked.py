@@ -232,3 +232,20 @@ def observed_stats(block: MaskedBlock, row_offset: int) -> tuple[float, float, f
         x_sum = float(data.sum())
     return x_sq, x_sum, float(counts.sum()), block.column_counts()
 
+
+
+def residual_sq(block: MaskedBlock, W: np.ndarray, H: np.ndarray, chunk: int = 1 << 18) -> float:
+    """Σ c (x - w_r · h_j)² over the observed entries of a block, exactly in float64."""
+    W64, H64 = W.astype(np.float64), H.astype(np.float64)
+    if block.is_dense:
+        residual = block.values.astype(np.float64) - W64 @ H64
+        residual[block.missing.nonzero()] = 0.0
+        return float(np.vdot(residual, residual))
+    values, weights = block.values, block.weights
+    rows = np.repeat(np.arange(values.shape[0]), np.diff(values.indptr))
+    total = 0.0
+    for s in range(0, values.nnz, chunk):
+        r, c = rows[s:s + chunk], values.indices[s:s + chunk]
+        residual = values.data[s:s + chunk] - np.einsum("ij,ji->i", W64[r], H64[:, c])
+        total += float((residual * weights.data[s:s + chunk]) @ residual)
+    return total

@@ -198,7 +198,7 @@ def select_rank(X: Any, ks: Sequence[int], *, test_fraction: float = 0.05, repli
     Returns a :class:`RankReport`.
     """
     from distnmf.analysis import _parallel_fits
-    from distnmf.runner import DaskRunner, LocalRunner, active_client
+    from distnmf.runner import DaskRunner, LocalRunner, active_client, cluster_capacity
 
     ks = _check_ks(ks, X)
     if not 0 < test_fraction < 1:
@@ -208,21 +208,21 @@ def select_rank(X: Any, ks: Sequence[int], *, test_fraction: float = 0.05, repli
     for name in ("n_components", "missing", "checkpoint", "resume", "W_store"):
         if name in nmf_params:
             raise ValueError(f"select_rank sets {name} itself; do not pass it")
-    client = (active_client() if client is None else client) or None
+    client = active_client(client)
 
-    def make_runner(name: str) -> LocalRunner | DaskRunner:
-        return LocalRunner() if client is None else DaskRunner(client, name)
+    def make_runner() -> LocalRunner | DaskRunner:
+        return LocalRunner() if client is None else DaskRunner(client)
 
-    base = as_source(X, n_blocks_hint=1 if client is None else make_runner("cv").n_workers)
+    base = as_source(X, n_blocks_hint=1 if client is None else cluster_capacity(client).threads)
     read = base.reader if base.array is None else _ArrayRows(base.array)
     seed0 = 0 if random_state is None else int(random_state)
     seeds = [seed0 * 1000 + r for r in range(replicates)]
-    holdouts = _holdouts(make_runner("cv-split"), base, read, seeds, test_fraction)
+    holdouts = _holdouts(make_runner(), base, read, seeds, test_fraction)
     jobs = [(i, r) for i in range(len(ks)) for r in range(replicates)]
 
     def run(job: tuple[int, int]) -> tuple[float, float, int]:
         i, r = job
-        runner = make_runner(f"cv-k{ks[i]}-r{r}")
+        runner = make_runner()
         try:
             return _fit_and_test(runner, base, read, holdouts[r], ks[i], seed0 + r, nmf_params)
         finally:
