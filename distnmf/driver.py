@@ -32,7 +32,7 @@ import zarr
 from distnmf import kernels, masked
 from distnmf.init import nndsvd_init, random_init
 from distnmf.source import BlockRef, BlockSource, materialize
-from distnmf.store import atomic_path, check_block
+from distnmf.store import atomic_path, check_block, check_safe
 
 if TYPE_CHECKING:
     from distnmf.runner import Runner
@@ -169,7 +169,9 @@ def _residual_task(x: Any, W: np.ndarray, H: np.ndarray) -> float:
 
 
 def _read_w_task(path: str, start: int, stop: int) -> np.ndarray:
-    return zarr.open_group(path, mode="r")["W"][start:stop]
+    W = zarr.open_group(path, mode="r")["W"]
+    check_safe(W, f"{path}/W")
+    return W[start:stop]
 
 
 def _write_w_task(W: np.ndarray, path: str, start: int) -> int:
@@ -452,6 +454,7 @@ def read_checkpoint(path: str | Path, shape: tuple[int, int], k: int) -> dict[st
     if not path.exists():
         raise FileNotFoundError(f"resume: no checkpoint at {path}")
     group = zarr.open_group(path, mode="r")
+    check_safe(group, path)
     meta = group.attrs.get("distnmf_checkpoint")
     if meta is None or "W" not in group or "H" not in group:
         raise ValueError(f"resume: {path} is not a distnmf checkpoint")

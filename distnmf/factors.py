@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from distnmf.store import Matrix, _as_str_array, _write_labels, atomic_path, open_matrix
+from distnmf.store import Matrix, _as_str_array, _write_labels, atomic_path, check_safe, open_matrix
 
 FACTORS_VERSION = 1
 ATTRS_KEY = "distnmf_factors"
@@ -166,6 +166,7 @@ def open_factors(path: str | os.PathLike) -> Factors:
     if not path.exists():
         raise FileNotFoundError(f"no factors store at {path}")
     group = zarr.open_group(path, mode="r")
+    check_safe(group, path)
     if ATTRS_KEY not in group.attrs or "W" not in group or "H" not in group:
         raise ValueError(f"{path} is not a distnmf factors store (missing W, H or '{ATTRS_KEY}' metadata)")
     n_rows, k = group["W"].shape

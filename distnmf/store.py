@@ -94,6 +94,56 @@ def check_2d(shape: Sequence[int], where: str = "X") -> tuple[int, int]:
     return n_rows, n_cols
 
 
+# --------------------------------------------------------------------------- safe stores
+
+SAFE_CODECS = frozenset({"bytes", "transpose", "sharding_indexed", "crc32c", "zstd", "blosc", "gzip", "zlib",
+                         "bz2", "lzma", "lz4", "vlen-utf8", "delta", "shuffle", "bitround"})
+SAFE_DTYPE_KINDS = frozenset("biufUST")  # bool, integers, floats; strings (labels)
+
+
+def _codec_names(meta: dict[str, Any]) -> list[str]:
+    """Names of every codec an array's metadata declares (Zarr v3 ``codecs``, nested sharding
+    codecs included; Zarr v2 ``compressor`` and ``filters``)."""
+    names: list[str] = []
+
+    def collect(codecs: Any) -> None:
+        for codec in codecs or ():
+            if isinstance(codec, dict):
+                names.append(str(codec.get("name", codec.get("id"))))
+                config = codec.get("configuration") or {}
+                collect(config.get("codecs"))
+                collect(config.get("index_codecs"))
+            else:
+                names.append(repr(codec))
+
+    collect(meta.get("codecs"))
+    collect([meta["compressor"]] if meta.get("compressor") else None)
+    collect(meta.get("filters"))
+    return names
+
+
+def check_safe(node: zarr.Array | zarr.Group, where: str | os.PathLike) -> None:
+    """Raise ``ValueError`` unless every array in ``node`` (recursively) has a numeric or string
+    dtype and only codecs of :data:`SAFE_CODECS`: no ``pickle``/object codec is ever decoded.
+
+    Reads metadata only (no chunk), so it runs before any data of an untrusted store is read.
+    """
+    try:
+        arrays = [("", node)] if isinstance(node, zarr.Array) else [
+            (f"/{name}", member) for name, member in node.members(max_depth=None) if isinstance(member, zarr.Array)]
+    except Exception as exc:  # zarr raises many types for metadata it cannot parse
+        raise ValueError(f"{where} holds array metadata distnmf cannot read ({type(exc).__name__}: {exc})") from None
+    for name, array in arrays:
+        meta = array.metadata.to_dict()
+        unsafe = sorted(set(_codec_names(meta)) - SAFE_CODECS)
+        if unsafe:
+            raise ValueError(f"{where}{name} uses the codec(s) {', '.join(unsafe)}, which distnmf does not decode; "
+                             f"allowed: {', '.join(sorted(SAFE_CODECS))}")
+        if np.dtype(array.dtype).kind not in SAFE_DTYPE_KINDS:
+            raise ValueError(f"{where}{name} has dtype {array.dtype}; distnmf reads only numeric arrays "
+                             f"(and string labels)")
+
+
 # --------------------------------------------------------------------------- atomic paths
 
 
@@ -474,6 +524,7 @@ def read_rows(path: Path, is_sparse: bool, start: int, stop: int, n_cols: int) -
     """Read rows ``start:stop`` of the store at ``path``."""
     group = zarr.open_group(path, mode="r")
     x = group["X"]
+    check_safe(x, f"{path}/X")
     if not is_sparse:
         return x[start:stop]
     indptr = x["indptr"][start:stop + 1]
@@ -506,6 +557,7 @@ def open_matrix(path: str | os.PathLike) -> Matrix:
         node = zarr.open(path, mode="r")
     except Exception as exc:  # zarr raises several types for corrupt metadata
         raise ValueError(f"{path} is not a readable Zarr store: {exc}") from exc
+    check_safe(node, path)
     if isinstance(node, zarr.Array):
         return _open_bare_array(path, node)
     meta = dict(node.attrs.get("distnmf", {}))
