@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 DENSE_BLOCK_BYTES = 32 * 2**20
 SPARSE_BLOCK_NNZ = 4 * 2**20
 SPARSE_CHUNK_ELEMENTS = 2**22
+INDPTR_CHUNK_ELEMENTS = 2**20
 
 ArrayLike = Any  # numpy, scipy.sparse, dask array, zarr array or Matrix
 
@@ -255,7 +256,9 @@ class MatrixWriter:
                                         dtype=self.dtype, compressors=compressors)
             self._indices = x.create_array("indices", shape=(0,), chunks=(SPARSE_CHUNK_ELEMENTS,),
                                            dtype=index_dtype, compressors=compressors)
-            self._indptr = [np.zeros(1, dtype=np.int64)]
+            self._indptr = x.create_array("indptr", shape=(1,), chunks=(INDPTR_CHUNK_ELEMENTS,), dtype=np.int64,
+                                          compressors=compressors, fill_value=0)
+            self._tail = np.zeros(1, dtype=np.int64)  # indptr from the first row of the unfinished row block
         else:
             rows = self.chunk_rows or default_chunk_rows(self.n_cols, np.dtype(self.dtype).itemsize)
             self.chunk_rows = rows
@@ -291,9 +294,21 @@ class MatrixWriter:
             self._indices.resize((start + nnz,))
             self._data[start:] = csr.data
             self._indices[start:] = csr.indices.astype(self._indices.dtype, copy=False)
-        self._indptr.append(csr.indptr[1:].astype(np.int64) + self._nnz)
+        ends = csr.indptr[1:].astype(np.int64) + self._nnz
+        written = self._indptr.shape[0]
+        self._indptr.resize((written + len(ends),))
+        self._indptr[written:] = ends
+        self._tail = np.concatenate([self._tail, ends])
+        self._extend_row_bounds(final=False)
         self._nnz += nnz
         self.n_rows += csr.shape[0]
+
+    def _extend_row_bounds(self, final: bool) -> None:
+        """Add the row block boundaries the rows appended so far decide (all of them when ``final``);
+        only the unfinished block's indptr stays in memory."""
+        ends, used = _row_block_ends(self._tail, final)
+        self._row_bounds.extend(self._row_bounds[-1] + end for end in ends)
+        self._tail = self._tail[used:]
 
     def _flush_dense(self, final: bool) -> None:
         if not self._pending:
@@ -313,13 +328,13 @@ class MatrixWriter:
         try:
             check_2d((self.n_rows, self.n_cols), where=str(self.path))
             if self.sparse:
-                indptr = np.concatenate(self._indptr)
                 x = self._group["X"]
-                x.create_array("indptr", shape=indptr.shape, chunks=(min(len(indptr), 2**22),),
-                               dtype=np.int64)[:] = indptr
                 x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
                                 "shape": [self.n_rows, self.n_cols]})
-                bounds = sparse_row_bounds(indptr)
+                self._extend_row_bounds(final=True)
+                bounds = self._row_bounds
+                if self.n_rows + 1 < INDPTR_CHUNK_ELEMENTS:
+                    _shrink_to_one_chunk(x, "indptr", self.n_rows + 1)
                 if self._nnz < SPARSE_CHUNK_ELEMENTS:
                     _shrink_to_one_chunk(x, "data", self._nnz)
                     _shrink_to_one_chunk(x, "indices", self._nnz)
@@ -378,13 +393,24 @@ def sparse_row_bounds(indptr: np.ndarray, target_nnz: int = SPARSE_BLOCK_NNZ,
     Returns a list ``[0, b1, ..., n_rows]``; blocks are also capped at ``max_rows`` rows so the
     dense factor block W_i stays small.
     """
-    n_rows = len(indptr) - 1
-    bounds = [0]
-    while bounds[-1] < n_rows:
-        start = bounds[-1]
+    return [0] + _row_block_ends(indptr, True, target_nnz, max_rows)[0]
+
+
+def _row_block_ends(indptr: np.ndarray, final: bool, target_nnz: int = SPARSE_BLOCK_NNZ,
+                    max_rows: int = 2**16) -> tuple[list[int], int]:
+    """Ends of the row blocks of :func:`sparse_row_bounds` (relative to the first row of ``indptr``)
+    that ``indptr`` decides, and the row where the first undecided block starts. Without
+    ``final``, a last block that more rows could still join is left undecided."""
+    last = len(indptr) - 1
+    ends: list[int] = []
+    start = 0
+    while start < last:
         by_nnz = int(np.searchsorted(indptr, indptr[start] + target_nnz, side="right")) - 1
-        bounds.append(min(n_rows, start + max_rows, max(start + 1, by_nnz)))
-    return bounds
+        if not final and by_nnz >= last and start + max_rows > last:
+            break
+        start = min(last, start + max_rows, max(start + 1, by_nnz))
+        ends.append(start)
+    return ends, start
 
 
 # --------------------------------------------------------------------------- saving

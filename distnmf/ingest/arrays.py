@@ -1,14 +1,18 @@
 """Numeric arrays into a matrix store: ``.npy``, ``.npz`` (scipy.sparse or dense), ``.mtx``, CSV/TSV.
 
-``.npy`` files are memory-mapped and CSV/TSV files are parsed a block of lines at a time, so
-both ingest with bounded memory whatever their size. ``.npz`` and Matrix Market files are read
-whole (their formats are not row-streamable); convert very large ones to ``.npy`` first.
+Memory stays bounded whatever a file declares: ``.npy`` files and dense or CSR ``.npz`` members
+(compressed or not) are read a row block at a time, CSV/TSV a block of lines at a time, and
+sizes declared in headers are checked against :class:`IngestLimits` before anything is
+allocated. Matrix Market files and non-CSR sparse ``.npz`` files are read whole (their entries
+are not in row order), so their declared size must fit ``limits.memory_bytes``.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,18 +21,24 @@ import numpy as np
 import scipy.io
 import scipy.sparse as sp
 
+from distnmf.ingest.limits import IngestLimits
+from distnmf.ingest.npyfile import BLOCK_BYTES, NpyStream, member_names, open_member
 from distnmf.ingest.report import IngestReport, Stopwatch, progress
 from distnmf.store import MatrixWriter, default_chunk_rows
 
 CSV_BLOCK_BYTES = 8 * 2**20
+SPARSE_BLOCK_ROWS = 2**16
+SPARSE_BLOCK_NNZ = 4 * 2**20
 SPARSE_NPZ_KEYS = {"format", "shape", "data"}
 TEXT_SUFFIXES = {".csv", ".tsv", ".tab", ".txt", ".dat"}
+BROKEN_ARCHIVE = (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError)
 
 
 def ingest_array(src: str | os.PathLike, dest: str | os.PathLike, *, sparse: bool | None = None,
                  key: str | None = None, delimiter: str | None = None, header: bool | None = None,
                  index: bool = False, block_rows: int | None = None, compression: str | None = None,
-                 overwrite: bool = False, show_progress: bool | None = None) -> IngestReport:
+                 overwrite: bool = False, show_progress: bool | None = None,
+                 limits: IngestLimits | None = None) -> IngestReport:
     """Write the numeric matrix in ``src`` to the store ``dest``.
 
     Parameters
@@ -44,9 +54,10 @@ def ingest_array(src: str | os.PathLike, dest: str | os.PathLike, *, sparse: boo
     header : whether the first line of a CSV names the columns (they become column labels);
         default: detected (a first line with a non-numeric cell is a header).
     index : whether the first CSV column holds row labels.
-    block_rows : rows per streamed block; default about 8 MiB of CSV text or one store chunk.
+    block_rows : rows per streamed block; default about 8 MiB of CSV text or 32 MiB of values.
     compression, overwrite : as for :class:`distnmf.store.MatrixWriter`.
     show_progress : progress bar on stderr; default only on a terminal.
+    limits : sizes refused before they are read (default: none a machine could hold).
 
     Returns
     -------
@@ -56,26 +67,28 @@ def ingest_array(src: str | os.PathLike, dest: str | os.PathLike, *, sparse: boo
     ------
     FileNotFoundError : no file at ``src``.
     ValueError : unknown format, not 2-D, a non-numeric cell, a negative or non-finite value
-        (naming the line for CSV, the row and column otherwise). No store is left behind.
+        (naming the line for CSV, the row and column otherwise), a truncated file, or a size
+        over ``limits``. No store is left behind.
     """
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"no array file at {src}")
+    limits = limits or IngestLimits()
     clock = Stopwatch()
     suffix = src.suffix.lower()
     notes: list[str] = []
+    options = {"compression": compression, "overwrite": overwrite, "show_progress": show_progress, "limits": limits}
     if suffix == ".npy":
-        matrix = _ingest_npy(src, dest, sparse=bool(sparse), block_rows=block_rows,
-                             compression=compression, overwrite=overwrite, show_progress=show_progress)
+        with open(src, "rb") as stream:
+            matrix = _ingest_dense(NpyStream.open(stream, str(src)), src, dest, sparse=bool(sparse),
+                                   block_rows=block_rows, **options)
     elif suffix == ".npz":
-        matrix = _ingest_in_memory(_load_npz(src, key), src, dest, sparse, compression, overwrite)
+        matrix = _ingest_npz(src, dest, sparse=sparse, key=key, block_rows=block_rows, **options)
     elif suffix == ".mtx":
-        matrix = _ingest_in_memory(scipy.io.mmread(src), src, dest, sparse, compression, overwrite)
+        matrix = _ingest_mtx(src, dest, sparse=sparse, **options)
     elif suffix in TEXT_SUFFIXES:
         matrix, skipped_blank = _ingest_csv(src, dest, sparse=bool(sparse), delimiter=delimiter,
-                                            header=header, index=index, block_rows=block_rows,
-                                            compression=compression, overwrite=overwrite,
-                                            show_progress=show_progress)
+                                            header=header, index=index, block_rows=block_rows, **options)
         if skipped_blank:
             notes.append(f"{skipped_blank:,} blank lines were ignored.")
     else:
@@ -87,59 +100,179 @@ def ingest_array(src: str | os.PathLike, dest: str | os.PathLike, *, sparse: boo
 # --------------------------------------------------------------------------- binary formats
 
 
-def _ingest_npy(src: Path, dest: str | os.PathLike, *, sparse: bool, block_rows: int | None,
-                compression: str | None, overwrite: bool, show_progress: bool | None):
-    try:
-        arr = np.load(src, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise ValueError(f"{src}: cannot memory-map this .npy file ({exc})") from exc
-    _check_numeric_2d(arr, src)
-    rows = block_rows or default_chunk_rows(arr.shape[1])
-    starts = range(0, arr.shape[0], rows)
-    with MatrixWriter(dest, arr.shape[1], sparse=sparse, compression=compression,
-                      chunk_rows=max(1, min(default_chunk_rows(arr.shape[1]), arr.shape[0])),
+def _ingest_dense(arr: NpyStream, src: Path, dest: str | os.PathLike, *, sparse: bool, block_rows: int | None,
+                  compression: str | None, overwrite: bool, show_progress: bool | None, limits: IngestLimits):
+    """Stream a dense 2-D ``.npy`` array into a store, one row block in memory at a time."""
+    if len(arr.shape) != 2:
+        raise ValueError(f"{arr.where} holds a {len(arr.shape)}-D array of shape {arr.shape}; a matrix must be 2-D")
+    n_rows, n_cols = arr.shape
+    limits.check_shape(n_rows, n_cols, n_rows * n_cols, arr.where)
+    block_bytes = block_rows * n_cols * arr.dtype.itemsize if block_rows else BLOCK_BYTES
+    n_blocks = -(-n_rows // max(1, block_bytes // max(1, n_cols * arr.dtype.itemsize)))
+    with MatrixWriter(dest, n_cols, sparse=sparse, compression=compression,
+                      chunk_rows=max(1, min(default_chunk_rows(n_cols), n_rows)),
                       overwrite=overwrite, attrs=_source_attrs(src)) as writer:
-        for start in progress(starts, total=len(starts), desc=f"ingest {src.name}", unit="block",
+        for block in progress(arr.row_blocks(block_bytes), total=n_blocks, desc=f"ingest {src.name}", unit="block",
                               enabled=show_progress):
-            block = np.asarray(arr[start:start + rows], dtype=np.float32)
+            block = block.astype(np.float32, copy=False)
             writer.append(sp.csr_array(block) if sparse else block)
     return writer.matrix
 
 
-def _load_npz(src: Path, key: str | None) -> Any:
-    with np.load(src, allow_pickle=False) as z:
-        names = list(z.files)
-        if SPARSE_NPZ_KEYS <= set(names) and key is None:
-            return sp.load_npz(src)
-        if key is not None:
-            if key not in names:
-                raise ValueError(f"{src} has no array {key!r}; it holds {names}")
-            return z[key]
-        if len(names) != 1:
-            raise ValueError(f"{src} holds {len(names)} arrays {names}; choose one with key=...")
-        return z[names[0]]
+def _ingest_npz(src: Path, dest: str | os.PathLike, *, sparse: bool | None, key: str | None, **options: Any):
+    try:
+        with zipfile.ZipFile(src) as archive:
+            names = member_names(archive)
+            if SPARSE_NPZ_KEYS <= set(names) and key is None:
+                return _ingest_sparse_npz(archive, src, dest, sparse=sparse, **options)
+            if key is not None and key not in names:
+                raise ValueError(f"{src} has no array {key!r}; it holds {names[:20]}")
+            if key is None and len(names) != 1:
+                raise ValueError(f"{src} holds {len(names)} arrays {names[:20]}; choose one with key=...")
+            return _ingest_dense(open_member(archive, key or names[0], str(src)), src, dest, sparse=bool(sparse),
+                                 **options)
+    except BROKEN_ARCHIVE as exc:
+        raise ValueError(f"{src} is not a readable .npz (zip) archive: {exc}") from None
 
 
-def _ingest_in_memory(X: Any, src: Path, dest: str | os.PathLike, sparse: bool | None,
-                      compression: str | None, overwrite: bool):
+def _ingest_sparse_npz(archive: zipfile.ZipFile, src: Path, dest: str | os.PathLike, *, sparse: bool | None,
+                       block_rows: int | None, limits: IngestLimits, **options: Any):
+    """A scipy ``save_npz`` archive: CSR streamed by rows; other layouts read whole within the memory limit."""
+    where = str(src)
+    layout = open_member(archive, "format", where, allow_text=True).read_all().item()
+    layout = layout.decode("ascii", "replace") if isinstance(layout, bytes) else str(layout)
+    shape = open_member(archive, "shape", where).read_all()
+    if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+        raise ValueError(f"{where}: 'shape' must hold two non-negative integers, got {shape.tolist()}")
+    n_rows, n_cols = (int(v) for v in shape)
+    if layout != "csr":
+        members = [open_member(archive, name, where) for name in member_names(archive)
+                   if name not in ("format", "shape")]
+        n_values = max((m.size for m in members), default=0)
+        limits.check_shape(n_rows, n_cols, n_values, where)
+        limits.check_memory(3 * sum(m.size * m.dtype.itemsize for m in members) + 16 * (n_rows + 1), where,
+                            advice="save it in CSR layout (scipy.sparse.save_npz(path, X.tocsr())) to stream it")
+        return _ingest_in_memory(sp.load_npz(src), src, dest, sparse, limits=limits, **options)
+    indptr, indices, data = (open_member(archive, name, where) for name in ("indptr", "indices", "data"))
+    nnz = data.size
+    if indptr.shape != (n_rows + 1,) or indices.shape != (nnz,) or len(data.shape) != 1:
+        raise ValueError(f"{where}: CSR arrays of inconsistent sizes (indptr {indptr.shape}, indices "
+                         f"{indices.shape}, data {data.shape}) for shape ({n_rows}, {n_cols})")
+    if indptr.dtype.kind not in "iu" or indices.dtype.kind not in "iu":
+        raise ValueError(f"{where}: indptr and indices must be integers")
+    store_sparse = True if sparse is None else sparse
+    limits.check_shape(n_rows, n_cols, nnz if store_sparse else n_rows * n_cols, where)
+    max_rows = SPARSE_BLOCK_ROWS if store_sparse else max(1, BLOCK_BYTES // (4 * max(1, n_cols)))
+    with MatrixWriter(dest, n_cols, sparse=store_sparse, chunk_rows=_chunk_rows(store_sparse, n_rows, n_cols),
+                      attrs=_source_attrs(src), **_writer_options(options)) as writer:
+        for block in _csr_blocks(indptr, indices, data, n_rows, n_cols, max_rows, where):
+            writer.append(block if store_sparse else block.toarray())
+    return writer.matrix
+
+
+def _csr_blocks(indptr: NpyStream, indices: NpyStream, data: NpyStream, n_rows: int, n_cols: int,
+                max_rows: int, where: str) -> Iterator[sp.csr_array]:
+    """Row blocks of a streamed CSR matrix: at most ``max_rows`` rows and, beyond one row,
+    about ``SPARSE_BLOCK_NNZ`` entries each; indptr and indices are checked as they arrive."""
+    previous = int(indptr.read(1)[0])
+    if previous != 0:
+        raise ValueError(f"{where}: indptr must start at 0, got {previous}")
+    for start in range(0, n_rows, max_rows):
+        ptr = np.concatenate(([previous], indptr.read(min(max_rows, n_rows - start)).astype(np.int64)))
+        if (np.diff(ptr) < 0).any() or ptr[-1] > data.size:
+            raise ValueError(f"{where}: indptr decreases or exceeds the {data.size:,} entries near row {start:,}")
+        a = 0
+        while a < len(ptr) - 1:
+            b = max(a + 1, int(np.searchsorted(ptr, ptr[a] + SPARSE_BLOCK_NNZ, side="right")) - 1)
+            count = int(ptr[b] - ptr[a])
+            cols = indices.read(count)
+            if count and (cols.min() < 0 or cols.max() >= n_cols):
+                raise ValueError(f"{where}: a column index outside 0..{n_cols - 1} in rows {start + a:,}-{start + b - 1:,}")
+            values = data.read(count).astype(np.float32)
+            yield sp.csr_array((values, cols.astype(np.int64), ptr[a:b + 1] - ptr[a]), shape=(b - a, n_cols))
+            a = b
+        previous = int(ptr[-1])
+    if previous != data.size:
+        raise ValueError(f"{where}: indptr ends at {previous:,} but the matrix holds {data.size:,} entries")
+
+
+def _ingest_mtx(src: Path, dest: str | os.PathLike, *, sparse: bool | None, limits: IngestLimits, **options: Any):
+    """Matrix Market: the header's sizes are checked against ``limits`` before the entries are read."""
+    n_rows, n_cols, entries, layout, field, symmetry = _mtx_header(src, limits)
+    if field == "complex":
+        raise ValueError(f"{src} holds complex numbers; NMF needs real ones")
+    coordinate = layout == "coordinate"
+    n_values = entries * (1 if symmetry == "general" else 2) if coordinate else n_rows * n_cols
+    limits.check_shape(n_rows, n_cols, n_values, str(src))
+    limits.check_memory(48 * n_values if coordinate else 16 * n_values, str(src),
+                        advice="convert it to a CSR .npz (scipy.sparse.save_npz) or a .npy file, which stream")
+    return _ingest_in_memory(scipy.io.mmread(src, spmatrix=False), src, dest, sparse, limits=limits, **options)
+
+
+def _mtx_header(src: Path, limits: IngestLimits) -> tuple[int, int, int, str, str, str]:
+    """(rows, cols, entries, layout, field, symmetry) from the banner and size line, read with bounded lines."""
+    with open(src, encoding="ascii", errors="replace") as stream:
+        lines = limits.lines(stream, str(src))
+        banner = next(lines, (1, ""))[1].split()
+        if len(banner) != 5 or banner[0].lower() != "%%matrixmarket" or banner[1].lower() != "matrix":
+            raise ValueError(f"{src}, line 1: not a Matrix Market banner ('%%MatrixMarket matrix <layout> <field> "
+                             f"<symmetry>')")
+        layout, field, symmetry = (word.lower() for word in banner[2:])
+        for no, line in lines:
+            if line.startswith("%") or not line.strip():
+                continue
+            sizes = line.split()
+            want = 3 if layout == "coordinate" else 2
+            if len(sizes) != want or not all(v.isdigit() for v in sizes):
+                raise ValueError(f"{src}, line {no}: expected {want} sizes, got {line.strip()[:80]!r}")
+            n_rows, n_cols = int(sizes[0]), int(sizes[1])
+            return n_rows, n_cols, int(sizes[2]) if want == 3 else n_rows * n_cols, layout, field, symmetry
+    raise ValueError(f"{src} has no size line")
+
+
+def _ingest_in_memory(X: Any, src: Path, dest: str | os.PathLike, sparse: bool | None, *, limits: IngestLimits,
+                      **options: Any):
+    """Write a matrix read whole; sparse ones in row blocks built from their entries sorted by row,
+    so no indptr is ever formed for the whole matrix."""
     if sp.issparse(X):
         if X.ndim != 2:
             raise ValueError(f"{src} holds a {X.ndim}-D sparse array; a matrix must be 2-D")
-        X = sp.csr_array(X)
+        X = sp.coo_array(X)
+        if np.issubdtype(X.dtype, np.complexfloating):
+            raise ValueError(f"{src} holds complex numbers; NMF needs real ones")
     else:
         X = np.asarray(X)
         _check_numeric_2d(X, src)
+    n_rows, n_cols = X.shape
     store_sparse = sp.issparse(X) if sparse is None else sparse
-    rows = 2**16 if store_sparse else max(1, min(default_chunk_rows(X.shape[1]), X.shape[0]))
-    with MatrixWriter(dest, X.shape[1], sparse=store_sparse, compression=compression, chunk_rows=rows,
-                      overwrite=overwrite, attrs=_source_attrs(src)) as writer:
-        for start in range(0, X.shape[0], rows):
-            block = X[start:start + rows]
+    limits.check_shape(n_rows, n_cols, X.nnz if sp.issparse(X) and store_sparse else n_rows * n_cols, str(src))
+    rows = SPARSE_BLOCK_ROWS if store_sparse else max(1, min(default_chunk_rows(n_cols), n_rows))
+    with MatrixWriter(dest, n_cols, sparse=store_sparse, chunk_rows=_chunk_rows(store_sparse, n_rows, n_cols),
+                      attrs=_source_attrs(src), **_writer_options(options)) as writer:
+        for block in (_coo_row_blocks(X, rows) if sp.issparse(X) else (X[a:a + rows] for a in range(0, n_rows, rows))):
             if store_sparse:
                 writer.append(sp.csr_array(block, dtype=np.float32))
             else:
                 writer.append(block.toarray() if sp.issparse(block) else block)
     return writer.matrix
+
+
+def _coo_row_blocks(X: sp.coo_array, rows: int) -> Iterator[sp.csr_array]:
+    order = np.argsort(X.row, kind="stable")
+    r, c, v = X.row[order], X.col[order], X.data[order]
+    n_rows, n_cols = X.shape
+    for start in range(0, n_rows, rows):
+        stop = min(n_rows, start + rows)
+        a, b = np.searchsorted(r, [start, stop])
+        yield sp.csr_array((v[a:b], (r[a:b] - start, c[a:b])), shape=(stop - start, n_cols))
+
+
+def _chunk_rows(store_sparse: bool, n_rows: int, n_cols: int) -> int | None:
+    return None if store_sparse else max(1, min(default_chunk_rows(n_cols), n_rows))
+
+
+def _writer_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {"compression": options["compression"], "overwrite": options["overwrite"]}
 
 
 def _check_numeric_2d(arr: np.ndarray, src: Path) -> None:
@@ -159,9 +292,9 @@ def _source_attrs(src: Path) -> dict[str, Any]:
 
 def _ingest_csv(src: Path, dest: str | os.PathLike, *, sparse: bool, delimiter: str | None,
                 header: bool | None, index: bool, block_rows: int | None, compression: str | None,
-                overwrite: bool, show_progress: bool | None):
+                overwrite: bool, show_progress: bool | None, limits: IngestLimits):
     reader = CsvNumberReader(src, delimiter=delimiter, header=header, index=index,
-                             block_rows=block_rows)
+                             block_rows=block_rows, limits=limits)
     total = src.stat().st_size
     bar = progress(reader.blocks(), total=None, desc=f"ingest {src.name}", unit="block",
                    enabled=show_progress)
@@ -181,13 +314,17 @@ class CsvNumberReader:
 
     Attributes ``n_cols``, ``col_labels`` (from a header, else None) and ``delimiter`` are
     known after construction; ``blocks()`` yields ``(block, row_labels)`` with ``block`` a
-    float32 array of shape (rows, n_cols). Errors name the file, line and column.
+    float32 array of shape (rows, n_cols), of at most ``block_rows`` rows and about 8 MiB of
+    text. Lines longer than ``limits.max_line_bytes`` are refused before they are read whole,
+    and the shape is checked against ``limits`` as rows arrive. Errors name the file, line and
+    column.
     """
 
     def __init__(self, path: Path, *, delimiter: str | None = None, header: bool | None = None,
-                 index: bool = False, block_rows: int | None = None) -> None:
+                 index: bool = False, block_rows: int | None = None, limits: IngestLimits | None = None) -> None:
         self.path = path
         self.index = index
+        self.limits = limits or IngestLimits()
         self.blank_lines = 0
         first_no, first = self._first_line()
         self.delimiter = delimiter if delimiter is not None else _guess_delimiter(path, first)
@@ -198,14 +335,14 @@ class CsvNumberReader:
                              + (" after the index column" if index else ""))
         is_header = header if header is not None else not all(_is_number(c) for c in data_cells)
         self.n_cols = len(data_cells)
+        self.limits.check_shape(1, self.n_cols, self.n_cols, f"{path}, line {first_no},")
         self.col_labels = [c.strip().strip('"') for c in data_cells] if is_header else None
         self._skip_first = is_header
-        width = max(1, len(first))
-        self.block_rows = block_rows or max(1, CSV_BLOCK_BYTES // width)
+        self.block_rows = block_rows or CSV_BLOCK_BYTES
 
     def _first_line(self) -> tuple[int, str]:
         with open(self.path, encoding="utf-8-sig") as f:
-            for no, line in enumerate(f, start=1):
+            for no, line in self.limits.lines(f, str(self.path)):
                 if line.strip():
                     return no, line.rstrip("\r\n")
         raise ValueError(f"{self.path} has no data: the file is empty or blank")
@@ -213,9 +350,10 @@ class CsvNumberReader:
     def blocks(self) -> Iterator[tuple[np.ndarray, list[str]]]:
         lines: list[str] = []
         numbers: list[int] = []
+        text_size = n_rows = 0
         skip = self._skip_first
         with open(self.path, encoding="utf-8-sig") as f:
-            for no, line in enumerate(f, start=1):
+            for no, line in self.limits.lines(f, str(self.path)):
                 if not line.strip():
                     self.blank_lines += 1
                     continue
@@ -224,10 +362,15 @@ class CsvNumberReader:
                     continue
                 lines.append(line)
                 numbers.append(no)
-                if len(lines) >= self.block_rows:
+                text_size += len(line)
+                if len(lines) >= self.block_rows or text_size >= CSV_BLOCK_BYTES:
+                    n_rows += len(lines)
+                    self.limits.check_shape(n_rows, self.n_cols, n_rows * self.n_cols, f"{self.path}, line {no},")
                     yield self._parse(lines, numbers)
-                    lines, numbers = [], []
+                    lines, numbers, text_size = [], [], 0
         if lines:
+            n_rows += len(lines)
+            self.limits.check_shape(n_rows, self.n_cols, n_rows * self.n_cols, f"{self.path}, line {numbers[-1]},")
             yield self._parse(lines, numbers)
 
     def _parse(self, lines: list[str], numbers: list[int]) -> tuple[np.ndarray, list[str]]:
