@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import IO
 import zarr
 
 from distnmf_api.errors import PathRefused, Unprocessable
@@ -15,6 +17,7 @@ from distnmf_api.runner import Cluster
 from distnmf_api.schemas import MatrixFormat
 from distnmf_api.tasks import check_rows
 from distnmf.ingest import ingest_array
+from distnmf.ingest.limits import IngestLimits
 from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
 
 SUFFIXES = {MatrixFormat.npy: ".npy", MatrixFormat.npz: ".npz", MatrixFormat.mtx: ".mtx", MatrixFormat.csv: ".csv"}
@@ -71,8 +74,18 @@ def _record(matrix_id: str, name: str, path: str, fmt: MatrixFormat, owned: bool
                         created_at="", path=path, owned=owned)
 
 
+def redact(text: str, data: DataDir, names: dict[Path, str]) -> str:
+    """``text`` without server paths: each path of ``names`` becomes the name the client knows it by,
+    then any other path under the data directory becomes relative to it."""
+    for path, name in sorted(names.items(), key=lambda item: -len(str(item[0]))):
+        text = text.replace(str(path), name)
+    for root in sorted({str(data.root.resolve()), str(data.root.absolute()), str(data.root)}, key=len, reverse=True):
+        text = re.sub(re.escape(root.rstrip("/")) + "/?", "", text)
+    return text
+
+
 def register(store: JobStore, cluster: Cluster, data: DataDir, relative: str, fmt: MatrixFormat,
-             name: str | None) -> StoredMatrix:
+             name: str | None, limits: IngestLimits) -> StoredMatrix:
     """Register a store (or ingest a file) found at ``relative`` inside the data directory."""
     source = resolve_inside(data, relative)
     matrix_id = uuid.uuid4().hex[:16]
@@ -80,22 +93,24 @@ def register(store: JobStore, cluster: Cluster, data: DataDir, relative: str, fm
     if fmt == MatrixFormat.zarr:
         try:
             matrix = open_matrix(source)
-        except (ValueError, FileNotFoundError) as exc:
-            raise Unprocessable(str(exc)) from None
-        try:
             validate_on_cluster(matrix, cluster)
-        except ValueError as exc:
-            raise Unprocessable(str(exc)) from None
+        except (ValueError, FileNotFoundError) as exc:
+            raise Unprocessable(redact(str(exc), data, {source: relative})) from None
         return store.add_matrix(_record(matrix_id, name, data.relative(source), fmt, False, matrix))
     if not source.is_file():
         raise PathRefused(f"{relative!r} is not a file; format {fmt} needs a {SUFFIXES[fmt]} file")
-    return ingest(store, data, source, fmt, matrix_id, name)
+    return ingest(store, data, source, fmt, matrix_id, relative, limits, name=name)
 
 
-def ingest(store: JobStore, data: DataDir, source: Path, fmt: MatrixFormat, matrix_id: str, name: str, *,
-           row_labels: list[str] | None = None, col_labels: list[str] | None = None,
-           image_shape: list[int] | None = None) -> StoredMatrix:
-    """Ingest a npy/npz/mtx/csv file into a new store of the service, then record it."""
+def ingest(store: JobStore, data: DataDir, source: Path, fmt: MatrixFormat, matrix_id: str, known_as: str,
+           limits: IngestLimits, *, name: str | None = None, row_labels: IO[bytes] | None = None,
+           col_labels: IO[bytes] | None = None, image_shape: list[int] | None = None) -> StoredMatrix:
+    """Ingest a npy/npz/mtx/csv file into a new store of the service under ``limits``, then record it.
+
+    ``known_as`` is how the client names the file (its upload name or registered path): errors use
+    it, never a server path. Label streams are UTF-8 text, one label per line, read as written.
+    """
+    name = name or known_as
     if fmt == MatrixFormat.zarr:
         raise Unprocessable("a Zarr store cannot be uploaded; copy it into the data directory and register its path")
     final = data.ingested(matrix_id)
@@ -106,23 +121,26 @@ def ingest(store: JobStore, data: DataDir, source: Path, fmt: MatrixFormat, matr
     try:
         with atomic_path(final) as staging:
             try:
-                matrix = ingest_array(linked or source, staging, overwrite=True, show_progress=False).matrix
-                _add_metadata(staging, matrix, row_labels, col_labels, image_shape)
+                matrix = ingest_array(linked or source, staging, overwrite=True, show_progress=False,
+                                      limits=limits).matrix
+                _add_metadata(staging, matrix, limits, row_labels, col_labels, image_shape)
             except (ValueError, TypeError, OSError, EOFError, KeyError) as exc:
-                raise Unprocessable(f"cannot ingest the {fmt} file {name!r}: {exc}") from None
+                names = {linked or source: known_as, source: known_as, staging: "the new store"}
+                raise Unprocessable(f"cannot ingest the {fmt} file {known_as!r}: "
+                                    f"{redact(str(exc), data, names)}") from None
     finally:
         if linked is not None:
             linked.unlink(missing_ok=True)
     return store.add_matrix(_record(matrix_id, name, data.relative(final), fmt, True, open_matrix(final)))
 
 
-def _add_metadata(path: Path, matrix: Matrix, row_labels: list[str] | None, col_labels: list[str] | None,
-                  image_shape: list[int] | None) -> None:
+def _add_metadata(path: Path, matrix: Matrix, limits: IngestLimits, row_labels: IO[bytes] | None,
+                  col_labels: IO[bytes] | None, image_shape: list[int] | None) -> None:
     group = zarr.open_group(path, mode="r+")
     if row_labels is not None:
-        _write_labels(group, "row_labels", row_labels, matrix.shape[0])
+        _write_labels(group, "row_labels", limits.labels(row_labels, "row_labels"), matrix.shape[0])
     if col_labels is not None:
-        _write_labels(group, "col_labels", col_labels, matrix.shape[1])
+        _write_labels(group, "col_labels", limits.labels(col_labels, "col_labels"), matrix.shape[1])
     if image_shape is not None:
         size = 1
         for side in image_shape:

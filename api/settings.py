@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr
@@ -76,13 +75,3 @@ class Settings(BaseSettings):
         return IngestLimits(max_rows=self.max_rows, max_cols=self.max_cols, max_values=self.max_values,
                             max_line_bytes=self.max_line_bytes, memory_bytes=self.ingest_memory_bytes,
                             setting_prefix="DISTNMF_")
-
-    def redact(self, text: str, names: dict[str, str] | None = None) -> str:
-        """``text`` with server paths replaced: each key of ``names`` by its value (the name the
-        client gave), then any path under the data directory by its part relative to it."""
-        for path, name in sorted((names or {}).items(), key=lambda item: -len(item[0])):
-            text = text.replace(path, name)
-        for root in {str(self.data_dir.resolve()), str(self.data_dir.absolute()), str(self.data_dir)}:
-            if root not in (".", ""):
-                text = re.sub(re.escape(root.rstrip("/")) + r"/?", "", text)
-        return text

@@ -17,10 +17,11 @@ Every write goes to a temporary sibling and is renamed into place only when comp
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,7 @@ DENSE_BLOCK_BYTES = 32 * 2**20
 SPARSE_BLOCK_NNZ = 4 * 2**20
 SPARSE_CHUNK_ELEMENTS = 2**22
 INDPTR_CHUNK_ELEMENTS = 2**20
+LABEL_CHUNK = 2**16
 
 ArrayLike = Any  # numpy, scipy.sparse, dask array, zarr array or Matrix
 
@@ -198,14 +200,23 @@ def _compressors(compression: str | None) -> Any:
     raise ValueError(f"compression must be None, 'lz4' or 'zstd', got {compression!r}")
 
 
-def _write_labels(group: zarr.Group, name: str, labels: Sequence[Any] | None, expected: int) -> None:
+def _write_labels(group: zarr.Group, name: str, labels: Iterable[Any] | None, expected: int) -> None:
+    """Write ``expected`` labels (any iterable, stored as str) a chunk at a time: a label stream
+    longer than the matrix's axis is refused as soon as it overflows, never held whole."""
     if labels is None:
         return
-    values = np.asarray([str(v) for v in labels], dtype=str)
-    if values.ndim != 1 or len(values) != expected:
-        raise ValueError(f"{name} has {len(values)} entries, but the matrix has {expected} along that axis")
-    arr = group.create_array(name, shape=values.shape, dtype=str, chunks=(max(1, min(len(values), 2**20)),))
-    arr[:] = values
+    if isinstance(labels, np.ndarray) and labels.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {labels.shape}")
+    arr = group.create_array(name, shape=(expected,), dtype=str, chunks=(max(1, min(expected, LABEL_CHUNK)),))
+    count = 0
+    values = iter(labels)
+    while piece := list(itertools.islice(values, LABEL_CHUNK)):
+        if count + len(piece) > expected:
+            raise ValueError(f"{name} has more than {expected} entries, but the matrix has {expected} along that axis")
+        arr[count:count + len(piece)] = np.asarray([str(v) for v in piece], dtype=str)
+        count += len(piece)
+    if count != expected:
+        raise ValueError(f"{name} has {count} entries, but the matrix has {expected} along that axis")
 
 
 # --------------------------------------------------------------------------- writer

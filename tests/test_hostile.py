@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,7 +118,7 @@ def http(service) -> Iterator[httpx.Client]:
 def assert_clear_4xx(response: httpx.Response, status: int, *words: str) -> str:
     """The response has ``status``, a JSON detail naming ``words``, and no server path or trace."""
     assert response.status_code == status, response.text[:500]
-    detail = json.dumps(response.json())
+    detail = json.dumps(response.json(), ensure_ascii=False)
     for word in words:
         assert word in detail, detail
     for leak in ("Traceback", "/tmp", "/work", "/home", "uploads/", ".zarr.tmp"):
@@ -252,3 +253,160 @@ def _npy(arr: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, arr)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- files that expand
+
+
+def _npz_member(path: Path, shape: tuple[int, int], *, rows_written: int | None = None, compressed: bool = True,
+                dtype: str = "<f4") -> None:
+    """A .npz whose one member declares ``shape`` and holds ``rows_written`` rows of zeros (all by
+    default), written a row block at a time so the test never holds the array."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    rows_written = shape[0] if rows_written is None else rows_written
+    row = bytes(shape[1] * np.dtype(dtype).itemsize) if rows_written else b""
+    method = zipfile.ZIP_DEFLATED if compressed else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        with archive.open("X.npy", "w", force_zip64=True) as member:
+            member.write(header.getvalue())
+            for start in range(0, rows_written, 100):
+                member.write(row * min(100, rows_written - start))
+
+
+def _upload(http: httpx.Client, path: Path, **fields: str) -> httpx.Response:
+    with open(path, "rb") as f:
+        return http.post("/matrices", files={"file": (path.name, f)}, data=fields)
+
+
+def test_zip_bomb_npz_is_refused_from_its_header(service, http, tmp_path) -> None:
+    """A ~1 MB .npz declaring 5,000 x 50,000 float32 (1 GB of zeros): refused before inflating."""
+    bomb = tmp_path / "bomb.npz"
+    _npz_member(bomb, (5000, 50_000))
+    assert bomb.stat().st_size < 2 * MB
+    with service.peak_growth() as peak:
+        response = _upload(http, bomb)
+    assert_clear_4xx(response, 422, "bomb.npz", "max_values", "DISTNMF_MAX_VALUES")
+    assert peak[0] < PEAK_MB * MB, peak
+
+
+def test_compressed_npz_within_limits_streams_by_rows(service, http, tmp_path) -> None:
+    """1,600 x 25,000 float32 zeros (160 MB expanded) from a small .npz: ingested with memory bounded."""
+    archive = tmp_path / "zeros.npz"
+    _npz_member(archive, (1600, 25_000))
+    with service.peak_growth() as peak:
+        response = _upload(http, archive, name="zeros")
+    assert response.status_code == 201, response.text
+    assert response.json()["shape"] == [1600, 25_000]
+    assert peak[0] < 160 * MB, f"peak growth {peak[0] / MB:.0f} MB for a 160 MB matrix: not streamed"
+    assert http.delete(f"/matrices/{response.json()['id']}").status_code == 204
+
+
+@pytest.mark.parametrize("shape, rows_written, words", [
+    ((10**12, 10**12), 0, ("max_rows",)),           # absurd declared sizes
+    ((1000, 1000), 3, ("truncated",)),              # a member shorter than its header says
+])
+def test_npz_members_with_lying_headers(service, http, tmp_path, shape, rows_written, words) -> None:
+    path = tmp_path / "liar.npz"
+    _npz_member(path, shape, rows_written=rows_written)
+    with service.peak_growth() as peak:
+        response = _upload(http, path)
+    assert_clear_4xx(response, 422, "liar.npz", *words)
+    assert peak[0] < PEAK_MB * MB
+
+
+def test_npz_with_pickled_objects_or_garbage(service, http, tmp_path) -> None:
+    objects = tmp_path / "objects.npz"
+    _npz_member(objects, (2, 2), dtype="|O", rows_written=0)
+    assert_clear_4xx(_upload(http, objects), 422, "objects.npz", "real numbers")
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"PK\x03\x04" + os.urandom(5000))
+    assert_clear_4xx(_upload(http, garbage), 422, "garbage.npz")
+
+
+def test_matrix_market_header_declaring_50_million_rows(service, http, tmp_path) -> None:
+    """The 60-byte file of the issue: refused from its header, nothing allocated."""
+    path = tmp_path / "huge.mtx"
+    path.write_text("%%MatrixMarket matrix coordinate real general\n50000000 10 0\n")
+    with service.peak_growth() as peak:
+        response = _upload(http, path)
+    assert_clear_4xx(response, 422, "huge.mtx", "max_rows")
+    assert peak[0] < 50 * MB, peak
+
+
+def test_empty_rows_never_materialise_indptr(service, http, tmp_path) -> None:
+    """900,000 rows holding 2 entries: the CSR index is written a block at a time."""
+    path = tmp_path / "tall.mtx"
+    path.write_text("%%MatrixMarket matrix coordinate real general\n900000 10 2\n1 1 1.0\n900000 10 2.0\n")
+    with service.peak_growth() as peak:
+        response = _upload(http, path)
+    assert response.status_code == 201, response.text
+    assert response.json()["shape"] == [900_000, 10] and response.json()["nnz"] == 2
+    assert peak[0] < 100 * MB, peak
+    assert http.delete(f"/matrices/{response.json()['id']}").status_code == 204
+
+
+def test_csv_line_of_gigabytes(service, http) -> None:
+    """A registered 4 GiB CSV without a newline (a sparse file: it costs no disk): refused after reading
+    max_line_bytes of it, never the line."""
+    path = service.data_dir / "one-line.csv"
+    with open(path, "wb") as f:
+        f.write(b"1,")
+        f.truncate(4 * 2**30)
+    try:
+        with service.peak_growth() as peak:
+            response = http.post("/matrices", json={"path": "one-line.csv", "format": "csv"})
+        assert_clear_4xx(response, 422, "one-line.csv", "max_line_bytes")
+        assert peak[0] < 100 * MB, peak
+    finally:
+        path.unlink()
+
+
+def test_errors_name_the_file_as_the_client_does(service, http, tmp_path) -> None:
+    path = tmp_path / "ratings.csv"
+    path.write_text("1,2\nu0000,3\n")
+    detail = assert_clear_4xx(_upload(http, path, name="my ratings"), 422, "'my ratings'", "line 2", "not a number")
+    assert "uploads" not in detail and ".tmp" not in detail
+
+
+def test_label_list_longer_than_the_matrix(service, http, tmp_path) -> None:
+    matrix = _npy(np.ones((5, 3), dtype=np.float32))
+    labels = b"".join(b"label-%d\n" % i for i in range(1_000_000))
+    with service.peak_growth() as peak:
+        response = http.post("/matrices", files={"file": ("m.npy", matrix), "row_labels": ("rows.txt", labels)})
+    assert_clear_4xx(response, 422, "row_labels", "more than 5 entries")
+    assert peak[0] < PEAK_MB * MB
+    bad = http.post("/matrices", files={"file": ("m.npy", matrix), "col_labels": ("c.txt", b"a\n\xff\xfe\nc\n")})
+    assert_clear_4xx(bad, 422, "col_labels", "UTF-8")
+
+
+def test_unicode_names_round_trip(http) -> None:
+    name = "матрица 🧮 \u202eevil\u0000 名前"
+    response = http.post("/matrices", files={"file": ("données-😀.npy", _npy(np.ones((4, 3), dtype=np.float32)))},
+                         data={"name": name})
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == name
+    assert http.delete(f"/matrices/{response.json()['id']}").status_code == 204
+    missing = http.post("/matrices", json={"path": "nowhere/ファイル.npy", "format": "npy"})
+    assert_clear_4xx(missing, 400, "ファイル.npy")
+
+
+def test_huge_k_with_tiny_data(http) -> None:
+    matrix = http.post("/matrices", files={"file": ("tiny.npy", _npy(np.ones((3, 2), dtype=np.float32)))}).json()
+    for k, word in ((10**12, "max_components"), (40, "min(n_rows, n_cols)")):
+        response = http.post("/jobs", json={"matrix_id": matrix["id"], "n_components": k})
+        assert_clear_4xx(response, 422, word)
+    assert http.delete(f"/matrices/{matrix['id']}").status_code == 204
+
+
+def test_store_with_an_unsafe_codec_is_refused(service, http) -> None:
+    """Zarr decodes numcodecs.zlib fine; distnmf refuses any codec outside its allow-list."""
+    from distnmf.store import save_matrix
+
+    save_matrix(np.ones((4, 3), dtype=np.float32), service.data_dir / "odd.zarr")
+    meta_path = service.data_dir / "odd.zarr" / "X" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["codecs"] = [meta["codecs"][0], {"name": "numcodecs.zlib", "configuration": {"level": 1}}]
+    meta_path.write_text(json.dumps(meta))
+    response = http.post("/matrices", json={"path": "odd.zarr", "format": "zarr"})
+    assert_clear_4xx(response, 422, "odd.zarr/X", "numcodecs.zlib", "allowed")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -22,7 +23,6 @@ from distnmf.wire import JobStatus, MatrixRecord
 
 router = APIRouter(prefix="/matrices", tags=["matrices"])
 
-MAX_JSON_BYTES = 2**20
 COPY_BYTES = 2**22
 
 _register_schema = RegisterMatrix.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -69,7 +69,7 @@ async def create_matrix(request: Request, settings: SettingsDep, store: StoreDep
     elif content_type == "application/json":
         body = await _json_body(request)
         record = await run_in_threadpool(catalog.register, store, cluster, settings.layout, body.path,
-                                         body.format, body.name)
+                                         body.format, body.name, settings.ingest_limits())
     else:
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
                             "send JSON (register a path) or multipart/form-data (upload a file)")
@@ -77,9 +77,7 @@ async def create_matrix(request: Request, settings: SettingsDep, store: StoreDep
 
 
 async def _json_body(request: Request) -> RegisterMatrix:
-    raw = await request.body()
-    if len(raw) > MAX_JSON_BYTES:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, f"JSON body over {MAX_JSON_BYTES} bytes")
+    raw = await request.body()  # bounded while read by guards.BodyLimit (max_json_bytes)
     try:
         return RegisterMatrix.model_validate_json(raw)
     except ValidationError as exc:
@@ -93,9 +91,7 @@ def _too_large(settings: Settings) -> HTTPException:
 
 
 async def _upload(request: Request, settings: Settings, store: StoreDep) -> StoredMatrix:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > settings.max_upload_bytes + 2**20:
-        raise _too_large(settings)
+    """The body's size is bounded while it arrives (``guards.BodyLimit``); here the file part's."""
     form = await request.form(max_files=3, max_fields=10)
     try:
         file = form.get("file")
@@ -106,14 +102,15 @@ async def _upload(request: Request, settings: Settings, store: StoreDep) -> Stor
         fmt = _upload_format(form, file)
         name = str(form.get("name") or file.filename or "upload")[:200]
         image_shape = _image_shape(form.get("image_shape"))
-        row_labels = await _labels(form, "row_labels")
-        col_labels = await _labels(form, "col_labels")
+        row_labels = _labels(form, "row_labels")
+        col_labels = _labels(form, "col_labels")
         matrix_id = uuid.uuid4().hex[:16]
         target = settings.layout.upload(matrix_id, catalog.SUFFIXES[fmt])
         await _save(file, target, settings)
         try:
             return await run_in_threadpool(catalog.ingest, store, settings.layout, target, fmt, matrix_id, name,
-                                           row_labels=row_labels, col_labels=col_labels, image_shape=image_shape)
+                                           settings.ingest_limits(), row_labels=row_labels, col_labels=col_labels,
+                                           image_shape=image_shape)
         finally:
             target.unlink(missing_ok=True)
     finally:
@@ -144,15 +141,15 @@ def _image_shape(value: Any) -> list[int] | None:
     return [int(p) for p in parts]
 
 
-async def _labels(form: FormData, field: str) -> list[str] | None:
+def _labels(form: FormData, field: str) -> IO[bytes] | None:
+    """The label part as a binary stream, read line by line by the ingest (never whole, never here)."""
     value = form.get(field)
     if value is None:
         return None
-    raw = await value.read() if isinstance(value, UploadFile) else value.encode()
-    try:
-        return raw.decode("utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise Unprocessable(f"{field} must be UTF-8 text, one label per line") from None
+    if isinstance(value, UploadFile):
+        value.file.seek(0)
+        return value.file
+    return io.BytesIO(value.encode())
 
 
 async def _save(file: UploadFile, target: Path, settings: Settings) -> None:

@@ -23,6 +23,8 @@ from distnmf.ingest.report import IngestReport, SkipLog, Stopwatch, progress
 from distnmf.store import MatrixWriter, default_chunk_rows
 
 RESAMPLE = Image.Resampling.LANCZOS
+FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # decoders offered a file, nothing else
+MAX_PIXELS = 64 * 2**20  # larger images are refused from their header, before decoding
 
 
 def list_files(folder: str | os.PathLike) -> list[str]:
@@ -42,11 +44,14 @@ def load_image(path: str | os.PathLike, image_shape: tuple[int, int] = (64, 64),
 
     The image is converted to 8-bit grayscale (Pillow mode ``"L"``) and resized to
     ``image_shape = (h, w)`` with Lanczos resampling: stretched, or with ``crop=True``
-    centre-cropped to the target aspect ratio first. Raises whatever Pillow raises for a file
-    that is not a readable image.
+    centre-cropped to the target aspect ratio first. Only the :data:`FORMATS` decoders are tried,
+    and an image of more than :data:`MAX_PIXELS` pixels is refused from its header. Raises
+    whatever Pillow raises for a file that is not a readable image.
     """
     h, w = image_shape
-    with Image.open(path) as img:
+    with Image.open(path, formats=FORMATS) as img:
+        if img.width * img.height > MAX_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} pixels is more than the {MAX_PIXELS:,} accepted")
         img.draft("L", (w, h))  # JPEG: let the decoder downscale by a power of two first
         gray = img.convert("L")
     if crop:

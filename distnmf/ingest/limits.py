@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -59,3 +60,15 @@ class IngestLimits:
                                     if self.setting_prefix else ""))
             yield no, line
             no += 1
+
+    def labels(self, stream: IO[bytes], where: str) -> Iterator[str]:
+        """The labels of a UTF-8 text stream, one per line (line ends dropped), read with bounded lines."""
+        text = io.TextIOWrapper(stream, encoding="utf-8", newline=None)
+        no = 0
+        try:
+            for no, line in self.lines(text, where):
+                yield line.rstrip("\n")
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}, line {no + 1}: not UTF-8 text; labels are UTF-8, one per line") from None
+        finally:
+            text.detach()
