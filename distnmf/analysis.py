@@ -22,7 +22,7 @@ import scipy.sparse as sp
 
 from distnmf.factors import Factors
 from distnmf.index import IndexCache, SimilarityIndex, default_cache, normalize_rows
-from distnmf.store import Matrix, open_matrix
+from distnmf.store import Matrix, check_rank, open_matrix
 from distnmf.wire import Hit
 
 AXES = ("rows", "columns")
@@ -400,10 +400,8 @@ def rank_sweep(source: Any, ks: Sequence[int], **nmf_params: Any) -> list[dict]:
     if not ks:
         raise ValueError("ks is empty; give at least one n_components value, e.g. [5, 10, 20]")
     info = as_source(source)
-    limit = min(info.shape)
     for k in ks:
-        if not 1 <= k <= limit:
-            raise ValueError(f"n_components={k} must be in 1..{limit} (min of the matrix shape {info.shape})")
+        check_rank(k, info.shape)
     if "n_components" in nmf_params:
         raise ValueError("pass the ranks through ks, not n_components")
 

@@ -134,13 +134,11 @@ def fit(
     Example: distnmf fit tags.zarr -k 20 --out tags.nmf.zarr --scheduler tcp://head:8786
     """
     from distnmf import factorize
-    from distnmf.store import open_matrix
+    from distnmf.store import check_rank, open_matrix
 
     matrix = open_matrix(store)
     target = results or store.with_name(f"{store.name.removesuffix('.zarr')}.nmf-k{k}.zarr")
-    if not 1 <= k <= min(matrix.shape):
-        raise ValueError(f"-k must be in 1..{min(matrix.shape)} for a {matrix.shape[0]}x{matrix.shape[1]} "
-                         f"matrix, got n_components={k}")
+    check_rank(k, matrix.shape, "-k")
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
     params = {**_fit_params(solver, init, beta_loss, max_iter, tol, random_state), "missing": missing}

@@ -25,6 +25,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_non_neg
 
 from distnmf import kernels
 from distnmf.driver import FitConfig, FitResult, _stats_task, fit_blocks, write_w
+from distnmf.init import resolve_init
 from distnmf.runner import Runner, make_runner
 from distnmf.source import BlockSource, as_source, materialize
 from distnmf.store import Matrix, atomic_path, check_block
@@ -229,13 +230,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                               "them as initialization.", RuntimeWarning, stacklevel=4)
             k = n if self.n_components in (None, "auto") else self.n_components
         self._n_components = k
-        init = self.init
-        if init is None:
-            init = "nndsvda" if k <= min(m, n) else "random"
-        if init not in ("random", "custom") and k > min(m, n):
-            raise ValueError(f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)"
-                             f" (n_components={k}, X of shape {(m, n)}); use init='random' or a smaller "
-                             f"n_components")
+        init = resolve_init(self.init, k, (m, n))
         if self.solver == "mu" and init == "nndsvd":
             warnings.warn("The multiplicative update ('mu') solver cannot update zeros present in the "
                           "initialization, and so leads to poorer results when used jointly with "

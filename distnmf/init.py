@@ -15,6 +15,7 @@ import numpy as np
 
 from distnmf.kernels import wt_x
 from distnmf.source import BlockSource, as_source, materialize
+from distnmf.store import check_rank
 
 if TYPE_CHECKING:
     from distnmf.runner import Runner
@@ -230,8 +231,7 @@ def truncated_svd(X: Any, n_components: int, random_state: int | None = None,
     runner = make_runner()
     try:  # the runner holds a thread pool and BLAS thread limits until closed, whatever fails
         source: BlockSource = as_source(X, n_blocks_hint=2 * runner.n_workers)
-        if not 1 <= n_components <= min(source.shape):
-            raise ValueError(f"n_components must be in [1, {min(source.shape)}], got {n_components}")
+        check_rank(n_components, source.shape)
         x_handles = runner.load(source, keep=True)
         u, s, vt = block_truncated_svd(runner, x_handles, source.shape[1], n_components,
                                        np.random.default_rng(random_state), n_power_iter)
@@ -239,6 +239,19 @@ def truncated_svd(X: Any, n_components: int, random_state: int | None = None,
     finally:
         runner.close()
 
+
+
+def resolve_init(init: str | None, k: int, shape: tuple[int, int]) -> str:
+    """scikit-learn's rule for the initialization of a rank-``k`` NMF of a matrix of ``shape``:
+    ``None`` is "nndsvda" when k <= min(shape), else "random"; the NNDSVD variants need that bound."""
+    m, n = shape
+    if init is None:
+        return "nndsvda" if k <= min(m, n) else "random"
+    if init not in ("random", "custom") and k > min(m, n):
+        raise ValueError(f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)"
+                         f" (n_components={k}, X of shape {(m, n)}); use init='random' or a smaller "
+                         f"n_components")
+    return init
 
 
 def initialize_nmf(X: Any, n_components: int, init: str | None = None,
@@ -257,10 +270,7 @@ def initialize_nmf(X: Any, n_components: int, init: str | None = None,
     X = check_array(X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32])
     check_non_negative(X, "NMF initialization")
     m, n = X.shape
-    if init is not None and init != "random" and n_components > min(m, n):
-        raise ValueError(f"init = '{init}' can only be used when n_components <= min(n_samples, n_features)")
-    if init is None:
-        init = "nndsvda" if n_components <= min(m, n) else "random"
+    init = resolve_init(init, n_components, (m, n))
     if init not in ("random", "nndsvd", "nndsvda", "nndsvdar"):
         raise ValueError(f"Invalid init parameter: got {init!r} instead of one of "
                          f"{(None, 'random', 'nndsvd', 'nndsvda', 'nndsvdar')}")

@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from distnmf.kernels import Block
 from distnmf.source import BlockRef, BlockSource, as_float32, as_source, materialize
-from distnmf.store import open_matrix
+from distnmf.store import check_rank, open_matrix
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -247,10 +247,12 @@ def _check_ks(ks: Sequence[int], X: Any) -> list[int]:
     if not ks:
         raise ValueError("ks is empty; give at least one rank, e.g. [2, 4, 8]")
     shape = open_matrix(X).shape if isinstance(X, (str, os.PathLike)) else getattr(X, "shape", None)
-    limit = min(shape) if shape is not None else None
     for k in ks:
-        if k < 1 or (limit is not None and k > limit):
-            raise ValueError(f"rank {k} must be in 1..{limit} (the smaller side of X's shape {tuple(shape)})")
+        if shape is None:
+            if k < 1:
+                raise ValueError(f"rank must be >= 1, got {k}")
+        else:
+            check_rank(k, shape, "rank")
     return sorted(set(ks))
 
 

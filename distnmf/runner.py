@@ -138,7 +138,7 @@ class DaskRunner:
 
     in_process = False
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, run_name: str | None = None) -> None:
         self.client = client
         capacity = cluster_capacity(client)
         if not capacity.workers:
@@ -146,7 +146,7 @@ class DaskRunner:
         self.n_workers = capacity.threads
         self.memory_limit = capacity.memory or _available_memory()
         self.dashboard_link = client.dashboard_link
-        self.token = uuid.uuid4().hex[:8]
+        self.token = run_name or uuid.uuid4().hex[:8]  # task keys read <name>-<token>
         self._calls = 0
 
     def _key(self, name: str, *index: int) -> tuple:

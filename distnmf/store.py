@@ -97,6 +97,14 @@ def check_2d(shape: Sequence[int], where: str = "X") -> tuple[int, int]:
     return n_rows, n_cols
 
 
+def check_rank(k: int, shape: Sequence[int], name: str = "n_components") -> int:
+    """``k`` when it is a rank a matrix of ``shape`` can have (1 <= k <= min(shape)), else ValueError."""
+    n_rows, n_cols = (int(s) for s in shape)
+    if not 1 <= k <= min(n_rows, n_cols):
+        raise ValueError(f"{name} must be in 1..{min(n_rows, n_cols)} for a {n_rows}x{n_cols} matrix, got {k}")
+    return k
+
+
 # --------------------------------------------------------------------------- safe stores
 
 SAFE_CODECS = frozenset({"bytes", "transpose", "sharding_indexed", "crc32c", "zstd", "blosc", "gzip", "zlib",

@@ -16,6 +16,7 @@ from distnmf_api.deps import ClusterDep, JobDep, RunnerDep, SettingsDep, StoreDe
 from distnmf_api.errors import Unprocessable
 from distnmf_api.runner import Cluster
 from distnmf_api.schemas import BetaLoss, Error, SubmitJob
+from distnmf.store import check_rank
 from distnmf.wire import JobRecord, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -41,11 +42,11 @@ def submit_job(body: SubmitJob, store: StoreDep, runner: RunnerDep, settings: Se
     matrix = store.get_matrix(body.matrix_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {body.matrix_id!r}")
+    try:
+        check_rank(body.n_components, matrix.shape)
+    except ValueError as exc:
+        raise Unprocessable(f"matrix {matrix.id}: {exc}") from None
     n_rows, n_cols = matrix.shape
-    rank_limit = min(n_rows, n_cols)
-    if body.n_components > rank_limit:
-        raise Unprocessable(f"n_components={body.n_components} must be <= min(n_rows, n_cols) = {rank_limit} "
-                            f"for matrix {matrix.id} of shape ({n_rows}, {n_cols})")
     if body.beta_loss == BetaLoss.itakura_saito and matrix.nnz < n_rows * n_cols:
         raise Unprocessable("beta_loss='itakura-saito' needs a matrix without zeros; this one has zeros")
     params = body.params()
