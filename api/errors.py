@@ -6,6 +6,8 @@ installed on the app answers ``{"detail": message}`` with the error's status cod
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 
@@ -14,6 +16,7 @@ class ServiceError(Exception):
     """An error whose message is meant for the caller; ``status_code`` is its HTTP status."""
 
     status_code = status.HTTP_500_INTERNAL_SERVER_ERROR
+    headers: ClassVar[dict[str, str]] = {}
 
 
 class PathRefused(ServiceError):
@@ -28,9 +31,17 @@ class Unprocessable(ServiceError):
     status_code = status.HTTP_422_UNPROCESSABLE_CONTENT
 
 
+class ClusterUnavailable(ServiceError):
+    """No Dask scheduler is reachable right now (503; retry once ``/health`` is ``ok``)."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    headers = {"Retry-After": "5"}
+
+
 async def _answer(request: Request, exc: Exception) -> JSONResponse:
-    code = exc.status_code if isinstance(exc, ServiceError) else status.HTTP_500_INTERNAL_SERVER_ERROR
-    return JSONResponse({"detail": str(exc)}, status_code=code)
+    if isinstance(exc, ServiceError):
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR)
 
 
 def install(app: FastAPI) -> None:

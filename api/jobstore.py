@@ -1,7 +1,9 @@
 """Matrix and job records in SQLite (stdlib ``sqlite3``, WAL mode); they survive restarts.
 
 Reads return the typed records of :mod:`distnmf.wire` (:class:`StoredMatrix` adds where the
-matrix lives, which never leaves the service).
+matrix lives, which never leaves the service). Writes wait up to ``busy_timeout`` seconds for
+a lock another process holds, then raise ``sqlite3.OperationalError``; reads use their own
+connection, which WAL never blocks, so status requests are answered while a write waits.
 """
 
 from __future__ import annotations
@@ -65,28 +67,28 @@ def now() -> str:
 
 
 class JobStore:
-    """One SQLite connection shared by the request threads and the job runner, behind a lock."""
+    """Two SQLite connections (reads, writes), each shared by the request threads and the job
+    runner behind its own lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
         self.path = path
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._writer, self._write_lock = _connect(path, busy_timeout), threading.Lock()
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._writer.executescript(SCHEMA)
+        self._reader, self._read_lock = _connect(path, busy_timeout), threading.Lock()
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._write_lock, self._read_lock:
+            self._writer.close()
+            self._reader.close()
 
     def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, args).fetchall()
 
     def _run(self, sql: str, args: tuple[Any, ...] = ()) -> int:
-        with self._lock:
-            return self._db.execute(sql, args).rowcount
+        with self._write_lock:
+            return self._writer.execute(sql, args).rowcount
 
     # -- matrices
     def add_matrix(self, matrix: StoredMatrix) -> StoredMatrix:
@@ -135,17 +137,24 @@ class JobStore:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         return [_job(row) for row in self._rows(f"SELECT * FROM jobs{clause} ORDER BY seq", tuple(args))]
 
-    def unfinished_jobs(self) -> list[JobRecord]:
-        return [_job(row) for row in self._rows("SELECT * FROM jobs WHERE status IN (?, ?) ORDER BY seq",
-                                                (JobStatus.queued, JobStatus.running))]
+    def claim_next(self) -> JobRecord | None:
+        """Mark the oldest queued job running and return its record as it was; None if none is queued."""
+        with self._write_lock:
+            self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._writer.execute("SELECT * FROM jobs WHERE status = ? ORDER BY seq LIMIT 1",
+                                           (JobStatus.queued,)).fetchone()
+                if row is not None:
+                    self._writer.execute("UPDATE jobs SET status = ?, started_at = ?, message = NULL WHERE id = ?",
+                                         (JobStatus.running, now(), row["id"]))
+                self._writer.execute("COMMIT")
+            except BaseException:
+                if self._writer.in_transaction:
+                    self._writer.execute("ROLLBACK")
+                raise
+        return None if row is None else _job(row)
 
-    def start_job(self, job_id: str) -> bool:
-        """Mark a queued job running; False if it is no longer queued (e.g. cancelled)."""
-        return self._run("UPDATE jobs SET status = ?, started_at = ?, iteration = 0, error = NULL, "
-                         "error_history = '[]', message = NULL WHERE id = ? AND status = ?",
-                         (JobStatus.running, now(), job_id, JobStatus.queued)) == 1
-
-    def record_progress(self, job_id: str, iteration: int, error: float, history: list[float]) -> None:
+    def record_progress(self, job_id: str, iteration: int, error: float | None, history: list[float]) -> None:
         self._run("UPDATE jobs SET iteration = ?, error = ?, error_history = ? WHERE id = ?",
                   (iteration, error, _json(history), job_id))
 
@@ -159,8 +168,18 @@ class JobStore:
                          (JobStatus.cancelled, "cancelled before it started", now(), job_id,
                           JobStatus.queued)) == 1
 
-    def requeue(self, job_id: str) -> None:
-        self._run("UPDATE jobs SET status = ?, started_at = NULL WHERE id = ?", (JobStatus.queued, job_id))
+    def requeue(self, job_id: str, message: str | None = None) -> bool:
+        """Put a running job back in the queue, ``message`` saying why (shown until it starts
+        again); False if it is not running."""
+        return self._run("UPDATE jobs SET status = ?, started_at = NULL, message = ? WHERE id = ? AND status = ?",
+                         (JobStatus.queued, message, job_id, JobStatus.running)) == 1
+
+
+def _connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    db = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
 
 
 def _json(value: Any) -> str | None:

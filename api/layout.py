@@ -2,6 +2,7 @@
 
 ```
 <data_dir>/distnmf.sqlite            matrix and job records
+<data_dir>/distnmf.lock              held by the one service using the directory (its process id inside)
 <data_dir>/uploads/<matrix>.<ext>    an upload, until it is ingested
 <data_dir>/matrices/<matrix>.zarr    stores the service ingested (removed with their record)
 <data_dir>/factors/<job>.zarr        a succeeded job's W, H, labels and error history
@@ -26,6 +27,10 @@ class DataDir:
     @property
     def sqlite(self) -> Path:
         return self.root / "distnmf.sqlite"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "distnmf.lock"
 
     def upload(self, matrix_id: str, suffix: str) -> Path:
         return self.root / "uploads" / f"{matrix_id}{suffix}"

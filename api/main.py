@@ -25,7 +25,8 @@ API_PREFIX = "/api/v1"
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. On start it creates the data directory and the SQLite schema,
-    connects to (or starts) the Dask cluster and re-queues jobs a previous run left unfinished."""
+    connects to (or starts) the Dask cluster and re-queues jobs a previous run left unfinished.
+    Whoever serves the app holds the data directory's lock (:mod:`distnmf_api.server` does)."""
     settings = settings or Settings()
 
     @asynccontextmanager

@@ -1,34 +1,66 @@
-"""The job runner: takes queued jobs from the store and fits them on the Dask cluster.
+"""The Dask cluster the service uses, and the job runner that fits queued jobs on it.
 
-Jobs run in worker threads (``max_concurrent_jobs`` of them), each with its own
-``distributed.Client`` so that closing it frees everything the job left on the cluster.
-The event loop never waits for a fit. Progress goes to the store after every iteration;
-cancelling sets a flag that the fit's callback turns into an exception.
+A watcher thread looks at the scheduler every second: its state (reachable or not, how many
+workers) is what ``/health`` reports and what job threads wait for. When the scheduler goes
+away the watcher reconnects, to it or to a new scheduler at the same address; Dask keeps no
+state across a scheduler restart, so the SQLite records and the checkpoints are what let jobs
+resume.
+
+Jobs run in job threads (``max_concurrent_jobs`` of them); SQLite is the queue, and each
+thread claims the oldest queued job once the cluster has a scheduler and a worker. A job has
+its own ``distributed.Client``: closing it frees everything the job left on the cluster and
+interrupts the fit wherever it is (initialisation, iterations, the final write), which is how
+cancel and shutdown stop a job at once. A running job that the cluster drops (scheduler lost
+or restarted, workers lost, all workers gone) is re-queued and resumes from its last
+checkpoint; one that loses workers ``MAX_LOSSES`` times without writing a new checkpoint
+fails. A supervisor re-queues jobs recorded ``running`` that no thread runs, and replaces
+dead threads.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import shutil
+import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from distnmf.wire import JobRecord, JobStatus
+from distnmf_api.errors import ClusterUnavailable
 from distnmf_api.jobstore import JobStore
 from distnmf_api.settings import Settings
-from distnmf.runner import cluster_capacity
-from distnmf.wire import JobStatus
 
 log = logging.getLogger("distnmf.api")
 
+CONNECT_TIMEOUT = 5.0  # seconds a client tries to (re)connect to the scheduler before giving up
+WATCH_EVERY = 1.0  # seconds between looks at the scheduler
+SUPERVISE_EVERY = 2.0  # seconds between checks for orphaned jobs and dead job threads
+RETRY_EVERY = 1.0  # seconds between attempts to record a job's end while SQLite is locked
+MAX_LOSSES = 3  # worker losses in a row without a new checkpoint before a job fails
 
-class CancelRequested(Exception):
-    """Raised inside a fit's callback when its job was cancelled."""
 
+@dataclass(frozen=True)
+class ClusterState:
+    """What the watcher last saw: the scheduler's id (None: unreachable) and its worker count."""
 
-class ServiceStopping(Exception):
-    """Raised inside a fit's callback when the service shuts down; the job is re-queued."""
+    scheduler_id: str | None = None
+    n_workers: int = 0
+
+    @property
+    def ready(self) -> bool:
+        """Whether jobs can run: a scheduler with at least one worker."""
+        return self.scheduler_id is not None and self.n_workers > 0
+
+    @property
+    def problem(self) -> str | None:
+        """Why jobs cannot run, or None when they can (no address: /health shows it to anyone)."""
+        if self.scheduler_id is None:
+            return "no Dask scheduler reachable; jobs wait for it"
+        if self.n_workers == 0:
+            return "the Dask scheduler has no workers; jobs wait for one"
+        return None
 
 
 class Cluster:
@@ -38,10 +70,12 @@ class Cluster:
     (``Security.temporary()``), so only this process and its workers can connect: no other
     local process can submit work. An external scheduler is reached with the TLS files of
     ``DISTNMF_TLS_CA_FILE``/``_CERT``/``_KEY``, else Dask's own ``distributed.comm.tls`` config.
+    The service starts even when that scheduler is not reachable yet; it reports the degraded
+    state and connects once the scheduler is up.
     """
 
     def __init__(self, settings: Settings) -> None:
-        from distributed import Client, LocalCluster
+        from distributed import LocalCluster
 
         self._local = None
         if settings.scheduler:
@@ -53,22 +87,82 @@ class Cluster:
             self.address = self._local.scheduler_address
             self.security = self._local.security
             log.info("started a LocalCluster at %s (TLS, temporary certificates)", self.address)
-        self.client = Client(self.address, security=self.security, set_as_default=False)
-        self.dashboard_url = self.client.dashboard_link
+        self.dashboard_url: str | None = None
+        self._client: Any = None
+        self._state = ClusterState()
+        self._changed = threading.Condition()
+        self._refresh_lock = threading.Lock()
+        self._closing = threading.Event()
+        self.refresh()
+        self._watcher = threading.Thread(target=self._watch, name="distnmf-cluster-watch", daemon=True)
+        self._watcher.start()
 
     def connect(self) -> Any:
-        """A new ``distributed.Client`` on the cluster, with its credentials."""
+        """A new ``distributed.Client`` on the cluster, with its credentials; the caller closes it."""
         from distributed import Client
 
-        return Client(self.address, security=self.security, set_as_default=False)
+        return Client(self.address, security=self.security, set_as_default=False, timeout=CONNECT_TIMEOUT)
 
-    def n_workers(self) -> int:
-        return cluster_capacity(self.client).workers
+    @property
+    def client(self) -> Any:
+        """The service's own client, for short requests; :class:`ClusterUnavailable` while the
+        scheduler is unreachable."""
+        client = self._client
+        if client is None or client.status != "running" or self._state.scheduler_id is None:
+            raise ClusterUnavailable(self._state.problem or "reconnecting to the Dask scheduler")
+        return client
+
+    @property
+    def state(self) -> ClusterState:
+        return self._state
+
+    def refresh(self) -> ClusterState:
+        """Look at the scheduler now (with a new client if the old one gave up) and publish it."""
+        with self._refresh_lock:
+            state = ClusterState()
+            try:
+                if self._client is None or self._client.status in ("closing", "closed"):
+                    self._client = None
+                    self._client = self.connect()
+                    self.dashboard_url = self._client.dashboard_link
+                if self._client.status == "running":
+                    info = self._client.scheduler_info(n_workers=0)
+                    state = ClusterState(info["id"], int(info["n_workers"]))
+            except Exception as exc:  # unreachable, refused, closed mid-call: all mean "not now"
+                log.debug("scheduler at %s not reachable: %s", self.address, exc)
+            self._publish(state)
+            return state
+
+    def wait_until_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a scheduler with a worker; whether there is one."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._state.ready or self._closing.is_set(), timeout) \
+                and self._state.ready
 
     def close(self) -> None:
-        self.client.close()
+        self._closing.set()
+        with self._changed:
+            self._changed.notify_all()
+        self._watcher.join()
+        if self._client is not None:
+            self._client.close()
         if self._local is not None:
             self._local.close()
+
+    def _watch(self) -> None:
+        while not self._closing.wait(WATCH_EVERY):
+            self.refresh()
+
+    def _publish(self, state: ClusterState) -> None:
+        previous, self._state = self._state, state
+        if state != previous:
+            if problem := state.problem:
+                log.warning("cluster degraded (scheduler %s): %s", self.address, problem)
+            else:
+                log.info("cluster ready: scheduler %s (%s) with %d workers", self.address, state.scheduler_id,
+                         state.n_workers)
+        with self._changed:
+            self._changed.notify_all()
 
 
 def external_security(settings: Settings) -> Any:
@@ -83,6 +177,20 @@ def external_security(settings: Settings) -> Any:
                     tls_client_key=str(settings.tls_key) if settings.tls_key else None, require_encryption=True)
 
 
+@dataclass
+class _Running:
+    """A job a thread of this process runs: its Dask client once connected, and whether it was cancelled."""
+
+    client: Any = None
+    scheduler_id: str | None = None
+    workers: frozenset[str] = frozenset()
+    cancelled: bool = False
+
+
+class _Interrupted(Exception):
+    """The job was cancelled, or the service is stopping, before its fit began."""
+
+
 class JobRunner:
     """Runs queued jobs on the cluster, a few at a time, and records their progress."""
 
@@ -90,103 +198,254 @@ class JobRunner:
         self.settings = settings
         self.store = store
         self.cluster = cluster
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._cancel: dict[str, threading.Event] = {}
+        self._running: dict[str, _Running] = {}
+        self._losses: dict[str, tuple[Any, int]] = {}  # job id -> (checkpoint stamp, worker losses in a row)
+        self._lock = threading.Lock()  # guards _running, and claiming (so the supervisor sees claims whole)
+        self._pending = threading.Event()  # set when a job may be waiting
         self._stopping = threading.Event()
-        self._threads = [threading.Thread(target=self._work, name=f"distnmf-job-{i}", daemon=True)
-                         for i in range(settings.max_concurrent_jobs)]
+        self._threads = [self._job_thread(i) for i in range(settings.max_concurrent_jobs)]
+        self._supervisor = threading.Thread(target=self._supervise, name="distnmf-job-supervisor", daemon=True)
 
     # -- life cycle
     def start(self) -> None:
-        """Re-queue the jobs a previous run left queued or running, then start the workers."""
-        for job in self.store.unfinished_jobs():
-            if job.status == JobStatus.running:
-                self.store.requeue(job.id)
-            log.info("re-queued job %s left %s by the previous run", job.id, job.status)
-            self._queue.put(job.id)
-        for thread in self._threads:
+        """Re-queue the jobs a previous run left running, then start the threads."""
+        self._requeue_orphans()
+        for thread in [*self._threads, self._supervisor]:
             thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the workers; running jobs are interrupted at their next iteration and re-queued."""
+        """Stop the threads; running jobs are interrupted now and re-queued."""
         self._stopping.set()
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
+        self._pending.set()
+        with self._lock:
+            clients = [job.client for job in self._running.values() if job.client is not None]
+        for client in clients:
+            client.close()
+        for thread in [*self._threads, self._supervisor]:
             thread.join(timeout)
 
     def submit(self, job_id: str) -> None:
-        self._queue.put(job_id)
+        """Wake a job thread: ``job_id`` was just queued in the store."""
+        self._pending.set()
 
     def cancel(self, job_id: str) -> None:
-        """Cancel a queued job now, or ask a running one to stop at its next iteration."""
+        """Cancel a queued job, or interrupt a running one wherever it is."""
         if self.store.cancel_queued(job_id):
             return
-        flag = self._cancel.get(job_id)
-        if flag is not None:
-            flag.set()
-
-    # -- work
-    def _work(self) -> None:
-        while (job_id := self._queue.get()) is not None:
-            if self._stopping.is_set():
+        with self._lock:
+            job = self._running.get(job_id)
+            if job is None:
                 return
-            try:
-                self._run(job_id)
-            except Exception:  # the job is marked failed in _run; this guards the thread itself
-                log.exception("job runner error on job %s", job_id)
+            job.cancelled = True
+            client = job.client
+        if client is not None:
+            client.close()  # the fit raises at once, in whichever cluster call it waits
 
-    def _run(self, job_id: str) -> None:
-        job = self.store.get_job(job_id)
-        if job is None or job.status != JobStatus.queued:
-            return
+    # -- job threads
+    def _job_thread(self, i: int) -> threading.Thread:
+        return threading.Thread(target=self._work, name=f"distnmf-job-{i}", daemon=True)
+
+    def _work(self) -> None:
+        while not self._stopping.is_set():
+            if not self.cluster.wait_until_ready(timeout=1.0):
+                continue
+            try:
+                job = self._claim()
+            except sqlite3.Error as exc:
+                log.warning("could not read the job queue (%s); retrying", exc)
+                self._stopping.wait(RETRY_EVERY)
+                continue
+            if job is None:
+                self._pending.wait(1.0)
+                self._pending.clear()
+                continue
+            try:
+                self._run(job)
+            except Exception:  # _run records the job's end; this guards the thread itself
+                log.exception("job runner error on job %s", job.id)
+            finally:
+                with self._lock:
+                    self._running.pop(job.id, None)
+
+    def _claim(self) -> JobRecord | None:
+        with self._lock:
+            job = self.store.claim_next()
+            if job is not None:
+                self._running[job.id] = _Running()
+        return job
+
+    def _run(self, job: JobRecord) -> None:
+        job_id, running = job.id, self._running[job.id]
+        try:
+            status, message = self._attempt(job, running)
+        except Exception as exc:
+            status, message = JobStatus.failed, f"{type(exc).__name__}: {exc}"
+            log.exception("job %s failed", job_id)
+        self._record_end(job_id, status, message)
+        if status != JobStatus.queued:
+            self._losses.pop(job_id, None)
+            shutil.rmtree(self.settings.layout.checkpoint(job_id), ignore_errors=True)
+        if status == JobStatus.cancelled:
+            shutil.rmtree(self.settings.layout.factors(job_id), ignore_errors=True)
+
+    def _attempt(self, job: JobRecord, running: _Running) -> tuple[JobStatus, str | None]:
+        """Fit the job; the status to record and why (queued: it resumes later)."""
+        job_id = job.id
         matrix = self.store.get_matrix(job.matrix_id)
         if matrix is None:
-            self.store.finish_job(job_id, JobStatus.failed, f"matrix {job.matrix_id} was deleted")
-            return
-        flag = self._cancel.setdefault(job_id, threading.Event())
+            return JobStatus.failed, f"matrix {job.matrix_id} was deleted"
         checkpoint = self.settings.layout.checkpoint(job_id)
         resume = checkpoint if checkpoint.exists() else None
         history: list[float] = list(job.error_history) if resume else []
-        if not self.store.start_job(job_id):
-            return
+        if resume is None:
+            self._record_progress(job_id, 0, None, history)
         log.info("job %s started%s", job_id, f" (resuming from {checkpoint})" if resume else "")
 
         def callback(iteration: int, error: float, elapsed: float) -> None:
             del history[max(0, iteration - 1):]
             history.append(float(error))
-            self.store.record_progress(job_id, iteration, float(error), history)
-            if flag.is_set():
-                raise CancelRequested(job_id)
-            if self._stopping.is_set():
-                raise ServiceStopping(job_id)
+            self._record_progress(job_id, iteration, float(error), history)
 
         try:
-            self._fit(self.settings.layout.path(matrix.path), self.settings.layout.factors(job_id), callback,
+            self._fit(self.settings.layout.path(matrix.path), self.settings.layout.factors(job_id), running, callback,
                       dict(job.params), checkpoint, resume)
-        except CancelRequested:
-            self.store.finish_job(job_id, JobStatus.cancelled, "cancelled while running")
-            log.info("job %s cancelled", job_id)
-        except ServiceStopping:
-            self.store.requeue(job_id)
-            log.info("job %s interrupted by shutdown; it resumes on the next start", job_id)
         except Exception as exc:
-            self.store.finish_job(job_id, JobStatus.failed, f"{type(exc).__name__}: {exc}")
-            log.warning("job %s failed: %s", job_id, exc)
-        else:
-            self.store.finish_job(job_id, JobStatus.succeeded)
-            shutil.rmtree(checkpoint, ignore_errors=True)
-            log.info("job %s succeeded", job_id)
+            return self._interrupted(job_id, running, exc)  # looks at the cluster through the job's client
         finally:
-            self._cancel.pop(job_id, None)
+            if running.client is not None:
+                running.client.close()
+        if running.cancelled:  # the cancel came after the last cluster call of the final write
+            return JobStatus.cancelled, "cancelled while running"
+        log.info("job %s succeeded", job_id)
+        return JobStatus.succeeded, None
 
-    def _fit(self, source: Path, out: Path, callback: Any, params: dict[str, Any], checkpoint: Path,
-             resume: Path | None) -> None:
+    def _fit(self, source: Path, out: Path, running: _Running, callback: Any, params: dict[str, Any],
+             checkpoint: Path, resume: Path | None) -> None:
+        """Connect the job's client (``running.client``; the caller closes it), fit, and build the
+        similarity index so that the factors are served from the start."""
         from distnmf import factorize
         from distnmf.index import build_for
 
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)  # a half-recorded earlier run of this job
-        with self.cluster.connect() as client, client.as_current():
+        try:
+            client = self.cluster.connect()
+        except OSError as exc:
+            log.warning("could not connect to the Dask scheduler at %s: %s", self.cluster.address, exc)
+            raise ClusterUnavailable(f"could not connect to the Dask scheduler ({type(exc).__name__})") from exc
+        with self._lock:
+            running.client = client
+        if running.cancelled or self._stopping.is_set():
+            raise _Interrupted
+        with client.as_current():
+            info = client.scheduler_info(n_workers=-1)
+            running.scheduler_id, running.workers = info["id"], frozenset(info["workers"])
             factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
-        build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)  # served from the start
+        build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)
+
+    def _interrupted(self, job_id: str, running: _Running, exc: Exception) -> tuple[JobStatus, str]:
+        """Tell a cancel, a shutdown or a lost cluster (the job is re-queued) from a failing job."""
+        if running.cancelled:
+            log.info("job %s cancelled", job_id)
+            return JobStatus.cancelled, "cancelled while running"
+        if self._stopping.is_set():
+            log.info("job %s interrupted by shutdown; it resumes on the next start", job_id)
+            return JobStatus.queued, "interrupted by a service shutdown; resumes from its last checkpoint"
+        lost, workers_lost = (str(exc), False) if isinstance(exc, ClusterUnavailable) else self._cluster_lost(running)
+        if lost and workers_lost and self._losses_without_progress(job_id) >= MAX_LOSSES:
+            log.warning("job %s failed: %s, %d times without a new checkpoint", job_id, lost, MAX_LOSSES)
+            return JobStatus.failed, (f"{lost}, {MAX_LOSSES} times in a row without reaching a new checkpoint; "
+                                      "if workers ran out of memory, give them more or checkpoint more often")
+        if lost:
+            log.warning("job %s interrupted: %s; re-queued (%s: %s)", job_id, lost, type(exc).__name__, exc)
+            return JobStatus.queued, f"interrupted: {lost}; resumes from its last checkpoint when the cluster allows"
+        log.warning("job %s failed: %s", job_id, exc)
+        return JobStatus.failed, f"{type(exc).__name__}: {exc}"
+
+    def _cluster_lost(self, running: _Running) -> tuple[str | None, bool]:
+        """What happened to the cluster under a failed fit (None if it is as the fit found it),
+        and whether it is that some of the fit's workers left while others remain."""
+        state = self.cluster.refresh()  # publish it now, so that no job thread claims a job meanwhile
+        if state.scheduler_id is None or state.n_workers == 0:
+            return state.problem, False
+        if running.client is None:  # it failed before reaching the cluster
+            return None, False
+        if running.client.status != "running":
+            return "the connection to the Dask scheduler was lost", False
+        if state.scheduler_id != running.scheduler_id:
+            return "the Dask scheduler was restarted", False
+        try:
+            gone = running.workers - set(running.client.scheduler_info(n_workers=-1)["workers"])
+        except Exception as exc:  # the scheduler went away just now
+            return f"the Dask scheduler could not be reached ({type(exc).__name__})", False
+        if gone:
+            log.warning("workers lost during a fit: %s", ", ".join(sorted(gone)))
+            return f"{len(gone)} worker(s) left the cluster during the fit", True
+        return None, False
+
+    def _losses_without_progress(self, job_id: str) -> int:
+        """Count this worker loss: how many in a row found the job's checkpoint unchanged."""
+        stamp = _stamp(self.settings.layout.checkpoint(job_id))
+        previous, count = self._losses.get(job_id, (None, 0))
+        count = count + 1 if stamp == previous else 1
+        self._losses[job_id] = (stamp, count)
+        return count
+
+    # -- recording, whatever SQLite says
+    def _record_progress(self, job_id: str, iteration: int, error: float | None, history: list[float]) -> None:
+        """Progress is best effort: a record that fails is carried by the next (it holds the whole history)."""
+        try:
+            self.store.record_progress(job_id, iteration, error, history)
+        except sqlite3.Error as exc:
+            log.warning("job %s: progress of iteration %d not recorded (%s)", job_id, iteration, exc)
+
+    def _record_end(self, job_id: str, status: JobStatus, message: str | None) -> None:
+        """Record how the job ended, retrying while SQLite refuses; on shutdown the job stays
+        ``running`` in the store, and the next start re-queues it."""
+        while True:
+            try:
+                if status == JobStatus.queued:
+                    self.store.requeue(job_id, message)
+                else:
+                    self.store.finish_job(job_id, status, message)
+                return
+            except sqlite3.Error as exc:
+                if self._stopping.is_set():
+                    log.error("job %s: could not record it %s (%s); the next start re-queues it", job_id, status, exc)
+                    return
+                log.warning("job %s: could not record it %s yet (%s); retrying", job_id, status, exc)
+                self._stopping.wait(RETRY_EVERY)
+
+    # -- supervision
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_EVERY):
+            for i, thread in enumerate(self._threads):
+                if not thread.is_alive():
+                    log.error("job thread %s died; starting a new one", thread.name)
+                    self._threads[i] = self._job_thread(i)
+                    self._threads[i].start()
+            self._requeue_orphans()
+
+    def _requeue_orphans(self) -> None:
+        """Re-queue jobs recorded ``running`` that no thread of this service runs (a previous
+        run of the service, or a thread that died before recording the job's end)."""
+        try:
+            recorded = self.store.list_jobs(JobStatus.running)
+            with self._lock:
+                orphans = [job.id for job in recorded if job.id not in self._running]
+            for job_id in orphans:
+                if self.store.requeue(job_id, "re-queued: it was running with nothing behind it (service "
+                                              "restart or a lost job thread); resumes from its last checkpoint"):
+                    log.warning("re-queued job %s: it was recorded running but nothing ran it", job_id)
+                    self._pending.set()
+        except sqlite3.Error as exc:
+            log.warning("could not check for orphaned jobs (%s); trying again later", exc)
+
+
+def _stamp(checkpoint: Path) -> tuple[int, int] | None:
+    """Identifies one written checkpoint (each is a new directory renamed into place)."""
+    try:
+        stat = checkpoint.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns

@@ -66,7 +66,8 @@ class Error(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok"] = "ok"
+    status: Literal["ok", "degraded"] = Field(description="degraded: no scheduler or no worker (jobs wait).")
+    problem: str | None = Field(None, description="What is degraded, when it is.")
     version: str
     scheduler: str | None = Field(description="Address of the Dask scheduler the jobs run on; only given to "
                                              "requests with the service's token.")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from distnmf_api.lock import DataDirLock
 from distnmf_api.main import create_app
 from distnmf_api.settings import LOOPBACK_HOSTS, Settings
 
@@ -46,7 +47,10 @@ def allowed_hosts(host: str, settings: Settings) -> list[str]:
 
 def serve(host: str, port: int, ssl_keyfile: Path | None = None, ssl_certfile: Path | None = None) -> None:
     """Run the service on ``host:port`` until interrupted (settings from ``DISTNMF_*``); with
-    ``ssl_certfile`` (and ``ssl_keyfile`` unless the certificate file holds the key), over HTTPS."""
+    ``ssl_certfile`` (and ``ssl_keyfile`` unless the certificate file holds the key), over HTTPS.
+
+    Raises :class:`DataDirInUse` at once if another service holds the data directory.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings()
     host = bind_host(host, settings)
@@ -54,20 +58,23 @@ def serve(host: str, port: int, ssl_keyfile: Path | None = None, ssl_certfile: P
     if settings.api_token is not None and ssl_certfile is None:
         log.warning("the API token travels in clear text unless a TLS proxy is in front of the service; "
                     "or serve HTTPS directly with --ssl-certfile and --ssl-keyfile")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-                ssl_certfile=str(ssl_certfile) if ssl_certfile else None)
+    with DataDirLock(settings.layout.lock):  # one service per data directory, for this process's life
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
+                    ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+                    ssl_certfile=str(ssl_certfile) if ssl_certfile else None)
 
 
 class BackgroundServer:
     """The service on a free loopback port, served by uvicorn in a background thread.
 
-    Used by ``distnmf demo`` and the tests: ``start()`` returns the base URL once the app has
-    started (cluster connected, jobs re-queued); ``stop()`` shuts it down cleanly.
+    Used by ``distnmf demo`` and the tests: ``start()`` locks the data directory and returns the
+    base URL once the app has started (cluster connected, jobs re-queued); ``stop()`` shuts it
+    down cleanly and unlocks.
     """
 
     def __init__(self, settings: Settings, port: int = 0) -> None:
         self.settings = settings
+        self._lock = DataDirLock(settings.layout.lock)
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((LOOPBACK, port))
@@ -79,6 +86,8 @@ class BackgroundServer:
                                         name="distnmf-service", daemon=True)
 
     def start(self, timeout: float = 120.0) -> str:
+        """Lock the data directory (:class:`DataDirInUse` if another service has it) and serve."""
+        self._lock.acquire()
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
@@ -93,6 +102,7 @@ class BackgroundServer:
         if self._thread.is_alive():
             self._thread.join()
         self._socket.close()
+        self._lock.release()
 
     def __enter__(self) -> BackgroundServer:
         self.start()

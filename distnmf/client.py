@@ -292,7 +292,7 @@ class AsyncJob:
         return info
 
     async def cancel(self) -> JobRecord:
-        """Cancel the job (a running one stops at its next iteration)."""
+        """Cancel the job (a running one stops at once, even during initialisation)."""
         return from_json(JobRecord, (await self.client._request("POST", f"/jobs/{self.id}/cancel",
                                                             idempotent=True)).json())
 

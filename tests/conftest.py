@@ -1,9 +1,15 @@
-"""Shared fixtures: a real 2-worker LocalCluster on loopback, and scratch directories."""
+"""Shared fixtures: a real 2-worker LocalCluster on loopback, and `dask scheduler` /
+`dask worker` processes on a free loopback port."""
 
 from __future__ import annotations
 
 import os
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,3 +34,89 @@ def dask_client(dask_cluster) -> Iterator[object]:
 
     with Client(dask_cluster, set_as_default=True) as client:
         yield client
+
+
+DASK = str(Path(sys.executable).with_name("dask"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class DaskProcesses:
+    """A `dask scheduler` on a fixed free loopback port and `dask worker` processes (no nanny,
+    one thread each); the scheduler can be killed and started again on the same address."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.directory = directory
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def start_scheduler(self) -> None:
+        self.scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port", str(self.port),
+                                           "--dashboard-address", "127.0.0.1:0"], stderr=subprocess.DEVNULL)
+
+    def start_workers(self, n: int) -> None:
+        for _ in range(n):
+            i = len(self.workers)
+            self.workers.append(subprocess.Popen(
+                [DASK, "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
+                 "--dashboard-address", "127.0.0.1:0", "--local-directory", str(self.directory / f"worker{i}"),
+                 "--name", f"worker-{i}", "--no-nanny"], stderr=subprocess.DEVNULL))
+
+    def wait_for_workers(self, n: int, timeout: float = 120) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout=timeout) as client:
+            client.wait_for_workers(n, timeout=timeout)
+
+    def kill_worker(self, i: int) -> None:
+        """SIGKILL worker ``i``, as the kernel's OOM killer would."""
+        _kill(self.workers[i])
+
+    def kill_all(self) -> None:
+        """SIGKILL the scheduler and every worker, as a crashed machine would."""
+        for process in [self.scheduler, *self.workers]:
+            _kill(process)
+
+    def stop(self) -> None:
+        """Stop the workers, then the scheduler (workers without one linger, trying to reconnect)."""
+        for group in (self.workers, [self.scheduler]):
+            for process in group:
+                if process is not None and process.poll() is None:
+                    process.terminate()
+            for process in group:
+                try:
+                    if process is not None:
+                        process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    _kill(process)
+
+
+def _kill(process: subprocess.Popen | None) -> None:
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def dask_processes(tmp_path) -> Iterator[DaskProcesses]:
+    """Nothing started yet; everything started is stopped at the end of the test."""
+    processes = DaskProcesses(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()
+
+
+@pytest.fixture
+def scheduler_and_workers(dask_processes) -> str:
+    """The address of a `dask scheduler` with two `dask worker` processes connected."""
+    dask_processes.start_scheduler()
+    dask_processes.start_workers(2)
+    dask_processes.wait_for_workers(2)
+    return dask_processes.address

@@ -41,12 +41,12 @@ def test_job_store_returns_typed_records(tmp_path) -> None:
         assert isinstance(job, JobRecord) and job.status is JobStatus.queued and job.max_iter == 7
         with pytest.raises(sqlite3.IntegrityError):
             store.add_job("j1", "m1", {"max_iter": 7})
-        assert store.start_job("j1")
+        assert store.claim_next() == job and store.claim_next() is None
         store.record_progress("j1", 2, 0.5, [0.7, 0.5])
         store.finish_job("j1", JobStatus.succeeded)
         done = store.get_job("j1")
         assert done is not None and done.status.is_terminal and done.error_history == [0.7, 0.5]
-        assert store.unfinished_jobs() == [] and store.list_jobs(JobStatus.succeeded, "m1") == [done]
+        assert not store.requeue("j1") and store.list_jobs(JobStatus.succeeded, "m1") == [done]
     finally:
         store.close()
 

@@ -1,4 +1,4 @@
-"""GET /health: is the service up, and which Dask cluster does it use."""
+"""GET /health: is the service up, is its Dask cluster usable, and which one is it."""
 
 from __future__ import annotations
 
@@ -13,8 +13,11 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health", response_model=Health)
 def health(cluster: ClusterDep, settings: SettingsDep, authenticated: AuthenticatedDep) -> Health:
-    """Status, the number of workers, the dashboard URL and the limits (no auth); the scheduler
+    """Status (``degraded`` with the problem while there is no scheduler or no worker; jobs wait
+    meanwhile), the number of workers, the dashboard URL and the limits (no auth); the scheduler
     address only to requests with the service's token (never when the service has none)."""
-    return Health(version=__version__, scheduler=cluster.address if authenticated else None,
-                  n_workers=cluster.n_workers(), dashboard_url=cluster.dashboard_url,
-                  auth=settings.api_token is not None, limits=settings.limits())
+    state = cluster.state
+    problem = state.problem
+    return Health(status="degraded" if problem else "ok", problem=problem, version=__version__,
+                  scheduler=cluster.address if authenticated else None, n_workers=state.n_workers,
+                  dashboard_url=cluster.dashboard_url, auth=settings.api_token is not None, limits=settings.limits())

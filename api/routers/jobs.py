@@ -92,7 +92,8 @@ async def get_job(job: JobDep, store: StoreDep, cluster: ClusterDep,
 @router.post("/{job_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=JobRecord,
              responses={404: {"model": Error}, 409: {"model": Error, "description": "The job already finished"}})
 def cancel_job(job: JobDep, store: StoreDep, runner: RunnerDep, cluster: ClusterDep) -> JobRecord:
-    """Cancel a queued job, or stop a running one at its next iteration (its cluster work is freed)."""
+    """Cancel a queued job, or stop a running one at once, even during initialisation or the final
+    write (its cluster work is freed)."""
     if job.status == JobStatus.cancelled:
         return _with_dashboard(job, cluster)
     if job.status.is_terminal:
