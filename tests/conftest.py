@@ -92,7 +92,7 @@ class DaskProcesses:
             for process in group:
                 try:
                     if process is not None:
-                        process.wait(timeout=15)
+                        process.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     _kill(process)
 

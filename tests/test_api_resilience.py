@@ -46,11 +46,11 @@ def test_job_survives_worker_loss_and_a_scheduler_restart(dask_processes, tmp_pa
     with BackgroundServer(settings) as server, Client(server.url, retries=0) as client:
         matrix = client.upload(X, name="random")
         job = client.submit(matrix, checkpoint_every=5, **params)
-        info = poll(job.status, lambda i: i.iteration >= 6 or i.finished, 120, "job progress")
+        info = poll(job.status, lambda i: i.iteration >= 6 or i.status.is_terminal, 120, "job progress")
         assert info.status == "running", info
 
         dask_processes.kill_worker(0)  # SIGKILL one of the two workers mid-fit
-        info = poll(job.status, lambda i: i.iteration >= 16 or i.finished, 120, "job progress after a worker loss")
+        info = poll(job.status, lambda i: i.iteration >= 16 or i.status.is_terminal, 120, "job progress after a worker loss")
         assert info.status == "running", info
 
         dask_processes.kill_all()  # scheduler and workers, SIGKILL
@@ -135,7 +135,7 @@ def test_cancel_during_initialisation(dask_cluster, tmp_path) -> None:
         poll(job.status, lambda i: i.status != "queued", 120, "job start")
         cancelled_at = time.monotonic()
         job.cancel()
-        info = poll(job.status, lambda i: i.finished, 30, "job after cancel")
+        info = poll(job.status, lambda i: i.status.is_terminal, 30, "job after cancel")
         took = time.monotonic() - cancelled_at
     assert info.status == "cancelled" and info.iteration == 0, info  # stopped before its first iteration
     assert took < 10
@@ -150,5 +150,5 @@ def test_a_failing_job_fails_instead_of_waiting(dask_cluster, tmp_path) -> None:
     X = np.random.default_rng(4).random((200, 30), dtype=np.float32)
     with BackgroundServer(settings) as server, Client(server.url) as client:
         job = client.submit(client.upload(X, name="random"), n_components=3, job_id="bad-checkpoint")
-        info = poll(job.status, lambda i: i.finished, 120, "job with a broken checkpoint")
+        info = poll(job.status, lambda i: i.status.is_terminal, 120, "job with a broken checkpoint")
     assert info.status == "failed" and "is not a distnmf checkpoint" in info.message, info
