@@ -390,13 +390,21 @@ def _converged(config: FitConfig, errors: list[float], violations: list[float], 
     """scikit-learn's stopping rules, so ``tol`` means what it means there.
 
     HALS (as scikit-learn's cd): the projected-gradient violation has fallen below ``tol``
-    times the first iteration's. MU: every 10 iterations, the error decreased by less than
-    ``tol`` times the initial error since the last check.
+    times the first iteration's, *and* over the last 10 iterations the error decreased by less
+    than ``tol`` times the first iteration's error. The second condition is distnmf's: several
+    inner sweeps per iteration shrink the violation much faster than scikit-learn's single cd
+    sweep, and on data near its noise floor the violation rule alone stopped at twice
+    scikit-learn's error (24,000 x 600 gamma-planted, 1% noise: 14 iterations, 0.0188 vs 0.0081).
+    MU: every 10 iterations, the error decreased by less than ``tol`` times the initial error
+    since the last check.
     """
     if config.tol <= 0:
         return False
     if config.solver == "hals":
-        return bool(violations) and (violations[0] == 0 or violations[-1] <= config.tol * violations[0])
+        if not violations or (violations[0] != 0 and violations[-1] > config.tol * violations[0]):
+            return False
+        return violations[0] == 0 or (len(errors) > MU_CHECK_EVERY and
+                                      errors[-1 - MU_CHECK_EVERY] - errors[-1] < config.tol * errors[0])
     if len(errors) < MU_CHECK_EVERY + 1 or len(errors) % MU_CHECK_EVERY:
         return False
     return (errors[-1 - MU_CHECK_EVERY] - errors[-1]) / max(error_at_init, 1e-300) < config.tol
