@@ -13,7 +13,7 @@ import zarr
 from distnmf_api.errors import PathRefused, Unprocessable
 from distnmf_api.jobstore import JobStore, StoredMatrix
 from distnmf_api.layout import DataDir
-from distnmf_api.runner import Cluster
+from distnmf_api.job_runner import Cluster
 from distnmf_api.schemas import MatrixFormat
 from distnmf_api.tasks import check_rows
 from distnmf.ingest import ingest_array

@@ -13,7 +13,7 @@ from distnmf_api import errors, guards
 from distnmf_api.deps import require_token
 from distnmf_api.jobstore import JobStore
 from distnmf_api.routers import health, jobs, matrices, results
-from distnmf_api.runner import Cluster, JobRunner
+from distnmf_api.job_runner import Cluster, JobRunner
 from distnmf_api.serving import Served
 from distnmf_api.settings import Settings
 from distnmf import __version__

@@ -348,7 +348,7 @@ def recommend(factors: Factors, matrix: Matrix | str | os.PathLike, key: str | i
 # --------------------------------------------------------------------------- new rows and ranks
 
 
-def fold_in(factors: Factors, X_new: Any, similar_k: int = 0, *, cache: IndexCache | None = None,
+def transform(factors: Factors, X_new: Any, similar_k: int = 0, *, cache: IndexCache | None = None,
             method: str = "auto") -> tuple[np.ndarray, list[list[Hit]]]:
     """Coefficients of new rows with H fixed, and optionally their nearest stored rows.
 

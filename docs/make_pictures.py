@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from distnmf import open_factors, synth
-from distnmf.analysis import cooccurring, fold_in, recommend, similar, top_components
+from distnmf.analysis import cooccurring, recommend, similar, top_components, transform
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "docs" / "images"
@@ -184,7 +184,7 @@ def digits(work: Path) -> None:
     publish(work / "digits-plots" / "components.png", "digits_components.png")
     publish(work / "digits-plots" / "reconstruction.png", "digits_reconstruction.png")
     factors = open_factors(work / "digits.nmf.zarr")
-    _, neighbours = fold_in(factors, pixels[1700:].astype(np.float32), similar_k=1)
+    _, neighbours = transform(factors, pixels[1700:].astype(np.float32), similar_k=1)
     same = np.mean([hits[0].label.split("/")[0] == str(y) for hits, y in zip(neighbours, data.target[1700:])])
     print(f">>> fold-in: {same:.0%} of the 97 held-out digits have a nearest stored digit of their class")
 

@@ -108,11 +108,11 @@ def test_recommend_excludes_seen(data):
 def test_fold_in_recovers_rows(data):
     _, W, H, _, factors = data
     X_new = W[[10, 20]] @ H
-    W_new, neighbours = analysis.fold_in(factors, X_new, similar_k=3)
+    W_new, neighbours = analysis.transform(factors, X_new, similar_k=3)
     assert W_new.shape == (2, K)
     np.testing.assert_allclose(W_new @ H, X_new, rtol=0.05, atol=0.05)
     assert [n[0].index for n in neighbours] == [10, 20]
-    one, none = analysis.fold_in(factors, X_new[0])
+    one, none = analysis.transform(factors, X_new[0])
     assert one.shape == (1, K) and none == [[]]
 
 
@@ -174,7 +174,7 @@ def test_fold_in_uses_the_fit_and_finds_the_row_itself(data, tmp_path, params):
     factors = factorize(matrix, tmp_path / "fit.zarr", n_components=K, max_iter=80, random_state=0, **params)
     assert factors.attrs["params"].get("beta_loss", "frobenius") == params.get("beta_loss", "frobenius")
     rows = [2, 30]
-    W_new, neighbours = analysis.fold_in(factors, sp.csr_array(X[rows]), similar_k=2)
+    W_new, neighbours = analysis.transform(factors, sp.csr_array(X[rows]), similar_k=2)
     stored = factors.read_W()[rows]
     if params:
         # KL: the fold-in optimizes the fit's own loss: no worse than the stored rows, and better

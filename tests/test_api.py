@@ -100,7 +100,7 @@ def test_full_flow_matches_library(client, service, pixels, tags) -> None:
     assert len(job.similar(3, k=4, axis="columns")) == 4
 
     coefficients, near = job.transform(X[:3], similar_k=2)
-    library, library_near = analysis.fold_in(factors, X[:3], similar_k=2)
+    library, library_near = analysis.transform(factors, X[:3], similar_k=2)
     np.testing.assert_allclose(coefficients, library, rtol=1e-4, atol=1e-5)
     assert [h.index for h in near[0]] == [h.index for h in library_near[0]]
 

@@ -22,7 +22,7 @@ from scipy.stats import spearmanr
 from typer.testing import CliRunner
 
 from distnmf import factorize, open_factors, open_matrix, synth
-from distnmf.analysis import cooccurring, fold_in, recommend, similar, top_components
+from distnmf.analysis import cooccurring, recommend, similar, top_components, transform
 from distnmf.cli import app
 from distnmf.ingest import ingest_images, ingest_tags, seed_idf
 from distnmf.init import truncated_svd
@@ -292,6 +292,6 @@ def test_latent_faces_of_real_digits_folder(tmp_path: Path) -> None:
             assert img.size == (8, 8)
 
     # fold-in of held-out digits: their nearest stored digit is of the same class for most
-    _, neighbours = fold_in(factors, pixels[held].astype(np.float32), similar_k=1)
+    _, neighbours = transform(factors, pixels[held].astype(np.float32), similar_k=1)
     same = [hits[0].label.split("/")[0] == str(y) for hits, y in zip(neighbours, digits.target[held])]
     assert np.mean(same) >= 0.85, f"{np.mean(same):.0%} of held-out digits found their class"

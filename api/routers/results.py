@@ -17,7 +17,7 @@ from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, ServedDep, Settings
 from distnmf_api.errors import Unprocessable
 from distnmf_api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, LabelRow, Similar, SparseRow, \
     TransformRequest, TransformResult
-from distnmf_api.runner import Cluster
+from distnmf_api.job_runner import Cluster
 from distnmf_api.settings import Settings
 from distnmf import analysis, plots
 from distnmf.factors import Factors
@@ -167,7 +167,7 @@ def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep
     _check_k(settings, "similar_k", body.similar_k)
     X = _new_rows(body.rows, factors)
     with _query(cluster):
-        W, neighbours = analysis.fold_in(factors, X, similar_k=min(body.similar_k, factors.shape[0]),
+        W, neighbours = analysis.transform(factors, X, similar_k=min(body.similar_k, factors.shape[0]),
                                          cache=served.indexes)
     return TransformResult(coefficients=W.tolist(), similar=neighbours)
 
