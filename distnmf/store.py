@@ -101,7 +101,8 @@ def check_rank(k: int, shape: Sequence[int], name: str = "n_components") -> int:
     """``k`` when it is a rank a matrix of ``shape`` can have (1 <= k <= min(shape)), else ValueError."""
     n_rows, n_cols = (int(s) for s in shape)
     if not 1 <= k <= min(n_rows, n_cols):
-        raise ValueError(f"{name} must be in 1..{min(n_rows, n_cols)} for a {n_rows}x{n_cols} matrix, got {k}")
+        raise ValueError(f"{name} must be in 1..{min(n_rows, n_cols)} for a {n_rows}x{n_cols} matrix "
+                         f"(a rank is at most min(n_rows, n_cols)), got {k}")
     return k
 
 
