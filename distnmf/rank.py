@@ -277,7 +277,6 @@ def _fit_and_test(runner: Any, base: BlockSource, read: Any, holdout: HoldOut, k
     model = NMF(n_components=k, missing="unobserved", random_state=seed, **nmf_params)
     model._validate_params()
     config = model._config(train, None, None)
-    config.run_name = f"cv-k{k}"
     result = fit_blocks(runner, train, config)
     refs = [BlockRef(read, a, b) for a, b in zip(base.bounds[:-1], base.bounds[1:])]
     test_sq, n_test, n_train = runner.reduce(runner.map(

@@ -4,6 +4,7 @@ cluster); ``distnmf sweep --cv`` prints the table and draws the plot."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import warnings
 
@@ -63,7 +64,7 @@ def test_planted_rank_is_recovered(rank, observed):
     assert report.best_k == rank and report.one_se_k in (rank - 1, rank), report.table
     assert recovered(report, rank) >= 2, report.test_rmse
     train = [r["train_rmse"] for r in report.table]
-    assert all(a > b for a, b in zip(train, train[1:]))  # training error keeps falling
+    assert all(a > b for a, b in itertools.pairwise(train))  # training error keeps falling
     assert report.table[-1]["test_rmse"] > report.table[2]["test_rmse"]  # held-out error does not
 
 

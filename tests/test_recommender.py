@@ -107,7 +107,7 @@ def held_out(request, tmp_path_factory):
 
 
 def test_masked_nmf_beats_the_baselines_and_zero_filling(held_out):
-    name, rows, truth, predictions = held_out
+    name, _, truth, predictions = held_out
     errors = {method: rmse(p, truth) for method, p in predictions.items()}
     masked = errors.pop("masked NMF")
     assert masked < 0.97 * min(errors["global mean"], errors["item mean"], errors["user+item bias"]), (name, masked, errors)
