@@ -373,7 +373,8 @@ def transform(factors: Factors, X_new: Any, similar_k: int = 0, *, cache: IndexC
     if hasattr(X_new, "shape") and len(X_new.shape) == 2 and X_new.shape[1] != factors.shape[1]:
         raise ValueError(f"X_new has {X_new.shape[1]} columns but the factors have {factors.shape[1]}")
     params = dict(factors.attrs.get("params", {}))
-    fold_params = {name: params[name] for name in ("beta_loss", "solver", "alpha_W", "l1_ratio") if name in params}
+    fold_params = {name: params[name] for name in ("beta_loss", "solver", "alpha_W", "l1_ratio", "missing")
+                   if name in params}
     W_new = np.asarray(fold_in_rows(X_new, factors.H, **fold_params), dtype=np.float32)
     if similar_k < 0:
         raise ValueError(f"similar_k must be >= 0, got {similar_k}")

@@ -128,6 +128,9 @@ def fit(
                                                  "Default: STORE's name with .nmf-k<K>.zarr.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing factors store.")] = False,
     missing: MissingOpt = "zero",
+    alpha: Annotated[float, typer.Option("--alpha", help="Regularization of W and H (alpha_W = alpha_H), with "
+                                         "scikit-learn's scaling; with --missing unobserved, per observed "
+                                         "entry (0.1 suits 1-5 star ratings).")] = 0.0,
 ) -> None:
     """Factorize a matrix store X ≈ W H and write W, H, labels and the error history.
 
@@ -141,7 +144,8 @@ def fit(
     check_rank(k, matrix.shape, "-k")
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
-    params = {**_fit_params(solver, init, beta_loss, max_iter, tol, random_state), "missing": missing}
+    params = {**_fit_params(solver, init, beta_loss, max_iter, tol, random_state), "missing": missing,
+              "alpha_W": alpha}
     started = time.perf_counter()
     with scheduler_client(scheduler), _convergence_notes(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                        TextColumn("rel. error {task.fields[error]}"), TimeElapsedColumn(),

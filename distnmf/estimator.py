@@ -23,8 +23,8 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
-from distnmf import kernels
-from distnmf.driver import FitConfig, FitResult, _stats_task, fit_blocks, write_w
+from distnmf import kernels, masked
+from distnmf.driver import FitConfig, FitResult, _masked_stats_task, _stats_task, fit_blocks, write_w
 from distnmf.init import resolve_init
 from distnmf.runner import Runner, make_runner
 from distnmf.source import BlockSource, as_source, materialize
@@ -281,7 +281,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         try:
             source = self._source(X, reset=False, n_blocks_hint=_blocks_hint(runner, X))
             results = transform_blocks(runner, source, self.components_, kernels.beta_to_float(self.beta_loss),
-                                       self.solver, self.max_iter, self.tol, self.alpha_W, self.l1_ratio)
+                                       self.solver, self.max_iter, self.tol, self.alpha_W, self.l1_ratio,
+                                       self.missing)
             w_handles = runner.select(results, 0, "nmf-fold-in-W")
             n_iter = max(runner.gather(runner.select(results, 1, "nmf-fold-in-sweeps")))
             if source.out_of_core:
@@ -380,12 +381,17 @@ def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: floa
 
 
 def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: float, solver: str,
-                     max_iter: int, tol: float, alpha_W: float = 0.0, l1_ratio: float = 0.0) -> list[Any]:
+                     max_iter: int, tol: float, alpha_W: float = 0.0, l1_ratio: float = 0.0,
+                     missing: str = "zero") -> list[Any]:
     """Fold-in over row blocks for fixed H (k, n), with the W regularization of scikit-learn
-    (``alpha_W * n_features``, split by ``l1_ratio``): per-block handles of (W_i, sweeps done)."""
+    (``alpha_W * n_features``, split by ``l1_ratio``): per-block handles of (W_i, sweeps done).
+    ``missing="unobserved"``: each row's problem is over its observed entries only."""
     n = source.shape[1]
     l1, l2 = n * alpha_W * l1_ratio, n * alpha_W * (1 - l1_ratio)
     x_handles = runner.load(source, keep=False)
+    if missing == "unobserved":
+        return _masked_transform(runner, source, x_handles, np.asarray(H, dtype=np.float32), max_iter, tol, l1 / n,
+                                 l2 / n)
     x_sum = runner.reduce(runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1])),
                              "nmf-reduce-stats")[1]
     H = np.asarray(H, dtype=np.float32)
@@ -394,13 +400,31 @@ def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: f
                       shared=(runner.broadcast(H), H @ H.T, avg, beta, solver, max_iter, tol, l1, l2))
 
 
+def _masked_transform(runner: Runner, source: BlockSource, x_handles: list[Any], H: np.ndarray, max_iter: int,
+                      tol: float, l1: float, l2: float) -> list[Any]:
+    starts = list(source.bounds[:-1])
+    stats = runner.map("nmf-check-X", _masked_stats_task, x_handles, [None] * len(x_handles), starts)
+    _, x_sum, n_observed, _ = runner.reduce(stats, "nmf-reduce-stats")
+    avg = float(np.sqrt(max(x_sum, 0.0) / n_observed / H.shape[0]))
+    return runner.map("nmf-fold-in", _masked_fold_in_task, x_handles, starts,
+                      shared=(runner.broadcast(H), H @ H.T, avg, max_iter, tol, l1, l2))
+
+
+def _masked_fold_in_task(x: Any, start: int, H: np.ndarray, HHt: np.ndarray, avg: float, max_iter: int, tol: float,
+                         l1: float, l2: float) -> tuple[np.ndarray, int]:
+    return masked.fold_in_rows(masked.masked_block(materialize(x), None, start), H, HHt, avg, max_sweeps=max_iter,
+                               tol=tol, l1=l1, l2=l2)
+
+
 def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", solver: str | None = None,
-            max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0) -> np.ndarray:
+            max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0,
+            missing: str = "zero") -> np.ndarray:
     """Coefficients W (r, k) of new rows X_new (r, n) with H (k, n) fixed.
 
     Uses HALS for the Frobenius loss and multiplicative updates otherwise (or ``solver``);
     ``alpha_W`` and ``l1_ratio`` regularize W as in the fit. X_new may be numpy,
-    scipy.sparse, a Dask array, a Matrix or a store path.
+    scipy.sparse, a Dask array, a Matrix or a store path. ``missing="unobserved"``: only stored
+    (sparse) or non-NaN (dense) entries of X_new are data, as in a masked fit.
     """
     H = np.asarray(H, dtype=np.float32)
     if H.ndim != 2:
@@ -414,7 +438,7 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
         source = as_source(X_new, n_blocks_hint=_blocks_hint(runner, X_new))
         if source.shape[1] != H.shape[1]:
             raise ValueError(f"X_new has {source.shape[1]} columns but H has {H.shape[1]}")
-        results = transform_blocks(runner, source, H, beta, solver, max_iter, tol, alpha_W, l1_ratio)
+        results = transform_blocks(runner, source, H, beta, solver, max_iter, tol, alpha_W, l1_ratio, missing)
         return np.concatenate(runner.gather(runner.select(results, 0, "nmf-fold-in-W")))
     finally:
         runner.close()

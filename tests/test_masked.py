@@ -151,3 +151,17 @@ def test_weights_are_checked():
         distnmf.NMF(3, missing="unobserved").fit(S, entry_weights=sp.random(240, 70, density=0.1, format="csr"))
     with pytest.raises(ValueError, match="entry_weights has a negative value"):
         distnmf.NMF(3, missing="unobserved").fit(X, entry_weights=-np.ones_like(X))
+
+
+def test_transform_folds_in_observed_entries_only():
+    X = planted(noise=0.0)
+    Xn, missing = with_missing(X, 0.4)
+    W, model = fit(Xn, missing="unobserved")
+    # new rows: the fitted rows with a different 40% hidden; their coefficients predict the hidden entries
+    X_new, hidden = with_missing(X, 0.4, seed=5)
+    W_new = model.transform(X_new)
+    predicted = W_new @ model.components_
+    assert np.sqrt(np.mean((predicted[hidden] - X[hidden]) ** 2)) < 0.01 * np.sqrt(np.mean(X**2))
+    np.testing.assert_allclose(model.transform(X_new[:5]), W_new[:5], rtol=1e-5, atol=1e-6)  # rows on their own
+    W_sparse = distnmf.fold_in(observed_csr(X, hidden), model.components_, missing="unobserved")
+    np.testing.assert_allclose(W_sparse, W_new, rtol=1e-2, atol=1e-3)  # same problems, to the fold-in tol
