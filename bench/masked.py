@@ -36,10 +36,17 @@ import scipy.sparse as sp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import distnmf  # noqa: E402
-from distnmf import synth  # noqa: E402
-from distnmf.store import open_matrix  # noqa: E402
-from test_recommender import baseline_predictions, biased_ratings, ndcg_at_10, rmse, split  # noqa: E402
+from test_recommender import (
+    baseline_predictions,
+    biased_ratings,
+    ndcg_at_10,
+    rmse,
+    split,
+)
+
+import distnmf
+from distnmf import synth
+from distnmf.store import open_matrix
 
 
 def _fit(train: sp.csr_array, k: int, **params) -> tuple[np.ndarray, np.ndarray, float]:
@@ -195,7 +202,7 @@ def large(data: Path, quick: bool) -> None:
                                                                    {"missing": "unobserved", "alpha_W": 0.1})):
             times: list[float] = []
             model = distnmf.NMF(10, init="random", random_state=0, max_iter=4, tol=0, keep_in_memory=False,
-                                callback=lambda i, e, elapsed: times.append(elapsed), **params)
+                                callback=lambda i, e, elapsed, times=times: times.append(elapsed), **params)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model.fit(path)

@@ -155,8 +155,8 @@ def test_weights_are_checked():
 
 def test_transform_folds_in_observed_entries_only():
     X = planted(noise=0.0)
-    Xn, missing = with_missing(X, 0.4)
-    W, model = fit(Xn, missing="unobserved")
+    Xn, _ = with_missing(X, 0.4)
+    _, model = fit(Xn, missing="unobserved")
     # new rows: the fitted rows with a different 40% hidden; their coefficients predict the hidden entries
     X_new, hidden = with_missing(X, 0.4, seed=5)
     W_new = model.transform(X_new)
