@@ -35,7 +35,7 @@ class ClusterUnavailable(ServiceError):
     """No Dask scheduler is reachable right now (503; retry once ``/health`` is ``ok``)."""
 
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    headers = {"Retry-After": "5"}
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
 
 
 async def _answer(request: Request, exc: Exception) -> JSONResponse:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Self
+
 
 class DataDirInUse(OSError):
     """Another live process holds the data directory's lock."""
@@ -47,7 +49,7 @@ class DataDirLock:
             os.close(self._fd)  # closing the descriptor drops the flock
             self._fd = None
 
-    def __enter__(self) -> DataDirLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

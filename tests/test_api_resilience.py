@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
+from conftest import free_port
 
 from distnmf_api.server import BackgroundServer
 from distnmf_api.settings import Settings
 from distnmf import NMF
 from distnmf.client import Client
-from conftest import free_port
 
 DISTNMF = str(Path(sys.executable).with_name("distnmf"))
 
@@ -41,7 +40,7 @@ def test_job_survives_worker_loss_and_a_scheduler_restart(dask_processes, tmp_pa
     dask_processes.start_workers(2)
     dask_processes.wait_for_workers(2)
     X = np.random.default_rng(7).random((3000, 120), dtype=np.float32)
-    params = dict(n_components=6, max_iter=80, tol=0.0, random_state=0, init="random")
+    params = {"n_components": 6, "max_iter": 80, "tol": 0.0, "random_state": 0, "init": "random"}
     settings = Settings(data_dir=tmp_path / "data", scheduler=dask_processes.address)
     with BackgroundServer(settings) as server, Client(server.url, retries=0) as client:
         matrix = client.upload(X, name="random")
@@ -78,16 +77,16 @@ def test_second_service_on_the_same_data_dir_is_refused(dask_cluster, tmp_path) 
     env = {**os.environ, "DISTNMF_DATA_DIR": str(tmp_path), "DISTNMF_SCHEDULER": dask_cluster.scheduler_address}
     with BackgroundServer(settings):
         second = subprocess.run([DISTNMF, "serve", "--port", str(free_port())], env=env, capture_output=True,
-                                text=True, timeout=120)
+                                text=True, timeout=120, check=False)
     assert second.returncode == 1
     assert (f"error: the data directory {tmp_path} is in use by another distnmf service (process {os.getpid()}"
             in second.stderr), second.stderr
     assert "Traceback" not in second.stderr
 
     # a lock left by a process that died (SIGKILL) does not block the next service
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from pathlib import Path; from distnmf_api.lock import DataDirLock; "
-                               f"DataDirLock(Path({str(settings.layout.lock)!r})).acquire(); print('locked', flush=True); "
-                               "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    hold = ("import time; from pathlib import Path; from distnmf_api.lock import DataDirLock; "
+            f"DataDirLock(Path({str(settings.layout.lock)!r})).acquire(); print('locked', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
     finally:
