@@ -50,7 +50,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     tol : float, default=1e-4
         Tolerance of the stopping rule, with scikit-learn's meaning per solver. ``hals`` (like
         scikit-learn's ``cd``): stop when the projected-gradient violation falls below ``tol``
-        times the first iteration's. ``mu``: stop when, over 10 iterations, the error decreased
+        times the first iteration's and the error decreased by less than ``tol`` times the first
+        iteration's error over the last 10 iterations. ``mu``: stop when, over 10 iterations, the error decreased
         by less than ``tol`` times the initial error. 0 runs exactly ``max_iter`` iterations.
     max_iter : int, default=200
     random_state : int, RandomState or None
