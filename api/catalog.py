@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
@@ -16,6 +15,7 @@ from distnmf_api.layout import DataDir
 from distnmf_api.job_runner import Cluster
 from distnmf_api.schemas import MatrixFormat
 from distnmf_api.tasks import check_rows
+from distnmf import storage
 from distnmf.ingest import ingest_array
 from distnmf.ingest.limits import IngestLimits
 from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
@@ -23,12 +23,8 @@ from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
 SUFFIXES = {MatrixFormat.npy: ".npy", MatrixFormat.npz: ".npz", MatrixFormat.mtx: ".mtx", MatrixFormat.csv: ".csv"}
 
 
-def resolve_inside(data: DataDir, relative: str) -> Path:
-    """The existing path ``relative`` names inside ``data_dir``; 400 if it could lead outside.
-
-    Absolute paths, ``..`` components and symlinks whose target is outside the data directory
-    (the path itself, a parent, or any entry inside a store directory) are all refused.
-    """
+def _plain_relative(relative: str) -> PurePosixPath:
+    """``relative`` as a POSIX path that cannot leave the root it is joined to; refused otherwise."""
     if "\x00" in relative or relative.startswith("~"):
         raise PathRefused(f"path {relative!r} is not a plain relative path inside the data directory")
     posix = PurePosixPath(relative.replace("\\", "/"))
@@ -36,7 +32,34 @@ def resolve_inside(data: DataDir, relative: str) -> Path:
         raise PathRefused(f"path {relative!r} is absolute; give a path relative to the data directory")
     if ".." in posix.parts:
         raise PathRefused(f"path {relative!r} contains '..'; paths must stay inside the data directory")
-    root = data.root.resolve()
+    return posix
+
+
+def _resolve_in_url_root(root: str, relative: str) -> str:
+    """The published store ``relative`` (or a full URL inside ``root``) names under a URL root."""
+    if storage.is_url(relative):
+        if not relative.startswith(root + "/"):
+            raise PathRefused("the URL is outside the service's storage root; give a path relative to it")
+        relative = relative[len(root) + 1:]
+    posix = str(_plain_relative(relative)).strip("/")
+    target = storage.join(root, posix)
+    if posix in ("", ".") or not storage.exists(target):
+        raise PathRefused(f"nothing at {relative!r} in the storage root")
+    return str(target)
+
+
+def resolve_inside(data: DataDir, relative: str) -> storage.Location:
+    """The existing location ``relative`` names inside the storage root (the data directory
+    unless ``DISTNMF_STORAGE_ROOT``); refused if it could lead outside.
+
+    Absolute paths, ``..`` components and symlinks whose target is outside the root (the path
+    itself, a parent, or any entry inside a store directory) are all refused. Under a URL root,
+    ``relative`` may also be a full URL inside it.
+    """
+    if not isinstance(data.store_root, Path):
+        return _resolve_in_url_root(data.store_root, relative)
+    posix = _plain_relative(relative)
+    root = data.store_root.resolve()
     target = (root / posix).resolve()
     if not target.is_relative_to(root):
         raise PathRefused(f"path {relative!r} leads outside the data directory (through a symlink)")
@@ -79,7 +102,8 @@ def redact(text: str, data: DataDir, names: dict[Path, str]) -> str:
     then any other path under the data directory becomes relative to it."""
     for path, name in sorted(names.items(), key=lambda item: -len(str(item[0]))):
         text = text.replace(str(path), name)
-    for root in sorted({str(data.root.resolve()), str(data.root.absolute()), str(data.root)}, key=len, reverse=True):
+    roots = {str(data.root.resolve()), str(data.root.absolute()), str(data.root), str(data.store_root)}
+    for root in sorted(roots, key=len, reverse=True):
         text = re.sub(re.escape(root.rstrip("/")) + "/?", "", text)
     return text
 
@@ -89,7 +113,7 @@ def register(store: JobStore, cluster: Cluster, data: DataDir, relative: str, fm
     """Register a store (or ingest a file) found at ``relative`` inside the data directory."""
     source = resolve_inside(data, relative)
     matrix_id = uuid.uuid4().hex[:16]
-    name = name or source.name
+    name = name or storage.name_of(source)
     if fmt == MatrixFormat.zarr:
         try:
             matrix = open_matrix(source)
@@ -97,6 +121,9 @@ def register(store: JobStore, cluster: Cluster, data: DataDir, relative: str, fm
         except (ValueError, FileNotFoundError) as exc:
             raise Unprocessable(redact(str(exc), data, {source: relative})) from None
         return store.add_matrix(_record(matrix_id, name, data.relative(source), fmt, False, matrix))
+    if not isinstance(source, Path):
+        raise PathRefused(f"format {fmt} files are read from a local storage root only: upload the file, "
+                          f"or store it as Zarr under the storage root")
     if not source.is_file():
         raise PathRefused(f"{relative!r} is not a file; format {fmt} needs a {SUFFIXES[fmt]} file")
     return ingest(store, data, source, fmt, matrix_id, relative, limits, name=name)
@@ -134,7 +161,7 @@ def ingest(store: JobStore, data: DataDir, source: Path, fmt: MatrixFormat, matr
     return store.add_matrix(_record(matrix_id, name, data.relative(final), fmt, True, open_matrix(final)))
 
 
-def _add_metadata(path: Path, matrix: Matrix, limits: IngestLimits, row_labels: IO[bytes] | None,
+def _add_metadata(path: storage.Location, matrix: Matrix, limits: IngestLimits, row_labels: IO[bytes] | None,
                   col_labels: IO[bytes] | None, image_shape: list[int] | None) -> None:
     group = zarr.open_group(path, mode="r+")
     if row_labels is not None:
@@ -155,4 +182,4 @@ def delete(store: JobStore, data: DataDir, matrix: StoredMatrix) -> None:
     """Forget a matrix; stores the service ingested itself are removed from disk."""
     store.delete_matrix(matrix.id)
     if matrix.owned:
-        shutil.rmtree(data.path(matrix.path), ignore_errors=True)
+        storage.remove(data.path(matrix.path))

@@ -20,13 +20,12 @@ dead threads.
 from __future__ import annotations
 
 import logging
-import shutil
 import sqlite3
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from distnmf import storage
 from distnmf_api.errors import ClusterUnavailable
 from distnmf_api.jobstore import JobStore
 from distnmf_api.settings import Settings
@@ -284,9 +283,9 @@ class JobRunner:
         self._record_end(job_id, status, message)
         if status != JobStatus.queued:
             self._losses.pop(job_id, None)
-            shutil.rmtree(self.settings.layout.checkpoint(job_id), ignore_errors=True)
+            storage.remove(self.settings.layout.checkpoint(job_id))
         if status == JobStatus.cancelled:
-            shutil.rmtree(self.settings.layout.factors(job_id), ignore_errors=True)
+            storage.remove(self.settings.layout.factors(job_id))
 
     def _attempt(self, job: JobRecord, running: _Running) -> tuple[JobStatus, str | None]:
         """Fit the job; the status to record and why (queued: it resumes later)."""
@@ -295,7 +294,7 @@ class JobRunner:
         if matrix is None:
             return JobStatus.failed, f"matrix {job.matrix_id} was deleted"
         checkpoint = self.settings.layout.checkpoint(job_id)
-        resume = checkpoint if checkpoint.exists() else None
+        resume = checkpoint if storage.exists(checkpoint) else None
         history: list[float] = list(job.error_history) if resume else []
         if resume is None:
             self._record_progress(job_id, 0, None, history)
@@ -319,15 +318,14 @@ class JobRunner:
         log.info("job %s succeeded", job_id)
         return JobStatus.succeeded, None
 
-    def _fit(self, source: Path, out: Path, running: _Running, callback: Any, params: dict[str, Any],
-             checkpoint: Path, resume: Path | None) -> None:
+    def _fit(self, source: storage.Location, out: storage.Location, running: _Running, callback: Any,
+             params: dict[str, Any], checkpoint: storage.Location, resume: storage.Location | None) -> None:
         """Connect the job's client (``running.client``; the caller closes it), fit, and build the
         similarity index so that the factors are served from the start."""
         from distnmf import factorize
         from distnmf.index import build_for
 
-        checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out, ignore_errors=True)  # a half-recorded earlier run of this job
+        storage.remove(out)  # a half-recorded earlier run of this job
         try:
             client = self.cluster.connect()
         except OSError as exc:
@@ -442,10 +440,9 @@ class JobRunner:
             log.warning("could not check for orphaned jobs (%s); trying again later", exc)
 
 
-def _stamp(checkpoint: Path) -> tuple[int, int] | None:
-    """Identifies one written checkpoint (each is a new directory renamed into place)."""
+def _stamp(checkpoint: storage.Location) -> str | None:
+    """Identifies one written checkpoint (each is published anew: renamed into place, or copied)."""
     try:
-        stat = checkpoint.stat()
+        return storage.version_token(checkpoint)
     except FileNotFoundError:
         return None
-    return stat.st_ino, stat.st_mtime_ns

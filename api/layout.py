@@ -10,6 +10,9 @@
 <data_dir>/plots/<job>/<name>.png    pictures drawn on request, kept
 <data_dir>/<anything else>           stores and files registered by path
 ```
+With ``DISTNMF_STORAGE_ROOT`` (a folder every worker sees, or a URL such as ``s3://bucket/distnmf``),
+``matrices/``, ``factors/``, ``checkpoints/`` and the stores registered by path live under it
+instead; the SQLite file, uploads in transit and plots stay in the data directory.
 """
 
 from __future__ import annotations
@@ -17,12 +20,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from distnmf import storage
+
 
 @dataclass(frozen=True)
 class DataDir:
-    """Paths under the service's data directory ``root``; matrix records hold paths relative to it."""
+    """Paths under the service's data directory ``root`` and the storage root ``stores`` (default:
+    ``root``); matrix records hold paths relative to ``stores``."""
 
     root: Path
+    stores: storage.Location | None = None
+
+    @property
+    def store_root(self) -> storage.Location:
+        return self.root if self.stores is None else self.stores
 
     @property
     def sqlite(self) -> Path:
@@ -35,22 +46,25 @@ class DataDir:
     def upload(self, matrix_id: str, suffix: str) -> Path:
         return self.root / "uploads" / f"{matrix_id}{suffix}"
 
-    def ingested(self, matrix_id: str) -> Path:
-        return self.root / "matrices" / f"{matrix_id}.zarr"
+    def ingested(self, matrix_id: str) -> storage.Location:
+        return storage.join(self.store_root, "matrices", f"{matrix_id}.zarr")
 
-    def factors(self, job_id: str) -> Path:
-        return self.root / "factors" / f"{job_id}.zarr"
+    def factors(self, job_id: str) -> storage.Location:
+        return storage.join(self.store_root, "factors", f"{job_id}.zarr")
 
-    def checkpoint(self, job_id: str) -> Path:
-        return self.root / "checkpoints" / f"{job_id}.zarr"
+    def checkpoint(self, job_id: str) -> storage.Location:
+        return storage.join(self.store_root, "checkpoints", f"{job_id}.zarr")
 
     def plot(self, job_id: str, name: str) -> Path:
         return self.root / "plots" / job_id / f"{name}.png"
 
-    def path(self, relative: str) -> Path:
-        """The path of a matrix record (relative to the data directory)."""
-        return self.root / relative
+    def path(self, relative: str) -> storage.Location:
+        """The location of a matrix record (relative to the storage root)."""
+        return storage.join(self.store_root, relative)
 
-    def relative(self, path: Path) -> str:
-        """What a matrix record holds for ``path``, a path inside the data directory."""
-        return path.resolve().relative_to(self.root.resolve()).as_posix()
+    def relative(self, location: storage.Location) -> str:
+        """What a matrix record holds for ``location``, inside the storage root."""
+        root = self.store_root
+        if isinstance(root, Path):
+            return Path(location).resolve().relative_to(root.resolve()).as_posix()
+        return str(location).removeprefix(root + "/")

@@ -37,8 +37,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = JobRunner(settings, store, cluster)
         app.state.settings, app.state.store, app.state.cluster, app.state.runner = settings, store, cluster, runner
         runner.start()
-        log.info("distnmf service ready: data in %s, scheduler %s, dashboard %s", settings.data_dir.resolve(),
-                 cluster.address, cluster.dashboard_url)
+        log.info("distnmf service ready: data in %s, stores in %s, scheduler %s, dashboard %s",
+                 settings.data_dir.resolve(), settings.layout.store_root, cluster.address, cluster.dashboard_url)
         try:
             yield
         finally:

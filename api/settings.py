@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from distnmf import storage
 
 from distnmf.ingest.limits import IngestLimits
 from distnmf_api.layout import DataDir
@@ -20,7 +22,12 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="DISTNMF_")
 
-    data_dir: Path = Field(Path("distnmf-data"), description="Matrices, factors and the SQLite file live here.")
+    data_dir: Path = Field(Path("distnmf-data"), description="The SQLite file, uploads in transit and plots live "
+                           "here; also matrices, factors and checkpoints unless storage_root is set.")
+    storage_root: str | None = Field(None, description="Where matrices, factors and checkpoints live when not in "
+                                     "data_dir: a folder every worker sees, or a URL such as s3://bucket/distnmf "
+                                     "(credentials and endpoint from the storage library's environment, e.g. "
+                                     "AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL).")
     scheduler: str | None = Field(None, description="Dask scheduler address; none starts a LocalCluster "
                                                     "secured with temporary TLS certificates.")
     tls_ca_file: Path | None = Field(None, description="CA certificate of an external TLS Dask scheduler.")
@@ -55,10 +62,15 @@ class Settings(BaseSettings):
     approximate_from_rows: int = Field(200_000, ge=0, description="Rows from which similarity queries use a faiss "
                                        "index (HNSW, IVF above 5 M) instead of an exact in-memory scan.")
 
+    @field_validator("storage_root")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        return None if value is None else str(storage.as_location(value))
+
     @property
     def layout(self) -> DataDir:
-        """Where everything lives under ``data_dir``."""
-        return DataDir(self.data_dir)
+        """Where everything lives: under ``data_dir``, stores under ``storage_root`` if set."""
+        return DataDir(self.data_dir, storage.as_location(self.storage_root) if self.storage_root else None)
 
     def limit_error(self, name: str, what: str, value: int) -> str | None:
         """A message naming the limit ``name`` when ``value`` (of ``what``) exceeds it, else None."""

@@ -91,9 +91,10 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
     return path
 
 
-StoreArg = Annotated[Path, typer.Argument(help="Matrix store (.zarr) written by 'distnmf ingest' or save_matrix.",
-                                          show_default=False)]
-ResultsArg = Annotated[Path, typer.Argument(help="Factors store (.zarr) written by 'distnmf fit'.", show_default=False)]
+StoreArg = Annotated[str, typer.Argument(help="Matrix store (.zarr) written by 'distnmf ingest' or save_matrix: "
+                                               "a folder or a URL (s3://bucket/prefix/x.zarr).", show_default=False)]
+ResultsArg = Annotated[str, typer.Argument(help="Factors store (.zarr) written by 'distnmf fit': a folder or a URL.",
+                                           show_default=False)]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786. "
                                                   "Default: run on this machine.")]
 SolverOpt = Annotated[str, typer.Option("--solver", help="hals (Frobenius loss) or mu (any beta loss).")]
@@ -124,8 +125,8 @@ def fit(
     tol: TolOpt = 1e-4,
     random_state: SeedOpt = None,
     scheduler: SchedulerOpt = None,
-    results: Annotated[Path | None, typer.Option("--out", help="Where to write the factors. "
-                                                 "Default: STORE's name with .nmf-k<K>.zarr.")] = None,
+    results: Annotated[str | None, typer.Option("--out", help="Where to write the factors (folder or URL). "
+                                                "Default: STORE's name with .nmf-k<K>.zarr.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing factors store.")] = False,
     missing: MissingOpt = "zero",
     alpha: Annotated[float, typer.Option("--alpha", help="Regularization of W and H (alpha_W = alpha_H), with "
@@ -136,13 +137,14 @@ def fit(
 
     Example: distnmf fit tags.zarr -k 20 --out tags.nmf.zarr --scheduler tcp://head:8786
     """
-    from distnmf import factorize
+    from distnmf import factorize, storage
     from distnmf.store import check_rank, open_matrix
 
     matrix = open_matrix(store)
-    target = results or store.with_name(f"{store.name.removesuffix('.zarr')}.nmf-k{k}.zarr")
+    target = storage.as_location(results or storage.sibling(
+        store, f"{storage.name_of(store).removesuffix('.zarr')}.nmf-k{k}.zarr"))
     check_rank(k, matrix.shape, "-k")
-    if target.exists() and not overwrite:
+    if storage.exists(target) and not overwrite:
         raise FileExistsError(f"{target} already exists; pass --overwrite to replace it")
     params = {**_fit_params(solver, init, beta_loss, max_iter, tol, random_state), "missing": missing,
               "alpha_W": alpha}
@@ -340,7 +342,7 @@ def svd(
 def plot(
     results: ResultsArg,
     directory: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: RESULTS name + '-plots'.")] = None,
-    matrix: Annotated[Path | None, typer.Option("--matrix", help="Source matrix for reconstructions "
+    matrix: Annotated[str | None, typer.Option("--matrix", help="Source matrix for reconstructions "
                                                 "(default: the store the fit read, if it still exists).")] = None,
     rows: Annotated[int, typer.Option("--rows", help="How many rows to show original vs reconstruction for.")] = 4,
 ) -> None:
@@ -349,11 +351,13 @@ def plot(
 
     Example: distnmf plot faces.nmf.zarr --out faces-plots
     """
+    from distnmf import storage
     from distnmf.factors import open_factors
     from distnmf.plots import plot_all
 
     factors = open_factors(results)
-    target = directory or results.with_name(f"{results.name.removesuffix('.zarr')}-plots")
+    name = f"{storage.name_of(results).removesuffix('.zarr')}-plots"
+    target = directory or (Path(name) if storage.is_url(results) else Path(results).with_name(name))
     with err.status("drawing ..."):
         written = plot_all(factors, target, matrix=matrix, n_rows=rows)
     for name, paths in written.items():

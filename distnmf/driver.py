@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 
-from distnmf import kernels, masked
+from distnmf import kernels, storage, masked
 from distnmf.init import nndsvd_init, random_init
 from distnmf.source import BlockRef, BlockSource, materialize
 from distnmf.store import atomic_path, check_block, check_safe
@@ -447,7 +447,7 @@ def write_w(runner: Runner, w_handles: list[Any], bounds: tuple[int, ...], group
 def write_checkpoint(runner: Runner, path: str | Path, w_handles: list[Any], H: np.ndarray,
                      bounds: tuple[int, ...], iteration: int, errors: list[float], config: FitConfig) -> None:
     """Atomically replace the checkpoint at ``path`` with W, H, the iteration and errors."""
-    with atomic_path(Path(path), overwrite=True) as tmp:
+    with atomic_path(path, overwrite=True) as tmp:
         group = zarr.open_group(tmp, mode="w", zarr_format=3)
         group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
         write_w(runner, w_handles, bounds, tmp, H.shape[0])
@@ -458,8 +458,8 @@ def write_checkpoint(runner: Runner, path: str | Path, w_handles: list[Any], H: 
 
 def read_checkpoint(path: str | Path, shape: tuple[int, int], k: int) -> dict[str, Any]:
     """Load H, the iteration and the errors of a checkpoint, checking it fits X and k."""
-    path = Path(path)
-    if not path.exists():
+    path = storage.as_location(path)
+    if not storage.exists(path):
         raise FileNotFoundError(f"resume: no checkpoint at {path}")
     group = zarr.open_group(path, mode="r")
     check_safe(group, path)

@@ -23,12 +23,12 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
-from distnmf import kernels, masked
+from distnmf import kernels, masked, storage
 from distnmf.driver import FitConfig, FitResult, _masked_stats_task, _stats_task, fit_blocks, write_w
 from distnmf.init import resolve_init
 from distnmf.runner import Runner, make_runner
 from distnmf.source import BlockSource, as_source, materialize
-from distnmf.store import Matrix, atomic_path, check_block
+from distnmf.store import Location, Matrix, atomic_path, check_block
 
 IN_MEMORY_TYPES = (np.ndarray, list, tuple)
 
@@ -61,15 +61,16 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         Print one progress line per iteration.
     callback : callable(iteration, relative_error, elapsed_seconds) or None
         Called after each iteration; an exception raised in it aborts the fit.
-    checkpoint : path or None
-        Zarr group to write W, H, the iteration and the error history to, atomically.
+    checkpoint : path, URL or None
+        Zarr group to write W, H, the iteration and the error history to, atomically (a local
+        path or an fsspec URL such as ``s3://bucket/prefix/ckpt.zarr``).
     checkpoint_every : int, default=10
-    resume : path or None
+    resume : path, URL or None
         Checkpoint to continue from (W, H and iteration count are taken from it).
     keep_in_memory : bool or "auto", default="auto"
         Keep X's row blocks in (cluster) memory between iterations; "auto" does so when they
         take at most 40% of the memory available, otherwise they are re-read every pass.
-    W_store : path or None
+    W_store : path, URL or None
         Where ``fit_transform`` writes W for out-of-core input (a Zarr group with array ``W``);
         None uses a new temporary directory. In-memory input returns W as a numpy array.
     missing : {"zero", "unobserved"}, default="zero"
@@ -265,7 +266,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     def _output_w(self, runner: Runner, result: FitResult, source: BlockSource) -> np.ndarray | da.Array:
         if not source.out_of_core and self.W_store is None:
             return np.concatenate(runner.gather(result.w_handles)).astype(self._dtype, copy=False)
-        path = Path(self.W_store) if self.W_store is not None else Path(tempfile.mkdtemp(prefix="distnmf-W-")) / "W.zarr"
+        path = (storage.as_location(self.W_store) if self.W_store is not None
+                else Path(tempfile.mkdtemp(prefix="distnmf-W-")) / "W.zarr")
         write_w_store(runner, result.w_handles, source.bounds, path, result.H.shape[0])
         return da.from_zarr(str(path), component="W")
 
@@ -448,7 +450,7 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
 # --------------------------------------------------------------------------- helpers
 
 
-def write_w_store(runner: Runner, w_handles: list[Any], bounds: tuple[int, ...], path: Path, k: int) -> None:
+def write_w_store(runner: Runner, w_handles: list[Any], bounds: tuple[int, ...], path: Location, k: int) -> None:
     """Write W blocks to a new Zarr group at ``path`` (array ``W``), atomically."""
     with atomic_path(path, overwrite=True) as tmp:
         zarr.open_group(tmp, mode="w", zarr_format=3)

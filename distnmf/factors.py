@@ -17,14 +17,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import zarr
 
-from distnmf.store import Matrix, _as_str_array, _write_labels, atomic_path, check_safe, open_matrix
+from distnmf import storage
+from distnmf.store import Location, Matrix, _as_str_array, _write_labels, atomic_path, check_safe, open_matrix
 
 FACTORS_VERSION = 1
 ATTRS_KEY = "distnmf_factors"
@@ -34,7 +34,7 @@ ATTRS_KEY = "distnmf_factors"
 class Factors:
     """A lazy view of stored factors. ``W`` stays on disk; ``H`` and the labels are small, loaded once."""
 
-    path: Path
+    path: Location
     shape: tuple[int, int]
     n_components: int
     attrs: dict[str, Any]
@@ -86,7 +86,7 @@ def save_factors(path: str | os.PathLike, W: np.ndarray | da.Array, H: np.ndarra
                  row_labels: Sequence[Any] | None = None, col_labels: Sequence[Any] | None = None,
                  attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Factors:
     """Write W (n_rows, k) and H (k, n_cols) atomically; W may be a Dask array (written in parallel)."""
-    path = Path(path)
+    path = storage.as_location(path)
     H = np.asarray(H, dtype=np.float32)
     if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[0]:
         raise ValueError(f"W {W.shape} and H {H.shape} do not form a factorization (W.shape[1] != H.shape[0])")
@@ -128,8 +128,8 @@ def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
     """
     from distnmf.estimator import NMF  # the engine; reading factors does not need it
 
-    out = Path(out)
-    if out.exists() and not overwrite:
+    out = storage.as_location(out)
+    if storage.exists(out) and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True to replace it")
     if isinstance(source, (str, os.PathLike)):
         source = open_matrix(source)
@@ -162,8 +162,8 @@ def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
 
 def open_factors(path: str | os.PathLike) -> Factors:
     """Open stored factors; ``FileNotFoundError`` if absent, ``ValueError`` if not a factors store."""
-    path = Path(path)
-    if not path.exists():
+    path = storage.as_location(path)
+    if not storage.exists(path):
         raise FileNotFoundError(f"no factors store at {path}")
     group = zarr.open_group(path, mode="r")
     check_safe(group, path)

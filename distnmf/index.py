@@ -10,6 +10,7 @@ answer reaches :data:`TARGET_RECALL` on sampled queries; "least similar" queries
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -21,6 +22,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from distnmf import storage
 from distnmf.factors import Factors
 from distnmf.store import atomic_path
 
@@ -186,34 +188,37 @@ def axis_vectors(factors: Factors, axis: str) -> np.ndarray:
     raise ValueError(f"axis must be 'rows' or 'columns', got {axis!r}")
 
 
-def index_path(factors: Factors, axis: str) -> Path:
-    return factors.path / "similarity" / axis
+def index_path(factors: Factors, axis: str) -> storage.Location:
+    return storage.join(factors.path, "similarity", axis)
 
 
-def save(index: SimilarityIndex, path: Path) -> None:
-    """Write an index directory atomically (replacing an older one)."""
+def save(index: SimilarityIndex, path: storage.Location) -> None:
+    """Write an index directory (a folder or a URL prefix) atomically, replacing an older one;
+    ``meta.json`` is its publication marker."""
     with atomic_path(path, overwrite=True) as tmp:
-        tmp.mkdir(parents=True)
-        np.save(tmp / "vectors.npy", index.vectors)
+        buffer = io.BytesIO()
+        np.save(buffer, index.vectors)
+        storage.write_bytes(storage.join(tmp, "vectors.npy"), buffer.getvalue())
         if index.approximate is not None:
-            faiss.write_index(index.approximate, str(tmp / "faiss.index"))
+            storage.write_bytes(storage.join(tmp, "faiss.index"), faiss.serialize_index(index.approximate).tobytes())
         meta = {"version": INDEX_VERSION, "kind": index.kind, "depth": index.depth, "recall": index.recall,
                 "shape": list(index.vectors.shape)}
-        (tmp / "meta.json").write_text(json.dumps(meta))
+        storage.write_bytes(storage.join(tmp, "meta.json"), json.dumps(meta).encode())
 
 
-def load(path: Path, shape: tuple[int, int]) -> SimilarityIndex | None:
+def load(path: storage.Location, shape: tuple[int, int]) -> SimilarityIndex | None:
     """The index stored at ``path`` if it exists and matches ``shape``; else None."""
     try:
-        meta = json.loads((path / "meta.json").read_text())
+        meta = json.loads(storage.read_bytes(storage.join(path, "meta.json")))
     except (OSError, ValueError):
         return None
     if meta.get("version") != INDEX_VERSION or tuple(meta.get("shape", ())) != tuple(shape):
         return None
-    vectors = np.load(path / "vectors.npy")
+    vectors = np.load(io.BytesIO(storage.read_bytes(storage.join(path, "vectors.npy"))))
     index = SimilarityIndex(vectors, meta["kind"], recall=meta["recall"])
     if meta["kind"] != "exact":
-        index.approximate = faiss.read_index(str(path / "faiss.index"))
+        raw = np.frombuffer(storage.read_bytes(storage.join(path, "faiss.index")), dtype=np.uint8)
+        index.approximate = faiss.deserialize_index(raw)
         _set_depth(index, meta["depth"])
     return index
 
@@ -272,7 +277,7 @@ class IndexCache:
         return expected_nbytes(n, factors.n_components, kind) <= self.max_bytes
 
     def get(self, factors: Factors, axis: str) -> SimilarityIndex:
-        key = (str(Path(factors.path).resolve()), axis)
+        key = (storage.canonical(factors.path), axis)
         with self._lock:
             if key in self._indexes:
                 self._indexes.move_to_end(key)
@@ -291,7 +296,7 @@ class IndexCache:
 
     def discard(self, path: str | Path) -> None:
         """Forget the indexes of a factors store (e.g. when it is deleted)."""
-        resolved = str(Path(path).resolve())
+        resolved = storage.canonical(path)
         with self._lock:
             for key in [key for key in self._indexes if key[0] == resolved]:
                 del self._indexes[key]

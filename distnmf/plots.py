@@ -19,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from distnmf import storage
 from distnmf.factors import Factors
 from distnmf.store import Matrix, atomic_path, open_matrix
 
@@ -240,7 +241,7 @@ def plot_all(factors: Factors, out_dir: str | os.PathLike, matrix: Matrix | str 
     if factors.error_history:
         written["convergence"] = error_curve(factors, out_dir / "convergence.png")
     source = matrix if matrix is not None else factors.attrs.get("source")
-    if source is not None and (isinstance(source, Matrix) or Path(source).exists()):
+    if source is not None and (isinstance(source, Matrix) or storage.exists(source)):
         rows = list(range(min(n_rows, factors.shape[0])))
         written["reconstruction"] = reconstruction_plot(factors, source, rows, out_dir / "reconstruction.png")
     return written

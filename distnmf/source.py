@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import zarr
 
 from distnmf.kernels import Block
-from distnmf.store import Matrix, check_2d, open_matrix, read_rows
+from distnmf.store import Location, Matrix, check_2d, open_matrix, read_rows
 
 SPARSE_TARGET_NNZ = 2**21
 
@@ -27,7 +27,7 @@ SPARSE_TARGET_NNZ = 2**21
 class StoreReader:
     """Picklable reader of rows ``start:stop`` of a matrix store."""
 
-    path: Path
+    path: Location
     is_sparse: bool
     n_cols: int
 

@@ -12,19 +12,17 @@ On-disk layout of a matrix store (a Zarr v3 group)::
     └── col_labels             optional str array (n_cols,)
 
 AnnData stores (``X`` plus ``obs/_index`` and ``var/_index``) and bare Zarr arrays open too.
-Every write goes to a temporary sibling and is renamed into place only when complete.
+Stores live at local paths or at fsspec URLs (``s3://bucket/prefix/tags.zarr``, see
+:mod:`distnmf.storage`). Every write goes to a temporary sibling and is published (renamed, or
+copied with its root metadata last on object stores) only when complete.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -33,6 +31,9 @@ import numpy as np
 import scipy.sparse as sp
 import zarr
 import zarr.codecs
+
+from distnmf import storage
+from distnmf.storage import Location, atomic_path, publish  # noqa: F401  (atomic_path: re-exported)
 
 FORMAT_VERSION = 1
 DENSE_BLOCK_BYTES = 32 * 2**20
@@ -156,49 +157,6 @@ def check_safe(node: zarr.Array | zarr.Group, where: str | os.PathLike) -> None:
                              f"(and string labels)")
 
 
-# --------------------------------------------------------------------------- atomic paths
-
-
-def _temporary_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-
-
-def publish(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Atomically move a completed ``tmp`` store or file to ``path`` (replacing it when ``overwrite``)."""
-    if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-        if not (tmp.is_dir() or path.is_dir()):
-            os.replace(tmp, path)
-            return
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
-
-
-@contextmanager
-def atomic_path(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path`` to write a store (directory) or a file into; on
-    success publish it as ``path`` (see :func:`publish`), on any exception remove it, so nothing
-    half-written remains. An existing ``path`` without ``overwrite`` fails before any writing."""
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_sibling(path)
-    try:
-        yield tmp
-        publish(tmp, path, overwrite)
-    except BaseException:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-        raise
-
-
 def _compressors(compression: str | None) -> Any:
     if compression in (None, "none"):
         return None
@@ -257,13 +215,14 @@ class MatrixWriter:
     validate: bool = True
 
     def __post_init__(self) -> None:
-        self.path = Path(self.path)
-        if self.path.exists() and not self.overwrite:
+        self.path = storage.as_location(self.path)
+        if storage.exists(self.path) and not self.overwrite:
             raise FileExistsError(f"{self.path} already exists; pass overwrite=True to replace it")
         if self.n_cols < 1:
             raise ValueError(f"n_cols must be >= 1, got {self.n_cols}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = _temporary_sibling(self.path)
+        if not storage.is_url(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = storage.temporary_sibling(self.path)
         self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
         self.n_rows = 0
         self._row_bounds = [0]
@@ -377,7 +336,7 @@ class MatrixWriter:
 
     def abort(self) -> None:
         """Remove the temporary store."""
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        storage.remove(self._tmp)
 
     def __enter__(self) -> MatrixWriter:
         return self
@@ -447,7 +406,7 @@ def save_matrix(X: ArrayLike, path: str | os.PathLike, row_labels: Sequence[Any]
     X : array-like of shape (n_rows, n_cols)
         numpy array, scipy.sparse matrix, dask array (dense or with scipy.sparse chunks),
         zarr array or an opened :class:`Matrix`. Must be finite and non-negative.
-    path : path of the store to create.
+    path : path or URL (``s3://bucket/prefix/x.zarr``) of the store to create.
     row_labels, col_labels : optional sequences of length n_rows / n_cols (stored as str).
     chunk_rows : rows per dense chunk; default about 32 MiB per chunk.
     compression : None (default, fastest reads), ``"lz4"`` (Blosc) or ``"zstd"``.
@@ -497,7 +456,7 @@ class Matrix:
 
     Attributes
     ----------
-    path : the store's location.
+    path : the store's location: a local ``Path`` or a URL string.
     shape : (n_rows, n_cols).
     is_sparse : whether X is stored in CSR layout.
     nnz : number of stored non-zeros (n_rows * n_cols for dense stores).
@@ -506,7 +465,7 @@ class Matrix:
     attrs : user metadata such as ``image_shape``.
     """
 
-    path: Path
+    path: Location
     shape: tuple[int, int]
     is_sparse: bool
     nnz: int
@@ -551,7 +510,7 @@ class Matrix:
         """X as a Dask array of row blocks (chunks are ndarrays or ``scipy.sparse.csr_array``)."""
         if not self.is_sparse:
             return da.from_zarr(str(self.path), component="X", chunks=(self.row_bounds_chunks(), self.shape[1]))
-        token = dask.base.tokenize(str(self.path), self.row_bounds, os.path.getmtime(self.path))
+        token = dask.base.tokenize(str(self.path), self.row_bounds, storage.version_token(self.path))
         name = f"read-csr-{token}"
         graph = {(name, i, 0): (read_rows, self.path, True, a, b, self.shape[1])
                  for i, (a, b) in enumerate(zip(self.row_bounds[:-1], self.row_bounds[1:]))}
@@ -566,7 +525,7 @@ class Matrix:
         return self.read_rows(0, self.shape[0])
 
 
-def read_rows(path: Path, is_sparse: bool, start: int, stop: int, n_cols: int) -> np.ndarray | sp.csr_array:
+def read_rows(path: Location, is_sparse: bool, start: int, stop: int, n_cols: int) -> np.ndarray | sp.csr_array:
     """Read rows ``start:stop`` of the store at ``path``."""
     group = zarr.open_group(path, mode="r")
     x = group["X"]
@@ -580,7 +539,7 @@ def read_rows(path: Path, is_sparse: bool, start: int, stop: int, n_cols: int) -
     return sp.csr_array((data, indices, indptr - lo), shape=(stop - start, n_cols))
 
 
-def _read_labels(path: Path, name: str, anndata_path: tuple[str, str]) -> np.ndarray | None:
+def _read_labels(path: Location, name: str, anndata_path: tuple[str, str]) -> np.ndarray | None:
     group = zarr.open_group(path, mode="r")
     if name in group:
         return _as_str_array(group[name][:])
@@ -596,8 +555,8 @@ def open_matrix(path: str | os.PathLike) -> Matrix:
     Raises ``FileNotFoundError`` when nothing is at ``path`` and ``ValueError`` when the
     store is not a readable 2-D matrix.
     """
-    path = Path(path)
-    if not path.exists():
+    path = storage.as_location(path)
+    if not storage.exists(path):
         raise FileNotFoundError(f"no matrix store at {path}")
     try:
         node = zarr.open(path, mode="r")
@@ -628,7 +587,7 @@ def open_matrix(path: str | os.PathLike) -> Matrix:
     return Matrix(path, shape, True, nnz, dtype, tuple(bounds), _user_attrs(meta))
 
 
-def _open_bare_array(path: Path, arr: zarr.Array) -> Matrix:
+def _open_bare_array(path: Location, arr: zarr.Array) -> Matrix:
     if arr.ndim != 2:
         raise ValueError(f"{path} holds a {arr.ndim}-D array; a matrix must be 2-D")
     raise ValueError(

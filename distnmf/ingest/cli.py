@@ -19,7 +19,8 @@ from distnmf.console import scheduler_client, user_errors
 app = typer.Typer(help="Build a matrix store from the data you have: images, tags, text, ratings or arrays.",
                   no_args_is_help=True)
 
-Store = Annotated[Path, typer.Argument(help="Matrix store (Zarr directory) to create.")]
+Store = Annotated[str, typer.Argument(help="Matrix store to create: a folder, or a URL such as "
+                                           "s3://bucket/prefix/x.zarr.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing store.")]
 Compression = Annotated[str, typer.Option(help="Chunk compression: none, lz4 or zstd.")]
 Progress = Annotated[bool | None, typer.Option("--progress/--no-progress",
