@@ -36,3 +36,48 @@ def demo(
     from distnmf_api.demo import run_demo
 
     run_demo(directory, small)
+
+
+def up(
+    workers: Annotated[int, typer.Option("--workers", "-n", help="Worker processes (one thread each).")] = 2,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="The service's data directory (SQLite, logs; "
+                                           "also the stores unless --storage-root).")] = Path("distnmf-data"),
+    storage_root: Annotated[str | None, typer.Option("--storage-root", help="Folder or URL (s3://bucket/prefix) "
+                                                     "for matrices, factors and checkpoints.")] = None,
+    memory_limit: Annotated[str, typer.Option("--memory-limit", help="Memory limit of each worker.")] = "2GiB",
+    host: Annotated[str, typer.Option("--host", help="Interface every process listens on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="The service's port.")] = 8000,
+    scheduler_port: Annotated[int, typer.Option("--scheduler-port", help="The scheduler's port.")] = 8786,
+    dashboard_port: Annotated[int, typer.Option("--dashboard-port", help="The Dask dashboard's port.")] = 8787,
+) -> None:
+    """Start a Dask scheduler, N workers and the service as separate processes on this machine.
+
+    The same topology as deploy/docker, deploy/kubernetes and deploy/slurm. Stops everything on
+    Ctrl-C (or when one process exits). Logs go to DATA_DIR/logs/.
+
+    Example: distnmf up --workers 2 --data-dir ./distnmf-data
+    """
+    import signal
+
+    from distnmf_api.local import LocalDeployment
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` stops the children too, as Ctrl-C does
+    deployment = LocalDeployment(data_dir.resolve(), workers, memory_limit, host, scheduler_port, dashboard_port,
+                                 port, storage_root)
+    deployment.start()
+    try:
+        typer.echo(f"scheduler {deployment.scheduler_address}")
+        typer.echo(f"dashboard {deployment.dashboard_url}")
+        typer.echo(f"service   {deployment.service_url}")
+        typer.echo(f"logs      {data_dir.resolve() / 'logs'}")
+        typer.echo("ready (Ctrl-C stops everything)")
+        exited = deployment.wait()
+        typer.echo(f"{exited} exited; stopping the others", err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        deployment.stop()

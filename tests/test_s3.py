@@ -204,8 +204,8 @@ def test_cli_ingest_and_fit_on_s3(prefix, tmp_path) -> None:
 def test_service_with_an_s3_storage_root(prefix, s3_cluster, tmp_path) -> None:
     """The service keeps matrices, checkpoints and factors under an s3:// root; a registered
     store is named by a path (or URL) inside it; an upload is ingested into it."""
-    from api.server import BackgroundServer
-    from api.settings import Settings
+    from distnmf_api.server import BackgroundServer
+    from distnmf_api.settings import Settings
     from distnmf.client import BadRequest, Client
 
     X = planted(300, 40, seed=3)
