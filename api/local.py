@@ -15,6 +15,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -53,12 +54,11 @@ class LocalDeployment:
         return f"http://{self.host}:{self.service_port}"
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        log = open(self.data_dir / "logs" / f"{name}.log", "ab")
-        self.processes[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                start_new_session=True)
-        log.close()
+        with open(self.data_dir / "logs" / f"{name}.log", "ab") as log:  # the child keeps its own copy
+            self.processes[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                                    start_new_session=True)
 
-    def start(self) -> LocalDeployment:
+    def start(self) -> Self:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.env}
         bin_dir = Path(sys.executable).parent
@@ -115,7 +115,7 @@ class LocalDeployment:
                 process.wait()
         self.processes.clear()
 
-    def __enter__(self) -> LocalDeployment:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

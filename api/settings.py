@@ -8,7 +8,6 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from distnmf import storage
-
 from distnmf.ingest.limits import IngestLimits
 from distnmf_api.layout import DataDir
 

@@ -153,7 +153,7 @@ def test_fit_factorize_and_checkpoint_resume_with_worker_processes(prefix, s3_cl
     url = f"{prefix}/X.zarr"
     save_matrix(X, url, chunk_rows=150)
     local = save_matrix(X, tmp_path / "X.zarr", chunk_rows=150)
-    params = dict(n_components=5, max_iter=12, tol=0, random_state=0)
+    params = {"n_components": 5, "max_iter": 12, "tol": 0, "random_state": 0}
     with Client(s3_cluster, set_as_default=True) as client:
         assert all(w["nthreads"] == 1 for w in client.scheduler_info(n_workers=-1)["workers"].values())
         reference = distnmf.factorize(local, tmp_path / "ref.zarr", **params)
@@ -206,6 +206,7 @@ def test_service_with_an_s3_storage_root(prefix, s3_cluster, tmp_path) -> None:
     store is named by a path (or URL) inside it; an upload is ingested into it."""
     from distnmf_api.server import BackgroundServer
     from distnmf_api.settings import Settings
+
     from distnmf.client import BadRequest, Client
 
     X = planted(300, 40, seed=3)
