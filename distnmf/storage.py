@@ -124,7 +124,11 @@ def exists(location: str | os.PathLike) -> bool:
     if isinstance(location, Path):
         return location.exists()
     fs, path = filesystem(location)
-    return any(fs.exists(f"{path}/{name}") for name in ROOT_METADATA) or fs.isfile(path)
+    try:
+        children = {key.rsplit("/", 1)[-1] for key in fs.ls(path, detail=False)}  # one LIST request
+    except FileNotFoundError:
+        return False
+    return bool(children & set(ROOT_METADATA)) or fs.isfile(path)
 
 
 def remove(location: str | os.PathLike) -> None:

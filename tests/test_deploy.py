@@ -182,7 +182,7 @@ def test_local_deployment_runs_a_job_through_the_client(local_deployment) -> Non
     X = (rng.random((400, 5)) @ rng.random((5, 60))).astype(np.float32)
     with Client(local_deployment["url"]) as client:
         health = client.health()
-        assert health["scheduler"] == local_deployment["scheduler"] and health["n_workers"] == 2
+        assert health["n_workers"] == 2
         job = client.submit(client.upload(X, name="X"), n_components=5, random_state=0, max_iter=30, tol=0)
         info = job.wait(progress=False, timeout=180)
     assert info.status == "succeeded", info

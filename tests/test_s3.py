@@ -143,10 +143,11 @@ def test_unpublished_store_is_ignored_and_credentials_in_urls_are_refused(prefix
     assert "hunter2" not in str(info.value) and "AKIDEXAMPLE" not in str(info.value)
 
 
-def test_fit_factorize_and_checkpoint_resume_with_worker_processes(prefix, s3_cluster, tmp_path) -> None:
-    """Workers in other processes read X from S3 and write W and checkpoints to it; the
-    results equal the same fit on a local store, and a resume from an S3 checkpoint equals the
-    uninterrupted fit."""
+def test_fit_interrupted_and_resumed_from_an_s3_checkpoint_with_worker_processes(prefix, s3_cluster,
+                                                                                tmp_path) -> None:
+    """Workers in other processes read X from S3 and write checkpoints and W to it. An interrupted
+    factorize publishes nothing; resuming from its S3 checkpoint (X re-read from S3 on every pass)
+    gives the factors of an uninterrupted fit of the same data stored locally."""
     from distributed import Client
 
     X = planted(seed=1)
@@ -154,31 +155,25 @@ def test_fit_factorize_and_checkpoint_resume_with_worker_processes(prefix, s3_cl
     save_matrix(X, url, chunk_rows=150)
     local = save_matrix(X, tmp_path / "X.zarr", chunk_rows=150)
     params = {"n_components": 5, "max_iter": 12, "tol": 0, "random_state": 0}
+
+    def stop_at_7(iteration: int, error: float, elapsed: float) -> None:
+        if iteration == 7:
+            raise KeyboardInterrupt
+
     with Client(s3_cluster, set_as_default=True) as client:
         assert all(w["nthreads"] == 1 for w in client.scheduler_info(n_workers=-1)["workers"].values())
         reference = distnmf.factorize(local, tmp_path / "ref.zarr", **params)
-        factors = distnmf.factorize(url, f"{prefix}/X.nmf.zarr", checkpoint=f"{prefix}/ckpt.zarr",
-                                    checkpoint_every=6, **params)
-        assert factors.path == f"{prefix}/X.nmf.zarr" and factors.attrs["source"] == url
-        np.testing.assert_allclose(factors.H, reference.H, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(factors.read_W(), reference.read_W(), rtol=1e-5, atol=1e-6)
-        assert zarr.open_group(f"{prefix}/ckpt.zarr", mode="r").attrs["distnmf_checkpoint"]["iteration"] == 12
-
-        def stop_at_7(iteration: int, error: float, elapsed: float) -> None:
-            if iteration == 7:
-                raise KeyboardInterrupt
-
         with pytest.raises(KeyboardInterrupt):
-            distnmf.NMF(checkpoint=f"{prefix}/ckpt2.zarr", checkpoint_every=3, callback=stop_at_7,
-                        **params).fit(url)
-        assert zarr.open_group(f"{prefix}/ckpt2.zarr", mode="r").attrs["distnmf_checkpoint"]["iteration"] == 6
-        # re-read from S3 by the workers on every pass (nothing kept in cluster memory)
-        resumed = distnmf.NMF(resume=f"{prefix}/ckpt2.zarr", W_store=f"{prefix}/W.zarr", keep_in_memory=False,
-                              **params)
-        W = resumed.fit_transform(url)
-        assert resumed.n_iter_ == 12
-        np.testing.assert_allclose(resumed.components_, reference.H, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(W.compute(), reference.read_W(), rtol=1e-5, atol=1e-6)
+            distnmf.factorize(url, f"{prefix}/X.nmf.zarr", checkpoint=f"{prefix}/ckpt.zarr", checkpoint_every=3,
+                              callback=stop_at_7, **params)
+        assert not storage.exists(f"{prefix}/X.nmf.zarr")  # nothing published by the interrupted fit
+        assert zarr.open_group(f"{prefix}/ckpt.zarr", mode="r").attrs["distnmf_checkpoint"]["iteration"] == 6
+        factors = distnmf.factorize(url, f"{prefix}/X.nmf.zarr", resume=f"{prefix}/ckpt.zarr",
+                                    keep_in_memory=False, **params)
+    assert factors.path == f"{prefix}/X.nmf.zarr" and factors.attrs["source"] == url
+    assert factors.attrs["n_iter"] == 12
+    np.testing.assert_allclose(factors.H, reference.H, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(factors.read_W(), reference.read_W(), rtol=1e-5, atol=1e-6)
     assert not [k for k in keys(prefix) if ".tmp-" in k]
 
 
@@ -230,6 +225,8 @@ def test_service_with_an_s3_storage_root(prefix, s3_cluster, tmp_path) -> None:
         reference = distnmf.NMF(4, random_state=0, max_iter=25, tol=0).fit(open_matrix(f"{prefix}/incoming/X.zarr"))
         np.testing.assert_allclose(factors.H, reference.components_, rtol=1e-4, atol=1e-5)
         assert not storage.exists(f"{prefix}/checkpoints/{job.id}.zarr")  # removed once the job succeeded
+        assert storage.exists(f"{prefix}/factors/{job.id}.zarr/similarity/rows")  # the index, persisted beside
+        assert len(job.similar(3, k=5)) == 5
         assert storage.exists(f"{prefix}/matrices/{uploaded.id}.zarr")
         client.delete_matrix(uploaded)
         assert not storage.exists(f"{prefix}/matrices/{uploaded.id}.zarr")
