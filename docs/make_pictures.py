@@ -119,8 +119,8 @@ def movies(work: Path) -> None:
     table = synth.rating_table(work / "ratings.csv", seed=0)
     print(f"{table.n_ratings:,} ratings")
     distnmf("ingest", "ratings", "ratings.csv", "ratings.zarr", cwd=work)
-    distnmf("sweep", "ratings.zarr", "-k", "2,4,8,16,32", "--cv", "--random-state", "0", "--plot", "rank.png",
-            cwd=work)
+    distnmf("sweep", "ratings.zarr", "-k", "2,4,8,16", "--cv", "--max-iter", "100", "--random-state", "0",
+            "--plot", "rank.png", cwd=work)
     publish(work / "rank.png", "movies_rank.png")
     distnmf("fit", "ratings.zarr", "-k", "8", "--missing", "unobserved", "--alpha", "0.1", "--random-state", "0",
             "--out", "ratings.nmf.zarr", cwd=work)
