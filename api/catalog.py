@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
@@ -97,17 +96,6 @@ def _record(matrix_id: str, name: str, path: str, fmt: MatrixFormat, owned: bool
                         created_at="", path=path, owned=owned)
 
 
-def redact(text: str, data: DataDir, names: dict[Path, str]) -> str:
-    """``text`` without server paths: each path of ``names`` becomes the name the client knows it by,
-    then any other path under the data directory becomes relative to it."""
-    for path, name in sorted(names.items(), key=lambda item: -len(str(item[0]))):
-        text = text.replace(str(path), name)
-    roots = {str(data.root.resolve()), str(data.root.absolute()), str(data.root), str(data.store_root)}
-    for root in sorted(roots, key=len, reverse=True):
-        text = re.sub(re.escape(root.rstrip("/")) + "/?", "", text)
-    return text
-
-
 def register(store: JobStore, cluster: Cluster, data: DataDir, relative: str, fmt: MatrixFormat,
              name: str | None, limits: IngestLimits) -> StoredMatrix:
     """Register a store (or ingest a file) found at ``relative`` inside the data directory."""
@@ -119,7 +107,7 @@ def register(store: JobStore, cluster: Cluster, data: DataDir, relative: str, fm
             matrix = open_matrix(source)
             validate_on_cluster(matrix, cluster)
         except (ValueError, FileNotFoundError) as exc:
-            raise Unprocessable(redact(str(exc), data, {source: relative})) from None
+            raise Unprocessable(data.redact(str(exc), {source: relative})) from None
         return store.add_matrix(_record(matrix_id, name, data.relative(source), fmt, False, matrix))
     if not isinstance(source, Path):
         raise PathRefused(f"format {fmt} files are read from a local storage root only: upload the file, "
@@ -154,7 +142,7 @@ def ingest(store: JobStore, data: DataDir, source: Path, fmt: MatrixFormat, matr
             except (ValueError, TypeError, OSError, EOFError, KeyError) as exc:
                 names = {linked or source: known_as, source: known_as, staging: "the new store"}
                 raise Unprocessable(f"cannot ingest the {fmt} file {known_as!r}: "
-                                    f"{redact(str(exc), data, names)}") from None
+                                    f"{data.redact(str(exc), names)}") from None
     finally:
         if linked is not None:
             linked.unlink(missing_ok=True)

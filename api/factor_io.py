@@ -11,6 +11,7 @@ import numpy as np
 from distnmf.factors import Factors
 
 BLOCK_ELEMENTS = 2**20  # float32 values read and sent per piece
+JSON_PIECE_CHARS = 2**20  # JSON text sent per piece
 
 
 def npy_header(shape: tuple[int, int]) -> bytes:
@@ -40,15 +41,18 @@ def stream_npy(factors: Factors, factor: str, start: int, stop: int) -> Iterator
 
 
 def stream_json(factors: Factors, factor: str, start: int, stop: int) -> Iterator[bytes]:
-    """JSON matching ``schemas.FactorRange``, written a block of rows at a time."""
+    """JSON matching ``schemas.FactorRange``, written a row at a time (an H row holds up to
+    ``max_range`` values): Python objects never exist for more than one row."""
     shape, blocks = _blocks(factors, factor, start, stop)
     yield (f'{{"factor": "{factor}", "start": {start}, "stop": {stop}, '
            f'"shape": [{shape[0]}, {shape[1]}], "data": [').encode()
-    first = True
+    pieces: list[str] = []
+    size, separator = 0, ""
     for block in blocks:
-        rows = np.asarray(block, dtype=np.float32).tolist()
-        if rows:
-            text = ", ".join(json.dumps(row) for row in rows)
-            yield (text if first else ", " + text).encode()
-            first = False
-    yield b"]}"
+        for row in np.asarray(block, dtype=np.float32):
+            pieces.append(json.dumps(row.tolist()))
+            size += len(pieces[-1])
+            if size >= JSON_PIECE_CHARS:
+                yield (separator + ", ".join(pieces)).encode()
+                pieces, size, separator = [], 0, ", "
+    yield (separator + ", ".join(pieces) if pieces else "").encode() + b"]}"

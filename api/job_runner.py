@@ -280,7 +280,7 @@ class JobRunner:
         except Exception as exc:
             status, message = JobStatus.failed, f"{type(exc).__name__}: {exc}"
             log.exception("job %s failed", job_id)
-        self._record_end(job_id, status, message)
+        self._record_end(job_id, status, message and self.settings.layout.redact(message))  # no server paths
         if status != JobStatus.queued:
             self._losses.pop(job_id, None)
             storage.remove(self.settings.layout.checkpoint(job_id))

@@ -17,6 +17,7 @@ instead; the SQLite file, uploads in transit and plots stay in the data director
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +69,14 @@ class DataDir:
         if isinstance(root, Path):
             return Path(location).resolve().relative_to(root.resolve()).as_posix()
         return str(location).removeprefix(root + "/")
+
+    def redact(self, text: str, names: dict[Path, str] | None = None) -> str:
+        """``text`` without server paths, for a response: each path of ``names`` becomes the name the
+        client knows it by, then any other path under the data directory or the storage root
+        becomes relative to it."""
+        for path, name in sorted((names or {}).items(), key=lambda item: -len(str(item[0]))):
+            text = text.replace(str(path), name)
+        roots = {str(self.root.resolve()), str(self.root.absolute()), str(self.root), str(self.store_root)}
+        for root in sorted(roots, key=len, reverse=True):
+            text = re.sub(re.escape(root.rstrip("/")) + "/?", "", text)
+        return text
