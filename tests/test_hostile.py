@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -410,3 +411,76 @@ def test_store_with_an_unsafe_codec_is_refused(service, http) -> None:
     meta_path.write_text(json.dumps(meta))
     response = http.post("/matrices", json={"path": "odd.zarr", "format": "zarr"})
     assert_clear_4xx(response, 422, "odd.zarr/X", "numcodecs.zlib", "allowed")
+
+
+def test_json_body_just_under_the_limit(service, http) -> None:
+    """The largest accepted JSON body, made of the smallest numbers: what parsing it costs (the
+    job does not exist, so the answer is 404 once the body is read and parsed)."""
+    row = b"[" + b"0," * 999 + b"0]"
+    count = (service_limit := 16 * MB - 100) // (len(row) + 1)
+    body = b'{"rows": [' + b",".join([row] * count) + b"]}"
+    assert len(body) <= service_limit
+    with service.peak_growth() as peak:
+        response = http.post("/jobs/none/transform", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 404, response.text[:300]
+    print(f"peak growth {peak[0] / MB:.0f} MB for a {len(body) / MB:.0f} MB JSON body")
+    assert peak[0] < PEAK_MB * MB, peak
+
+
+
+# --------------------------------------------------------------------------- library: images, external TLS
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG declaring ``width`` x ``height`` in its header, with an empty image data chunk."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    size = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", size) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_images_only_through_allowed_decoders_and_sizes(tmp_path) -> None:
+    from distnmf.ingest import ingest_images, load_image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "huge.png").write_bytes(_png_header(9000, 9000))
+    (folder / "script.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with pytest.raises(ValueError, match="pixels is more than"):
+        load_image(folder / "huge.png")
+    with pytest.raises(Exception, match="cannot identify image file"):
+        load_image(folder / "script.eps")  # Pillow would hand EPS to Ghostscript
+    from PIL import Image
+
+    Image.new("L", (8, 8), 200).save(folder / "ok.png")
+    report = ingest_images(folder, tmp_path / "images.zarr", image_shape=(4, 4), client=False)
+    assert report.shape == (1, 16) and report.n_skipped == 2
+
+
+def test_external_tls_scheduler_needs_the_configured_certificates(tmp_path) -> None:
+    """DISTNMF_TLS_CA_FILE/_CERT/_KEY reach a TLS scheduler; without them the service cannot."""
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    from distnmf_api.runner import Cluster
+    from distnmf_api.settings import Settings
+
+    credentials = Security.temporary()  # one self-signed certificate: CA, scheduler, worker and client
+    (tmp_path / "cert.pem").write_text(credentials.tls_ca_file)
+    (tmp_path / "key.pem").write_text(credentials.tls_client_key)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1",
+                      dashboard_address=None, security=credentials) as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        settings = Settings(data_dir=tmp_path / "data", scheduler=cluster.scheduler_address,
+                            tls_ca_file=tmp_path / "cert.pem", tls_cert=tmp_path / "cert.pem",
+                            tls_key=tmp_path / "key.pem")
+        connected = Cluster(settings)
+        try:
+            assert connected.n_workers() == 1
+            with connected.connect() as client:
+                assert client.submit(sum, [1, 2]).result() == 3
+        finally:
+            connected.close()
+        with pytest.raises((OSError, TypeError)):
+            Cluster(Settings(data_dir=tmp_path / "data", scheduler=cluster.scheduler_address))
