@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from distnmf.ingest.limits import IngestLimits
 from distnmf.ingest.report import IngestReport, SkipLog, Stopwatch, progress
 from distnmf.store import MatrixWriter
 
@@ -25,7 +26,7 @@ def ingest_ratings(src: str | os.PathLike, dest: str | os.PathLike, *, user_col:
                    item_col: str | int | None = None, rating_col: str | int | None = None,
                    header: bool | None = None, delimiter: str | None = None, duplicates: str = "last",
                    compression: str | None = None, overwrite: bool = False,
-                   show_progress: bool | None = None) -> IngestReport:
+                   show_progress: bool | None = None, limits: IngestLimits | None = None) -> IngestReport:
     """Build the sparse user x item rating matrix of a CSV/TSV table into the store ``dest``.
 
     Parameters
@@ -43,6 +44,7 @@ def ingest_ratings(src: str | os.PathLike, dest: str | os.PathLike, *, user_col:
     duplicates : a (user, item) pair rated twice keeps the ``"last"`` rating, or ``"error"``.
     compression, overwrite : as for :class:`distnmf.store.MatrixWriter`.
     show_progress : progress bar on stderr; default only on a terminal.
+    limits : lines longer than ``limits.max_line_bytes`` are refused before they are read whole.
 
     The (user, item, rating) triples are held in memory (16 bytes each, plus the labels);
     the matrix is written in row blocks.
@@ -67,13 +69,14 @@ def ingest_ratings(src: str | os.PathLike, dest: str | os.PathLike, *, user_col:
     values: list[float] = []
     line_of: list[int] = []
 
+    limits = limits or IngestLimits()
     with open(src, newline="", encoding="utf-8-sig") as f:
-        first = f.readline()
+        first = next(limits.lines(f, str(src)), (1, ""))[1]
         f.seek(0)
         if not first.strip():
             raise ValueError(f"{src}: the first line is empty; expected a header or a rating")
         sep = delimiter or _guess_delimiter(src, first)
-        reader = csv.reader(f, delimiter=sep, skipinitialspace=True)
+        reader = csv.reader((line for _, line in limits.lines(f, str(src))), delimiter=sep, skipinitialspace=True)
         first_cells = next(reader)
         cols, has_header = _resolve_columns(src, first_cells, header, user_col, item_col, rating_col)
         rows = progress(reader, total=None, desc=f"read {src.name}", unit="line", enabled=show_progress)
