@@ -57,7 +57,8 @@ def start(data_dir: Path, source: Path | None, env: dict[str, str]) -> tuple[sub
         (shim / "distnmf_api").symlink_to(source / "api")
         environ["PYTHONPATH"] = f"{shim}{os.pathsep}{source}"
     process = subprocess.Popen([sys.executable, "-c", f"from distnmf_api.server import serve; serve('127.0.0.1', {port})"],
-                               env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               env=environ, cwd=data_dir.parent, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)  # cwd: not this checkout, which 'python -c' would import
     url = f"http://127.0.0.1:{port}/api/v1"
     for _ in range(600):
         try:
