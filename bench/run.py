@@ -727,6 +727,130 @@ def part_ooc(data: Path, quick: bool, ooc_timeout: float = 900.0) -> dict[str, A
     return out
 
 
+# --------------------------------------------------------------- part 2b: coarse chunks and lost workers
+
+COARSE_SHAPE, COARSE_CHUNK_ROWS, COARSE_READ_ROWS = (400_000, 1_000), 20_000, 10_000
+
+
+def coarse_store(data: Path) -> Path:
+    """Issue #7's case: a bare 400,000 x 1,000 float32 Zarr array (1.6 GB) in 20,000-row chunks of
+    80 MB with Zarr's default codec (zstd), as another tool would write it."""
+    import zarr
+
+    def make(path: Path) -> None:
+        m, n = COARSE_SHAPE
+        array = zarr.create_array(path, shape=(m, n), chunks=(COARSE_CHUNK_ROWS, n), dtype=np.float32)
+        rng = np.random.default_rng(7)
+        H = rng.random((10, n), dtype=np.float32)
+        for start in range(0, m, COARSE_CHUNK_ROWS):
+            W = rng.random((COARSE_CHUNK_ROWS, 10), dtype=np.float32)
+            array[start:start + COARSE_CHUNK_ROWS] = W @ H + 0.1 * rng.random((COARSE_CHUNK_ROWS, n), dtype=np.float32)
+
+    params = {"generator": "bench.coarse_store", "shape": list(COARSE_SHAPE), "chunk_rows": COARSE_CHUNK_ROWS}
+    return cached_store(data / "coarse_400k_1000.zarr", params, make)
+
+
+def _read_sum_task(path: str, start: int, stop: int) -> float:
+    from distnmf.store import read_rows
+
+    return float(read_rows(Path(path), False, start, stop, COARSE_SHAPE[1], "").sum(dtype=np.float64))
+
+
+def _worker_log_count(client: Any, needle: str) -> int:
+    return sum(needle in message for entries in client.get_worker_logs(n=10_000).values() for _, message in entries)
+
+
+def _restart_count(client: Any) -> int:
+    return len(client.run_on_scheduler(_scheduler_restart_events))
+
+
+def _kill_self() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def part_coarse(data: Path, repeats: int) -> dict[str, Any]:
+    """``repeats`` fits of NMF(k=10, random, tol=0, max_iter=6) on the coarse store with 2 x 400 MB
+    workers, beside plain read passes (the same bytes read by the same 2 workers), counting
+    pauses, restarts and peak memory; then one fit with a worker SIGKILLed after iteration 3."""
+    import zarr
+    from distributed import wait
+
+    import distnmf
+
+    path = coarse_store(data)
+    limit = 400e6
+    cluster, client, startup = start_cluster(memory_limit="400MB")
+    out: dict[str, Any] = {"store": str(path), "shape": list(COARSE_SHAPE), "chunk_rows": COARSE_CHUNK_ROWS,
+                           "worker_memory_limit": "400MB", "cluster": startup, "load_avg_start": loadavg()}
+    monitor = MemoryMonitor(cluster, interval=0.2)
+
+    def read_pass() -> float:
+        start = time.perf_counter()
+        futures = [client.submit(_read_sum_task, str(path), a, min(a + COARSE_READ_ROWS, COARSE_SHAPE[0]), pure=False)
+                   for a in range(0, COARSE_SHAPE[0], COARSE_READ_ROWS)]
+        wait(futures)
+        client.gather(futures)
+        return time.perf_counter() - start
+
+    def fit(callback: Any = None) -> tuple[distnmf.NMF, list[float]]:
+        times: list[float] = []
+
+        def record(i: int, error: float, elapsed: float) -> None:
+            times.append(elapsed)
+            if callback is not None:
+                callback(i)
+
+        model = distnmf.NMF(n_components=10, init="random", tol=0, max_iter=6, random_state=0, callback=record)
+        model.fit(zarr.open_array(path, mode="r"))
+        return model, times
+
+    try:
+        read_pass()  # warms the page cache
+        runs = []
+        for r in range(repeats):
+            pauses, restarts = _worker_log_count(client, "Pausing worker"), _restart_count(client)
+            monitor.peak.clear()
+            read_s = read_pass()
+            model, times = fit()
+            deltas = list(np.diff(times))
+            run = {"read_pass_s": read_s, "seconds_per_iteration": float(np.median(deltas)),
+                   "ratio_to_read": float(np.median(deltas)) / read_s, "wall_s": times[-1],
+                   "pauses": _worker_log_count(client, "Pausing worker") - pauses,
+                   "restarts": _restart_count(client) - restarts,
+                   "peak_memory_fraction": max(monitor.peak.values(), default=0) / limit,
+                   "error": model.reconstruction_err_}
+            runs.append(run)
+            log(f"[coarse] run {r + 1}/{repeats}: {run['seconds_per_iteration']:.2f} s/iteration, read pass "
+                f"{read_s:.2f} s (ratio {run['ratio_to_read']:.2f}), peak {run['peak_memory_fraction']:.0%} of the "
+                f"limit, {run['pauses']} pauses, {run['restarts']} restarts")
+        out["runs"] = runs
+        out["ratio_to_read_median"] = float(np.median([r["ratio_to_read"] for r in runs]))
+        out["pauses_total"] = sum(r["pauses"] for r in runs)
+        out["restarts_total"] = sum(r["restarts"] for r in runs)
+        out["peak_memory_fraction_max"] = max(r["peak_memory_fraction"] for r in runs)
+
+        victim = min(worker_identity(client))
+
+        def kill_at_3(i: int) -> None:
+            if i == 3:
+                client.run(_kill_self, workers=[victim], wait=False)
+
+        killed, times = fit(kill_at_3)
+        undisturbed = float(np.median([r["wall_s"] for r in runs]))
+        out["killed_run"] = {"wall_s": times[-1], "undisturbed_wall_s": undisturbed,
+                             "slowdown": times[-1] / undisturbed, "recoveries": killed.recoveries_,
+                             "iterations_redone": sum(a - b for a, b in killed.recoveries_),
+                             "same_factors": bool(np.allclose(killed.components_, model.components_, rtol=1e-6,
+                                                              atol=1e-7))}
+        log(f"[coarse] worker killed after iteration 3: {out['killed_run']}")
+    finally:
+        monitor.close()
+        client.close()
+        cluster.close()
+    out["load_avg_end"] = loadavg()
+    return out
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -815,13 +939,29 @@ def render(report: dict[str, Any]) -> str:
                       ["worker log lines about memory/restarts", str(len(oc["restart_evidence"]))]])]
     elif oc:
         parts += ["", f"2. out of core: FAILED {oc.get('nmf_error', oc.get('error'))}"]
+    co = report.get("coarse")
+    if co and "runs" in co:
+        kill = co.get("killed_run", {})
+        parts += ["", f"2b. coarse chunks (issue #7): {co['shape'][0]:,} x {co['shape'][1]:,} float32 bare Zarr, "
+                      f"{co['chunk_rows']:,}-row zstd chunks, 2 x {co['worker_memory_limit']} workers, k=10, 6 iterations",
+                  table(["figure", "value"], [
+                      ["runs", str(len(co["runs"]))],
+                      ["s / iteration over one read pass (median; target <= 1.3)", fmt(co["ratio_to_read_median"])],
+                      ["peak worker memory / limit (max over runs; pause at 0.8)", fmt(co["peak_memory_fraction_max"])],
+                      ["pauses / restarts (all runs)", f"{co['pauses_total']} / {co['restarts_total']}"],
+                      ["worker killed after iteration 3: iterations redone", str(kill.get("iterations_redone"))],
+                      ["  slowdown vs undisturbed / same factors", f"{fmt(kill.get('slowdown'))} / {kill.get('same_factors')}"]])]
+    elif co:
+        parts += ["", f"2b. coarse chunks: FAILED {co.get('error')}"]
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1/8 of the rows for part 1 (part 2 is the same as in full mode)")
-    parser.add_argument("--only", choices=["sklearn", "outsider", "ooc"], help="run one part only")
+    parser.add_argument("--only", choices=["sklearn", "outsider", "ooc", "coarse"], help="run one part only")
+    parser.add_argument("--coarse-repeats", type=int, default=10,
+                        help="fits of the coarse-chunk case (issue #7), each beside a plain read pass")
     parser.add_argument("--cases", help="comma-separated names of part 1b data sets to run (default all)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="where the JSON goes")
     parser.add_argument("--data", type=Path, default=REPO / "data" / "bench",
@@ -853,6 +993,12 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:
             report["ooc"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
             log(f"out-of-core part FAILED: {report['ooc']['error']}")
+    if args.only in (None, "coarse"):
+        try:
+            report["coarse"] = part_coarse(args.data, args.coarse_repeats)
+        except Exception as exc:
+            report["coarse"] = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+            log(f"coarse-chunk part FAILED: {report['coarse']['error']}")
     report["load_avg_end"] = loadavg()
     report["total_s"] = time.perf_counter() - clock
     text = render(report)

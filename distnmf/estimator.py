@@ -26,7 +26,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_non_neg
 from distnmf import kernels, masked, storage
 from distnmf.driver import FitConfig, FitResult, _masked_stats_task, _stats_task, fit_blocks, write_w
 from distnmf.init import resolve_init
-from distnmf.runner import Runner, make_runner
+from distnmf.runner import WORKER_TIMEOUT, Runner, make_runner
 from distnmf.source import BlockSource, as_source, materialize
 from distnmf.store import Location, Matrix, atomic_path, check_block
 
@@ -62,14 +62,21 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     callback : callable(iteration, relative_error, elapsed_seconds) or None
         Called after each iteration; an exception raised in it aborts the fit.
     checkpoint : path, URL or None
-        Zarr group to write W, H, the iteration and the error history to, atomically (a local
-        path or an fsspec URL such as ``s3://bucket/prefix/ckpt.zarr``).
+        Zarr group to write W, H, the iteration, the error history and the stopping rule's
+        state to, atomically, every ``checkpoint_every`` iterations (a local path or an fsspec
+        URL such as ``s3://bucket/prefix/ckpt.zarr``). On a Dask cluster the fit also continues
+        from it when workers are lost (without it, a temporary directory serves, removed after
+        the fit).
     checkpoint_every : int, default=10
+        Also the most iterations a lost worker costs on a cluster.
     resume : path, URL or None
         Checkpoint to continue from (W, H and iteration count are taken from it).
     keep_in_memory : bool or "auto", default="auto"
         Keep X's row blocks in (cluster) memory between iterations; "auto" does so when they
         take at most 40% of the memory available, otherwise they are re-read every pass.
+    worker_timeout : float, default=60
+        On a Dask cluster: seconds to wait for a worker when the cluster has none (at the
+        start, or after all workers were lost mid-fit) before failing with ``TimeoutError``.
     W_store : path, URL or None
         Where ``fit_transform`` writes W for out-of-core input (a Zarr group with array ``W``);
         None uses a new temporary directory. In-memory input returns W as a numpy array.
@@ -95,6 +102,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     n_iter_ : int
     error_history_ : list of float
         Relative error ``reconstruction_err / ||X||_F`` after each iteration.
+    recoveries_ : list of (int, int)
+        On a cluster: for each loss of workers survived, the iteration under way and the
+        checkpointed iteration the fit continued from (their difference is the work redone).
     n_features_in_ : int
     n_components_ : int
     """
@@ -116,6 +126,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "resume": [str, Path, None],
         "keep_in_memory": ["boolean", StrOptions({"auto"})],
+        "worker_timeout": [Interval(Real, 0, None, closed="left")],
         "W_store": [str, Path, None],
         "missing": [StrOptions({"zero", "unobserved"})],
     }
@@ -126,7 +137,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                  l1_ratio: float = 0.0, verbose: int = 0, callback: Any = None,
                  checkpoint: str | Path | None = None, checkpoint_every: int = 10,
                  resume: str | Path | None = None, keep_in_memory: bool | str = "auto",
-                 W_store: str | Path | None = None, missing: str = "zero") -> None:
+                 worker_timeout: float = WORKER_TIMEOUT, W_store: str | Path | None = None,
+                 missing: str = "zero") -> None:
         self.n_components = n_components
         self.init = init
         self.solver = solver
@@ -143,6 +155,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.checkpoint_every = checkpoint_every
         self.resume = resume
         self.keep_in_memory = keep_in_memory
+        self.worker_timeout = worker_timeout
         self.W_store = W_store
         self.missing = missing
 
@@ -173,9 +186,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self._validate_params()
         if entry_weights is not None and self.missing != "unobserved":
             raise ValueError("entry_weights weight the observed entries of a masked fit; pass missing='unobserved'")
-        runner = make_runner()
+        runner = make_runner(worker_timeout=self.worker_timeout)
         try:
-            source = self._source(X, reset=True, n_blocks_hint=_blocks_hint(runner, X))
+            source = self._source(X, reset=True, runner=runner)
             self._dtype = _float_dtype(X)
             config = self._config(source, W0, H0)
             weights = None if entry_weights is None else _weight_source(entry_weights)
@@ -187,8 +200,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         finally:
             runner.close()
 
-    def _source(self, X: Any, reset: bool, n_blocks_hint: int) -> BlockSource:
-        """Validate in-memory input with scikit-learn's helpers; wrap everything as row blocks."""
+    def _source(self, X: Any, reset: bool, runner: Runner) -> BlockSource:
+        """Validate in-memory input with scikit-learn's helpers; wrap everything as row blocks
+        sized for the runner's workers (a task's working set within ``runner.task_memory``)."""
+        blocks = {"n_blocks_hint": _blocks_hint(runner, X), "task_memory": runner.task_memory,
+                  # the beta-divergence tasks hold W H and X / (W H)^(2-beta) besides the block
+                  "temporaries": 1 if kernels.beta_to_float(self.beta_loss) == 2.0 else 4}
         if isinstance(X, IN_MEMORY_TYPES) or sp.issparse(X):
             allow_nan = self.missing == "unobserved" and not sp.issparse(X)
             try:
@@ -203,8 +220,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                 check_block(X, allow_nan=allow_nan)
             except ValueError as exc:  # scikit-learn's wording first, then where the value is
                 raise ValueError(f"Negative values in data passed to {type(self).__name__} (input X): {exc}") from None
-            return as_source(X, n_blocks_hint=n_blocks_hint)
-        source = as_source(X, n_blocks_hint=n_blocks_hint)
+            return as_source(X, **blocks)
+        source = as_source(X, **blocks)
         if reset:
             self.n_features_in_ = source.shape[1]
         elif source.shape[1] != self.n_features_in_:
@@ -254,6 +271,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.n_components_ = result.H.shape[0]
         self.n_iter_ = result.n_iter
         self.error_history_ = list(result.errors)
+        self.recoveries_ = list(result.recoveries)
         self.reconstruction_err_ = float(result.reconstruction_err)
         if not (np.isfinite(self.components_).all() and np.isfinite(self.reconstruction_err_)):
             self.reconstruction_err_ = float("nan")
@@ -282,7 +300,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         """W for X with ``components_`` fixed, and the sweeps its slowest row took."""
         runner = make_runner()
         try:
-            source = self._source(X, reset=False, n_blocks_hint=_blocks_hint(runner, X))
+            source = self._source(X, reset=False, runner=runner)
             results = transform_blocks(runner, source, self.components_, kernels.beta_to_float(self.beta_loss),
                                        self.solver, self.max_iter, self.tol, self.alpha_W, self.l1_ratio,
                                        self.missing)

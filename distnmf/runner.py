@@ -9,16 +9,16 @@ from __future__ import annotations
 import operator
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from threadpoolctl import threadpool_limits
 
 from distnmf.source import BlockSource, as_float32, materialize
-
 
 Handle = Any
 """A block's value in this process, or a ``distributed.Future`` on a cluster."""
@@ -30,6 +30,7 @@ class Runner(Protocol):
     in_process: bool  # handles are plain values (no cluster, no dashboard span)
     n_workers: int  # worker threads: one block per thread in flight
     memory_limit: int  # bytes of memory across the workers
+    task_memory: int  # bytes one block task may use (see DaskRunner)
     dashboard_link: str | None
 
     def load(self, source: BlockSource, keep: bool) -> list[Handle]:
@@ -50,7 +51,7 @@ class Runner(Protocol):
         ...
 
     def broadcast(self, value: Any) -> Handle:
-        """``value`` made available to every task (e.g. H)."""
+        """``value`` made available to every task (e.g. H), recoverable if a worker is lost."""
         ...
 
     def gather(self, handles: list[Handle]) -> list[Any]:
@@ -59,6 +60,14 @@ class Runner(Protocol):
 
     def release(self, handles: Handle | list[Handle]) -> None:
         """Free what ``handles`` hold on the cluster."""
+        ...
+
+    def is_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means lost workers or results (recoverable) rather than a failing task."""
+        ...
+
+    def wait_for_workers(self) -> None:
+        """Return once a worker is available; raise :class:`NoWorkersError` after a timeout."""
         ...
 
     def close(self) -> None:
@@ -81,15 +90,28 @@ def add_parts(part: int, *results: tuple) -> Any:
     return add_terms(*(r[part] for r in results))
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 def load_block(x: Any) -> Any:
     """Read (or take) a block and convert it to float32 CSR / C-contiguous ndarray."""
     return as_float32(materialize(x))
+
+
+class NoWorkersError(TimeoutError):
+    """The cluster had no worker for longer than the runner's ``worker_timeout``."""
 
 
 class LocalRunner:
     """Runs block tasks in a thread pool in this process (the embedded default)."""
 
     in_process = True
+
+    @staticmethod
+    def is_lost(exc: BaseException) -> bool:
+        """Threads here are never lost: every exception is the task's own."""
+        return False
 
     def __init__(self, n_threads: int | None = None) -> None:
         self.n_workers = n_threads or os.cpu_count() or 1
@@ -98,6 +120,7 @@ class LocalRunner:
         # running multi-threaded BLAS, and no oversubscription
         self._blas_limits = threadpool_limits(1) if self.n_workers > 1 else None
         self.memory_limit = _available_memory()
+        self.task_memory = int(TASK_MEMORY_FRACTION * self.memory_limit / self.n_workers)
         self.dashboard_link: str | None = None
 
     def load(self, source: BlockSource, keep: bool) -> list[Any]:
@@ -123,28 +146,60 @@ class LocalRunner:
     def release(self, handles: Any) -> None:
         """Nothing to do: values are freed when dropped."""
 
+    def wait_for_workers(self) -> None:
+        """This process is the worker."""
+
     def close(self) -> None:
         self._pool.shutdown()
         if self._blas_limits is not None:
             self._blas_limits.restore_original_limits()
 
 
+WORKER_TIMEOUT = 60.0
+TASK_MEMORY_FRACTION = 0.5  # of a worker's limit: Dask spills at 0.6 (target), pauses at 0.8; compiled
+# kernels and freed-but-kept memory of earlier tasks (~60 MiB measured) need the rest
+MIN_TASK_MEMORY = 16 * 2**20
+
+
+def _task_memory(workers: Any) -> int:
+    """Bytes one task may use on the tightest worker: what separates the process's memory now
+    from half its limit, shared by the worker's threads. Measured when the fit starts, so
+    what other jobs (or kept blocks) already hold is left to them; concurrent tasks on a worker
+    are at most its threads, whichever job they belong to."""
+    budgets = []
+    for w in workers:
+        limit = int(w.get("memory_limit") or 0) or _available_memory()
+        used = int(w.get("metrics", {}).get("memory") or 0)
+        budgets.append((TASK_MEMORY_FRACTION * limit - used) / max(1, int(w.get("nthreads", 1))))
+    return max(MIN_TASK_MEMORY, int(min(budgets)))
+
+
+POLL_SECONDS = 1.0
+
+
 class DaskRunner:
     """Runs block tasks on a ``distributed`` cluster; W blocks stay on their workers.
 
     Task keys are readable (``nmf-update-W``, ``nmf-reduce``, ...), suffixed with a run token,
-    so the dashboard's task stream shows what runs.
+    so the dashboard's task stream shows what runs. Whenever it waits for results and the
+    cluster has no worker at all, it waits up to ``worker_timeout`` seconds for one to
+    (re)join, then raises :class:`NoWorkersError`.
     """
 
     in_process = False
 
-    def __init__(self, client: Any, run_name: str | None = None) -> None:
+    def __init__(self, client: Any, run_name: str | None = None, *, worker_timeout: float = WORKER_TIMEOUT) -> None:
+        from distributed import KilledWorker
+        from distributed.comm import CommClosedError
+
         self.client = client
+        self.worker_timeout = worker_timeout
+        self._lost_types = (CancelledError, KilledWorker, CommClosedError)
+        self.wait_for_workers()
         capacity = cluster_capacity(client)
-        if not capacity.workers:
-            raise RuntimeError(f"the Dask cluster at {client.scheduler.address} has no workers")
         self.n_workers = capacity.threads
         self.memory_limit = capacity.memory or _available_memory()
+        self.task_memory = capacity.task_memory
         self.dashboard_link = client.dashboard_link
         self.token = run_name or uuid.uuid4().hex[:8]  # task keys read <name>-<token>
         self._calls = 0
@@ -152,12 +207,20 @@ class DaskRunner:
     def _key(self, name: str, *index: int) -> tuple:
         return (f"{name}-{self.token}", self._calls, *index)
 
+    def is_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means lost workers or results rather than a failing task: a cancelled
+        future (``FutureCancelledError``: "lost dependencies", "already forgotten"), a task that
+        killed its workers (``KilledWorker``), or a connection to a worker that is gone (a plain
+        ``OSError``, not its file-related subclasses, which tasks raise themselves)."""
+        return isinstance(exc, self._lost_types) or type(exc) is OSError
+
     def load(self, source: BlockSource, keep: bool) -> list[Any]:
         blocks = [source.block(i) for i in range(source.n_blocks)]
         if not keep:
             return blocks
         self._calls += 1
         if source.array is not None:
+            self.wait_for_workers()
             futures = self.client.scatter(blocks, hash=False)
             return [self.client.submit(load_block, f, key=self._key("nmf-load-X", i))
                     for i, f in enumerate(futures)]
@@ -165,7 +228,8 @@ class DaskRunner:
 
     def map(self, name: str, fn: Callable, *columns: Sequence[Any], shared: tuple = ()) -> list[Any]:
         self._calls += 1
-        return [self.client.submit(fn, *args, *shared, key=self._key(name, i))
+        # retries: a task that fails (e.g. a transient storage error) runs once more
+        return [self.client.submit(fn, *args, *shared, key=self._key(name, i), retries=1)
                 for i, args in enumerate(zip(*columns))]
 
     def select(self, handles: list[Any], j: int, name: str = "select") -> list[Any]:
@@ -185,18 +249,50 @@ class DaskRunner:
             level += 1
             current = [self.client.submit(add_terms, *current[s:s + 4], key=self._key(name, level, s))
                        for s in range(0, len(current), 4)]
+        self._wait(current)
         return current[0].result()
 
     def broadcast(self, value: Any) -> Any:
-        return self.client.scatter(value, broadcast=True, hash=False)
+        """``value`` as the result of a task that holds it: if the worker with it is lost, the
+        scheduler recomputes it (scattered data would have no lineage)."""
+        self._calls += 1
+        return self.client.submit(_identity, value, key=self._key("nmf-value"), pure=False)
 
     def gather(self, handles: list[Any]) -> list[Any]:
+        self._wait(handles)
         return self.client.gather(handles)
 
     def release(self, handles: Any) -> None:
         for h in handles if isinstance(handles, list) else [handles]:
             if hasattr(h, "release"):
                 h.release()
+
+    def wait_for_workers(self) -> None:
+        """Return once the cluster has a worker; raise :class:`NoWorkersError` after ``worker_timeout``."""
+        deadline = time.monotonic() + self.worker_timeout
+        while not self._has_workers():
+            if time.monotonic() > deadline:
+                raise NoWorkersError(
+                    f"the Dask cluster at {self.client.scheduler.address} has had no workers for "
+                    f"{self.worker_timeout:g} s (worker_timeout); start workers, or raise worker_timeout")
+            time.sleep(POLL_SECONDS)
+
+    def _has_workers(self) -> bool:
+        try:
+            return bool(self.client.nthreads())
+        except OSError:  # the scheduler itself is unreachable: no worker can be used either
+            return False
+
+    def _wait(self, futures: list[Any]) -> None:
+        """Wait for ``futures``; while the cluster has no worker, at most ``worker_timeout``."""
+        from distributed import wait
+
+        while True:
+            try:
+                wait(futures, timeout=POLL_SECONDS * 5)
+                return
+            except TimeoutError:
+                self.wait_for_workers()
 
     def close(self) -> None:
         """The client belongs to the caller; nothing to close."""
@@ -221,19 +317,21 @@ def active_client(client: Any = None) -> Any | None:
         return None
 
 
-def make_runner(client: Any | None = None) -> Runner:
+def make_runner(client: Any | None = None, worker_timeout: float = WORKER_TIMEOUT) -> Runner:
     """A DaskRunner on ``client`` (or the active client), else the in-process LocalRunner."""
     client = client or active_client()
-    return DaskRunner(client) if client is not None else LocalRunner()
+    return DaskRunner(client, worker_timeout=worker_timeout) if client is not None else LocalRunner()
 
 
 @dataclass(frozen=True)
 class Capacity:
-    """What a Dask cluster offers: worker processes, their threads, their memory limits (bytes, 0 if none)."""
+    """What a Dask cluster offers: worker processes, their threads, their memory limits (bytes, 0 if
+    none), and the bytes one task may use now (:func:`_task_memory`)."""
 
     workers: int
     threads: int
     memory: int
+    task_memory: int
 
 
 def cluster_capacity(client: Any) -> Capacity:
@@ -243,7 +341,8 @@ def cluster_capacity(client: Any) -> Capacity:
     every = {"n_workers": -1} if "n_workers" in inspect.signature(client.scheduler_info).parameters else {}
     workers = client.scheduler_info(**every).get("workers", {}).values()
     return Capacity(workers=len(workers), threads=sum(int(w.get("nthreads", 1)) for w in workers),
-                    memory=sum(int(w.get("memory_limit") or 0) for w in workers))
+                    memory=sum(int(w.get("memory_limit") or 0) for w in workers),
+                    task_memory=_task_memory(workers) if workers else MIN_TASK_MEMORY)
 
 
 def _available_memory() -> int:

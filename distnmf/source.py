@@ -6,9 +6,9 @@ Stores are read block by block straight from Zarr inside tasks; in-memory arrays
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -18,7 +18,14 @@ import scipy.sparse as sp
 import zarr
 
 from distnmf.kernels import Block
-from distnmf.store import Location, Matrix, check_2d, open_matrix, read_rows
+from distnmf.store import (
+    Location,
+    Matrix,
+    check_2d,
+    local_array_matrix,
+    open_matrix,
+    read_rows,
+)
 
 SPARSE_TARGET_NNZ = 2**21
 
@@ -30,9 +37,10 @@ class StoreReader:
     path: Location
     is_sparse: bool
     n_cols: int
+    component: str = "X"
 
     def __call__(self, start: int, stop: int) -> Block:
-        return read_rows(self.path, self.is_sparse, start, stop, self.n_cols)
+        return read_rows(self.path, self.is_sparse, start, stop, self.n_cols, self.component)
 
 
 @dataclass(frozen=True)
@@ -105,20 +113,24 @@ class BlockSource:
         return BlockRef(self.reader, a, b)
 
 
-def as_source(X: Any, *, n_blocks_hint: int = 1) -> BlockSource:
+def as_source(X: Any, *, n_blocks_hint: int = 1, task_memory: int | None = None,
+              temporaries: int = 1) -> BlockSource:
     """Wrap a path, :class:`Matrix`, numpy / scipy.sparse / Dask / Zarr array as a BlockSource.
 
     ``n_blocks_hint`` asks for at least that many row blocks (e.g. 2 per worker) so the work
-    spreads over a cluster. Raises ``FileNotFoundError`` / ``ValueError`` for bad input.
+    spreads over a cluster. With ``task_memory`` (bytes one task may use), dense row blocks
+    are small enough that a task's working set fits: the block as read, its float32 copy and
+    ``temporaries`` float32 arrays of the block's size; a storage chunk larger than that is
+    read in several row blocks. Raises ``FileNotFoundError`` / ``ValueError`` for bad input.
     """
     if isinstance(X, (str, os.PathLike)):
         X = open_matrix(X)
     if isinstance(X, zarr.Array):
-        X = da.from_zarr(X)
+        X = local_array_matrix(X) or da.from_zarr(X)
     if isinstance(X, Matrix):
-        return _store_source(X, n_blocks_hint)
+        return _store_source(X, n_blocks_hint, _row_limit(X.shape[1], X.dtype.itemsize, task_memory, temporaries))
     if isinstance(X, da.Array):
-        return _dask_source(X, n_blocks_hint)
+        return _dask_source(X, n_blocks_hint, _row_limit(X.shape[1], X.dtype.itemsize, task_memory, temporaries))
     if sp.issparse(X):
         X = sp.csr_array(X)
         X = X if X.dtype == np.float32 else X.astype(np.float32)
@@ -127,24 +139,25 @@ def as_source(X: Any, *, n_blocks_hint: int = 1) -> BlockSource:
         return BlockSource((m, n), bounds, True, X.nnz, X.data.nbytes + X.indices.nbytes, array=X)
     X = np.ascontiguousarray(X, dtype=np.float32)
     m, n = check_2d(X.shape)
-    bounds = _even_bounds(m, max(n_blocks_hint, -(-X.nbytes // 2**25)))
+    max_rows = min(_row_limit(n, 4, task_memory, temporaries), max(1, 2**25 // (4 * n)))
+    bounds = _even_bounds(m, max(n_blocks_hint, -(-m // max_rows)))
     return BlockSource((m, n), bounds, False, m * n, X.nbytes, array=X)
 
 
-def _store_source(matrix: Matrix, n_blocks_hint: int) -> BlockSource:
+def _store_source(matrix: Matrix, n_blocks_hint: int, max_rows: int) -> BlockSource:
     m, n = matrix.shape
     if matrix.is_sparse:
         bounds = _sparse_bounds(m, matrix.nnz, n_blocks_hint)
     elif matrix.n_blocks >= n_blocks_hint:
-        bounds = matrix.row_bounds  # one storage chunk per block
+        bounds = _split_blocks(matrix.row_bounds, max_rows)  # storage chunks, split when too large
     else:
-        bounds = _even_bounds(m, n_blocks_hint)
+        bounds = _even_bounds(m, max(n_blocks_hint, -(-m // max_rows)))
     return BlockSource((m, n), tuple(bounds), matrix.is_sparse, matrix.nnz, matrix.nbytes,
-                       reader=StoreReader(matrix.path, matrix.is_sparse, n), matrix=matrix,
+                       reader=StoreReader(matrix.path, matrix.is_sparse, n, matrix.component), matrix=matrix,
                        attrs=dict(matrix.attrs))
 
 
-def _dask_source(X: da.Array, n_blocks_hint: int) -> BlockSource:
+def _dask_source(X: da.Array, n_blocks_hint: int, max_rows: int) -> BlockSource:
     m, n = check_2d(X.shape)
     is_sparse = sp.issparse(X._meta)
     if not is_sparse and not np.issubdtype(X.dtype, np.number):
@@ -152,9 +165,9 @@ def _dask_source(X: da.Array, n_blocks_hint: int) -> BlockSource:
     chunks = X.chunks[0]
     uniform = len(set(chunks[:-1])) <= 1 and chunks[-1] <= chunks[0]
     if uniform and len(chunks) >= n_blocks_hint:
-        bounds = (0,) + tuple(int(b) for b in np.cumsum(chunks))
+        bounds = _split_blocks((0,) + tuple(int(b) for b in np.cumsum(chunks)), max_rows)
     else:
-        bounds = _even_bounds(m, n_blocks_hint)
+        bounds = _even_bounds(m, max(n_blocks_hint, -(-m // max_rows)))
     itemsize = 4
     nnz = m * n
     nbytes = m * n * itemsize
@@ -163,6 +176,23 @@ def _dask_source(X: da.Array, n_blocks_hint: int) -> BlockSource:
                                             dtype=np.int64, meta=np.array([[0]])).sum())[0])
         nbytes = nnz * 8
     return BlockSource((m, n), bounds, is_sparse, nnz, nbytes, reader=DaskReader(X.rechunk({1: -1})))
+
+
+def _row_limit(n_cols: int, itemsize: int, task_memory: int | None, temporaries: int) -> int:
+    """The most rows of a dense block whose task working set fits in ``task_memory`` bytes."""
+    if task_memory is None:
+        return 2**62
+    row_bytes = n_cols * (itemsize + (4 if itemsize != 4 else 0) + 4 * temporaries)
+    return max(1, task_memory // row_bytes)
+
+
+def _split_blocks(bounds: tuple[int, ...] | list[int], max_rows: int) -> tuple[int, ...]:
+    """``bounds`` with every block of more than ``max_rows`` rows split into equal parts."""
+    out = [0]
+    for a, b in itertools.pairwise(bounds):
+        parts = -(-(b - a) // max_rows)
+        out.extend(a + (b - a) * (p + 1) // parts for p in range(parts))
+    return tuple(out)
 
 
 def _even_bounds(n_rows: int, n_blocks: int) -> tuple[int, ...]:

@@ -33,6 +33,7 @@ import zarr
 import zarr.codecs
 
 from distnmf import storage
+from distnmf.rowread import read_dense_rows
 from distnmf.storage import Location, atomic_path, publish  # noqa: F401  (atomic_path: re-exported)
 
 FORMAT_VERSION = 1
@@ -463,6 +464,8 @@ class Matrix:
     row_bounds : row block boundaries ``[0, b1, ..., n_rows]``; block i is rows
         ``row_bounds[i]:row_bounds[i+1]``, aligned with the storage chunks.
     attrs : user metadata such as ``image_shape``.
+    component : where the matrix is inside the store: ``"X"``, or ``""`` when the store is a
+        bare 2-D Zarr array (written by another tool; no labels).
     """
 
     path: Location
@@ -472,6 +475,7 @@ class Matrix:
     dtype: np.dtype
     row_bounds: tuple[int, ...]
     attrs: dict[str, Any]
+    component: str = "X"  # the matrix inside the store: "X", or "" for a bare Zarr array
 
     @property
     def n_blocks(self) -> int:
@@ -490,11 +494,11 @@ class Matrix:
 
     @property
     def row_labels(self) -> np.ndarray | None:
-        return _read_labels(self.path, "row_labels", ("obs", "_index"))
+        return _read_labels(self.path, "row_labels", ("obs", "_index")) if self.component else None
 
     @property
     def col_labels(self) -> np.ndarray | None:
-        return _read_labels(self.path, "col_labels", ("var", "_index"))
+        return _read_labels(self.path, "col_labels", ("var", "_index")) if self.component else None
 
     @property
     def image_shape(self) -> tuple[int, ...] | None:
@@ -503,13 +507,14 @@ class Matrix:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray | sp.csr_array:
         """Read rows ``start:stop`` (any range) from disk."""
-        return read_rows(self.path, self.is_sparse, start, stop, self.shape[1])
+        return read_rows(self.path, self.is_sparse, start, stop, self.shape[1], self.component)
 
     @property
     def dask(self) -> da.Array:
         """X as a Dask array of row blocks (chunks are ndarrays or ``scipy.sparse.csr_array``)."""
         if not self.is_sparse:
-            return da.from_zarr(str(self.path), component="X", chunks=(self.row_bounds_chunks(), self.shape[1]))
+            return da.from_zarr(str(self.path), component=self.component or None,
+                                chunks=(self.row_bounds_chunks(), self.shape[1]))
         token = dask.base.tokenize(str(self.path), self.row_bounds, storage.version_token(self.path))
         name = f"read-csr-{token}"
         graph = {(name, i, 0): (read_rows, self.path, True, a, b, self.shape[1])
@@ -525,13 +530,16 @@ class Matrix:
         return self.read_rows(0, self.shape[0])
 
 
-def read_rows(path: Location, is_sparse: bool, start: int, stop: int, n_cols: int) -> np.ndarray | sp.csr_array:
-    """Read rows ``start:stop`` of the store at ``path``."""
-    group = zarr.open_group(path, mode="r")
-    x = group["X"]
-    check_safe(x, f"{path}/X")
+def read_rows(path: Location, is_sparse: bool, start: int, stop: int, n_cols: int,
+              component: str = "X") -> np.ndarray | sp.csr_array:
+    """Read rows ``start:stop`` of the matrix at ``component`` of the store at ``path``."""
+    where = f"{path}/{component}" if component else str(path)
     if not is_sparse:
-        return x[start:stop]
+        array = zarr.open_array(path, path=component, mode="r")
+        check_safe(array, where)
+        return read_dense_rows(array, start, stop)
+    x = zarr.open_group(path, mode="r")[component]
+    check_safe(x, where)
     indptr = x["indptr"][start:stop + 1]
     lo, hi = int(indptr[0]), int(indptr[-1])
     data = x["data"][lo:hi] if hi > lo else np.zeros(0, dtype=x["data"].dtype)
@@ -587,13 +595,24 @@ def open_matrix(path: str | os.PathLike) -> Matrix:
     return Matrix(path, shape, True, nnz, dtype, tuple(bounds), _user_attrs(meta))
 
 
-def _open_bare_array(path: Location, arr: zarr.Array) -> Matrix:
+def _open_bare_array(path: Location, arr: zarr.Array, component: str = "") -> Matrix:
+    """A dense Matrix over a 2-D Zarr array (row blocks follow its chunks; no labels)."""
+    where = f"{path}/{component}" if component else str(path)
     if arr.ndim != 2:
-        raise ValueError(f"{path} holds a {arr.ndim}-D array; a matrix must be 2-D")
-    raise ValueError(
-        f"{path} is a bare Zarr array, not a matrix store: pass zarr.open_array({str(path)!r}) "
-        f"to NMF directly, or convert it with distnmf.save_matrix(zarr.open_array(...), 'new.zarr')"
-    )
+        raise ValueError(f"{where} holds a {arr.ndim}-D array; a matrix must be 2-D")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise ValueError(f"{where} must hold real numbers, got dtype {arr.dtype}")
+    shape = check_2d(arr.shape, where=where)
+    return Matrix(path, shape, False, shape[0] * shape[1], np.dtype(arr.dtype),
+                  tuple(_chunk_bounds(shape[0], arr.chunks[0])), {}, component)
+
+
+def local_array_matrix(arr: zarr.Array) -> Matrix | None:
+    """A Matrix over a Zarr array kept in a local directory (so tasks anywhere on this host can
+    read row ranges of it by path), else None."""
+    if not isinstance(arr.store, zarr.storage.LocalStore):
+        return None
+    return _open_bare_array(arr.store.root, arr, arr.path)
 
 
 def _chunk_bounds(n_rows: int, chunk_rows: int) -> list[int]:
