@@ -216,12 +216,13 @@ def frobenius_error_sq(x_sq: float, WtX: np.ndarray, WtW: np.ndarray, H: np.ndar
     return max(x_sq - 2.0 * cross + quad, 0.0)
 
 
-def residual_sq_block(X: Block, W: np.ndarray, H: np.ndarray, chunk_rows: int = 4096) -> float:
+def residual_sq_block(X: Block, W: np.ndarray, H: np.ndarray, chunk_bytes: int = 1 << 22) -> float:
     """||X_i - W_i H||_F^2 of one block in float64, accurate even when the residual is tiny.
 
     The per-iteration error from float32 W^T X and W^T W (:func:`frobenius_error_sq`) loses
     everything below ~1e-7 ||X||^2 to cancellation; this pass reports the final error exactly.
-    Dense: the residual over slices of ``chunk_rows`` rows. Sparse: ``||X||^2 - 2 <X, WH>_nnz +
+    Dense: the residual over row slices of ``chunk_bytes`` in float64 (three such temporaries,
+    whatever the block's size: a task's memory stays bounded). Sparse: ``||X||^2 - 2 <X, WH>_nnz +
     <W^T W, H H^T>`` with every term in float64.
     """
     H64 = H.astype(np.float64)
@@ -235,6 +236,7 @@ def residual_sq_block(X: Block, W: np.ndarray, H: np.ndarray, chunk_rows: int = 
         quad = float(np.vdot(W64.T @ W64, H64 @ H64.T))
         return max(float(data @ data) - 2.0 * cross + quad, 0.0)
     total = 0.0
+    chunk_rows = max(1, chunk_bytes // (8 * X.shape[1]))
     for start in range(0, X.shape[0], chunk_rows):
         diff = X[start:start + chunk_rows].astype(np.float64) - W[start:start + chunk_rows].astype(np.float64) @ H64
         total += float(np.vdot(diff, diff))
