@@ -10,11 +10,11 @@ Jobs run in job threads (``max_concurrent_jobs`` of them); SQLite is the queue, 
 thread claims the oldest queued job once the cluster has a scheduler and a worker. A job has
 its own ``distributed.Client``: closing it frees everything the job left on the cluster and
 interrupts the fit wherever it is (initialisation, iterations, the final write), which is how
-cancel and shutdown stop a job at once. A running job that the cluster drops (scheduler lost
-or restarted, workers lost, all workers gone) is re-queued and resumes from its last
-checkpoint; one that loses workers ``MAX_LOSSES`` times without writing a new checkpoint
-fails. A supervisor re-queues jobs recorded ``running`` that no thread runs, and replaces
-dead threads.
+cancel and shutdown stop a job at once. Lost workers are the fit's own business (the driver
+redoes the iterations since its last checkpoint); a running job whose fit the cluster ends
+(scheduler lost or restarted, no worker left) is re-queued and resumes from its last
+checkpoint. A supervisor re-queues jobs recorded ``running`` that no thread runs, and
+replaces dead threads.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ CONNECT_TIMEOUT = 5.0  # seconds a client tries to (re)connect to the scheduler 
 WATCH_EVERY = 1.0  # seconds between looks at the scheduler
 SUPERVISE_EVERY = 2.0  # seconds between checks for orphaned jobs and dead job threads
 RETRY_EVERY = 1.0  # seconds between attempts to record a job's end while SQLite is locked
-MAX_LOSSES = 3  # worker losses in a row without a new checkpoint before a job fails
 
 
 @dataclass(frozen=True)
@@ -182,7 +181,6 @@ class _Running:
 
     client: Any = None
     scheduler_id: str | None = None
-    workers: frozenset[str] = frozenset()
     cancelled: bool = False
 
 
@@ -198,7 +196,6 @@ class JobRunner:
         self.store = store
         self.cluster = cluster
         self._running: dict[str, _Running] = {}
-        self._losses: dict[str, tuple[Any, int]] = {}  # job id -> (checkpoint stamp, worker losses in a row)
         self._lock = threading.Lock()  # guards _running, and claiming (so the supervisor sees claims whole)
         self._pending = threading.Event()  # set when a job may be waiting
         self._stopping = threading.Event()
@@ -282,7 +279,6 @@ class JobRunner:
             log.exception("job %s failed", job_id)
         self._record_end(job_id, status, message and self.settings.layout.redact(message))  # no server paths
         if status != JobStatus.queued:
-            self._losses.pop(job_id, None)
             storage.remove(self.settings.layout.checkpoint(job_id))
         if status == JobStatus.cancelled:
             storage.remove(self.settings.layout.factors(job_id))
@@ -336,8 +332,7 @@ class JobRunner:
         if running.cancelled or self._stopping.is_set():
             raise _Interrupted
         with client.as_current():
-            info = client.scheduler_info(n_workers=-1)
-            running.scheduler_id, running.workers = info["id"], frozenset(info["workers"])
+            running.scheduler_id = client.scheduler_info(n_workers=0)["id"]
             factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
         build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)
 
@@ -349,45 +344,25 @@ class JobRunner:
         if self._stopping.is_set():
             log.info("job %s interrupted by shutdown; it resumes on the next start", job_id)
             return JobStatus.queued, "interrupted by a service shutdown; resumes from its last checkpoint"
-        lost, workers_lost = (str(exc), False) if isinstance(exc, ClusterUnavailable) else self._cluster_lost(running)
-        if lost and workers_lost and self._losses_without_progress(job_id) >= MAX_LOSSES:
-            log.warning("job %s failed: %s, %d times without a new checkpoint", job_id, lost, MAX_LOSSES)
-            return JobStatus.failed, (f"{lost}, {MAX_LOSSES} times in a row without reaching a new checkpoint; "
-                                      "if workers ran out of memory, give them more or checkpoint more often")
+        lost = str(exc) if isinstance(exc, ClusterUnavailable) else self._cluster_lost(running)
         if lost:
             log.warning("job %s interrupted: %s; re-queued (%s: %s)", job_id, lost, type(exc).__name__, exc)
-            return JobStatus.queued, f"interrupted: {lost}; resumes from its last checkpoint when the cluster allows"
+            return JobStatus.queued, f"interrupted: {lost}; resumes from its last checkpoint when the cluster is back"
         log.warning("job %s failed: %s", job_id, exc)
         return JobStatus.failed, f"{type(exc).__name__}: {exc}"
 
-    def _cluster_lost(self, running: _Running) -> tuple[str | None, bool]:
-        """What happened to the cluster under a failed fit (None if it is as the fit found it),
-        and whether it is that some of the fit's workers left while others remain."""
+    def _cluster_lost(self, running: _Running) -> str | None:
+        """What happened to the cluster under a failed fit, or None if it is as the fit found it."""
         state = self.cluster.refresh()  # publish it now, so that no job thread claims a job meanwhile
         if state.scheduler_id is None or state.n_workers == 0:
-            return state.problem, False
+            return state.problem
         if running.client is None:  # it failed before reaching the cluster
-            return None, False
+            return None
         if running.client.status != "running":
-            return "the connection to the Dask scheduler was lost", False
+            return "the connection to the Dask scheduler was lost"
         if state.scheduler_id != running.scheduler_id:
-            return "the Dask scheduler was restarted", False
-        try:
-            gone = running.workers - set(running.client.scheduler_info(n_workers=-1)["workers"])
-        except Exception as exc:  # the scheduler went away just now
-            return f"the Dask scheduler could not be reached ({type(exc).__name__})", False
-        if gone:
-            log.warning("workers lost during a fit: %s", ", ".join(sorted(gone)))
-            return f"{len(gone)} worker(s) left the cluster during the fit", True
-        return None, False
-
-    def _losses_without_progress(self, job_id: str) -> int:
-        """Count this worker loss: how many in a row found the job's checkpoint unchanged."""
-        stamp = _stamp(self.settings.layout.checkpoint(job_id))
-        previous, count = self._losses.get(job_id, (None, 0))
-        count = count + 1 if stamp == previous else 1
-        self._losses[job_id] = (stamp, count)
-        return count
+            return "the Dask scheduler was restarted"
+        return None
 
     # -- recording, whatever SQLite says
     def _record_progress(self, job_id: str, iteration: int, error: float | None, history: list[float]) -> None:
@@ -438,11 +413,3 @@ class JobRunner:
                     self._pending.set()
         except sqlite3.Error as exc:
             log.warning("could not check for orphaned jobs (%s); trying again later", exc)
-
-
-def _stamp(checkpoint: storage.Location) -> str | None:
-    """Identifies one written checkpoint (each is published anew: renamed into place, or copied)."""
-    try:
-        return storage.version_token(checkpoint)
-    except FileNotFoundError:
-        return None
