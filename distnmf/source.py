@@ -6,7 +6,6 @@ Stores are read block by block straight from Zarr inside tasks; in-memory arrays
 
 from __future__ import annotations
 
-import itertools
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,12 +186,15 @@ def _row_limit(n_cols: int, itemsize: int, task_memory: int | None, temporaries:
 
 
 def _split_blocks(bounds: tuple[int, ...] | list[int], max_rows: int) -> tuple[int, ...]:
-    """``bounds`` with every block of more than ``max_rows`` rows split into equal parts."""
-    out = [0]
-    for a, b in itertools.pairwise(bounds):
-        parts = -(-(b - a) // max_rows)
-        out.extend(a + (b - a) * (p + 1) // parts for p in range(parts))
-    return tuple(out)
+    """Chunk-aligned ``bounds`` (equal blocks but the last) with blocks of more than ``max_rows``
+    rows split into equal parts (dividing the chunk when a near count does), so the blocks stay
+    equal and a W array chunked by block has exactly one writer per chunk."""
+    chunk, n_rows = bounds[1] - bounds[0], bounds[-1]
+    if chunk <= max_rows:
+        return tuple(bounds)
+    fewest = -(-chunk // max_rows)
+    parts = next((p for p in range(fewest, 2 * fewest + 1) if chunk % p == 0), fewest)
+    return tuple(range(0, n_rows, -(-chunk // parts))) + (n_rows,)
 
 
 def _even_bounds(n_rows: int, n_blocks: int) -> tuple[int, ...]:

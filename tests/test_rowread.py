@@ -47,6 +47,7 @@ def test_coarse_chunks_are_split_to_fit_task_memory(tmp_path):
     source = as_source(matrix, n_blocks_hint=2, task_memory=40 * 2**20)  # 40 MiB: 5,242 rows of 8,000 B
     sizes = np.diff(source.bounds)
     assert sizes.max() * 1_000 * 8 <= 40 * 2**20
+    assert len(set(sizes[:-1])) == 1, "equal blocks, so a W array chunked by block has one writer per chunk"
     assert set(source.bounds) >= {0, 20_000, 40_000, 50_000}, "blocks must not straddle storage chunks"
     unlimited = as_source(matrix, n_blocks_hint=2)
     assert unlimited.bounds == (0, 20_000, 40_000, 50_000)
