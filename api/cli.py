@@ -26,8 +26,10 @@ def serve(
 
 
 def demo(
-    directory: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, results and pictures.")] = Path("demo-output"),
-    small: Annotated[bool, typer.Option("--small", help="A quick, small version (seconds instead of minutes).")] = False,
+    directory: Annotated[Path, typer.Option("--out", help="Folder for the demo's data, results and pictures.")
+                         ] = Path("demo-output"),
+    small: Annotated[bool, typer.Option("--small", help="A quick, small version (seconds instead of minutes).")
+                     ] = False,
 ) -> None:
     """Generate synthetic data, factorize it and write the pictures: the whole product in one go.
 

@@ -27,12 +27,12 @@ def run_demo(out_dir: Path, small: bool = False) -> None:
     """Run the demo, writing the service's data and the pictures under ``out_dir``."""
     from sklearn.datasets import load_digits
 
-    from distnmf_api.server import BackgroundServer
-    from distnmf_api.settings import Settings
     from distnmf import plots
     from distnmf.client import Client
     from distnmf.factors import open_factors
     from distnmf.synth import tag_set
+    from distnmf_api.server import BackgroundServer
+    from distnmf_api.settings import Settings
 
     k_digits, iter_digits, n_items, n_tags, n_assignments, n_topics, topic_size = SMALL if small else FULL
     out_dir = Path(out_dir)
@@ -46,7 +46,8 @@ def run_demo(out_dir: Path, small: bool = False) -> None:
     with BackgroundServer(settings) as server, Client(server.url) as client:
         health = client.health()
         print(f"service    {server.url}/docs")
-        print(f"scheduler  {health['scheduler'] or '(address given to token holders only)'}, {health['n_workers']} workers")
+        scheduler = health["scheduler"] or "(address given to token holders only)"
+        print(f"scheduler  {scheduler}, {health['n_workers']} workers")
         print(f"dashboard  {health['dashboard_url']}")
 
         _section("Ingesting two data sets")

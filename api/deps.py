@@ -8,12 +8,12 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from distnmf_api.jobstore import JobStore, StoredMatrix
-from distnmf_api.job_runner import Cluster, JobRunner
-from distnmf_api.serving import Served
-from distnmf_api.settings import Settings
 from distnmf.factors import Factors
 from distnmf.wire import JobRecord, JobStatus
+from distnmf_api.job_runner import Cluster, JobRunner
+from distnmf_api.jobstore import JobStore, StoredMatrix
+from distnmf_api.serving import Served
+from distnmf_api.settings import Settings
 
 
 def get_settings(request: Request) -> Settings:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Self
 
 
+
 class DataDirInUse(OSError):
     """Another live process holds the data directory's lock."""
 

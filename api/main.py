@@ -9,14 +9,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from distnmf import __version__
 from distnmf_api import errors, guards
 from distnmf_api.deps import require_token
+from distnmf_api.job_runner import Cluster, JobRunner
 from distnmf_api.jobstore import JobStore
 from distnmf_api.routers import health, jobs, matrices, results
-from distnmf_api.job_runner import Cluster, JobRunner
 from distnmf_api.serving import Served
 from distnmf_api.settings import Settings
-from distnmf import __version__
 
 log = logging.getLogger("distnmf.api")
 

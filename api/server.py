@@ -17,7 +17,7 @@ from distnmf_api.settings import LOOPBACK_HOSTS, Settings
 log = logging.getLogger("distnmf.api")
 
 LOOPBACK = "127.0.0.1"
-WILDCARDS = ("0.0.0.0", "::", "")
+WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - the addresses refused without a token
 
 
 def bind_host(host: str, settings: Settings) -> str:

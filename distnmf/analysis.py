@@ -50,7 +50,8 @@ def resolve_index(labels: np.ndarray | None, key: str | int, n: int, axis_name: 
     """Position of ``key`` (a label or an integer index) on an axis of length ``n``.
 
     A string is looked up among ``labels``; a string of digits that is not a label is taken as
-    an index (so "42" works on labelled and unlabelled axes alike). Raises :class:`UnknownLabelError` (naming the label and close matches)
+    an index (so "42" works on labelled and unlabelled axes alike). Raises :class:`UnknownLabelError`
+    (naming the label and close matches)
     or :class:`IndexOutOfRangeError`; both are ``ValueError``. ``positions`` (label -> first position,
     e.g. ``Factors.row_positions``) makes the lookup O(1) instead of a scan of ``labels``.
     """

@@ -138,7 +138,7 @@ def hals_fold_in(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps:
     active = np.arange(W.shape[0])
     first_change: np.ndarray | None = None
     sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):
+    for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
         rows = W[active]
         before = rows.copy()
         hals_sweeps(rows, XHt[active], HHt, max_sweeps=1)

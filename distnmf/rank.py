@@ -158,7 +158,8 @@ class RankReport:
         return [{"n_components": k,
                  "test_rmse": float(self.test_rmse[i].mean()), "test_rmse_std": float(self.test_rmse[i].std(ddof=ddof)),
                  "test_rmse_se": float(se[i]),
-                 "train_rmse": float(self.train_rmse[i].mean()), "train_rmse_std": float(self.train_rmse[i].std(ddof=ddof))}
+                 "train_rmse": float(self.train_rmse[i].mean()),
+                 "train_rmse_std": float(self.train_rmse[i].std(ddof=ddof))}
                 for i, k in enumerate(self.ks)]
 
     def to_dict(self) -> dict:

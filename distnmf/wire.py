@@ -81,7 +81,7 @@ Record = TypeVar("Record", MatrixRecord, JobRecord)
 
 def from_json(cls: type[Record], data: dict[str, Any]) -> Record:
     """A record of type ``cls`` from its JSON object (unknown keys are ignored)."""
-    values = {f.name: data.get(f.name) for f in fields(cls)}
+    values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)}
     if "shape" in values:
         values["shape"] = tuple(values["shape"])
     if "status" in values:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from distnmf import __version__
 from distnmf_api.deps import AuthenticatedDep, ClusterDep, SettingsDep
 from distnmf_api.schemas import Health
-from distnmf import __version__
 
 router = APIRouter(tags=["health"])
 

@@ -12,12 +12,12 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 from fastapi.concurrency import run_in_threadpool
 
+from distnmf.store import check_rank
+from distnmf.wire import JobRecord, JobStatus
 from distnmf_api.deps import ClusterDep, JobDep, RunnerDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
 from distnmf_api.job_runner import Cluster
 from distnmf_api.schemas import BetaLoss, Error, SubmitJob
-from distnmf.store import check_rank
-from distnmf.wire import JobRecord, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

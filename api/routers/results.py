@@ -12,16 +12,26 @@ import scipy.sparse as sp
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from fastapi.responses import FileResponse, StreamingResponse
 
-from distnmf_api import factor_io
-from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, ServedDep, SettingsDep, StoreDep
-from distnmf_api.errors import Unprocessable
-from distnmf_api.schemas import Axis, ComponentTop, Error, FactorFormat, FactorRange, LabelRow, Similar, SparseRow, \
-    TransformRequest, TransformResult
-from distnmf_api.job_runner import Cluster
-from distnmf_api.settings import Settings
 from distnmf import analysis, plots
 from distnmf.factors import Factors
 from distnmf.wire import Hit
+from distnmf_api import factor_io
+from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, ServedDep, SettingsDep, StoreDep
+from distnmf_api.errors import Unprocessable
+from distnmf_api.job_runner import Cluster
+from distnmf_api.schemas import (
+    Axis,
+    ComponentTop,
+    Error,
+    FactorFormat,
+    FactorRange,
+    LabelRow,
+    Similar,
+    SparseRow,
+    TransformRequest,
+    TransformResult,
+)
+from distnmf_api.settings import Settings
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 

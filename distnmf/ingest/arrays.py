@@ -187,7 +187,8 @@ def _csr_blocks(indptr: NpyStream, indices: NpyStream, data: NpyStream, n_rows: 
             count = int(ptr[b] - ptr[a])
             cols = indices.read(count)
             if count and (cols.min() < 0 or cols.max() >= n_cols):
-                raise ValueError(f"{where}: a column index outside 0..{n_cols - 1} in rows {start + a:,}-{start + b - 1:,}")
+                raise ValueError(f"{where}: a column index outside 0..{n_cols - 1} in rows "
+                                 f"{start + a:,}-{start + b - 1:,}")
             values = data.read(count).astype(np.float32)
             yield sp.csr_array((values, cols.astype(np.int64), ptr[a:b + 1] - ptr[a]), shape=(b - a, n_cols))
             a = b

@@ -105,8 +105,9 @@ def tags(
     tfidf: Annotated[bool, typer.Option(help="Weight by the seed's idf ln(n_items / (df + 0.1)).")] = False,
     strict: Annotated[bool, typer.Option(help="Stop at the first malformed record.")] = False,
     id_field: Annotated[str, typer.Option(help="Record field holding the item id.")] = "id",
-    tag_field: Annotated[list[str] | None, typer.Option(help="Record field merged into the tags; repeat for several "
-                                                             "(default: tags, high_conf_tags and low_conf_tags).")] = None,
+    tag_field: Annotated[list[str] | None, typer.Option(
+        help="Record field merged into the tags; repeat for several (default: tags, high_conf_tags and "
+             "low_conf_tags).")] = None,
     compression: Compression = "none",
     overwrite: Overwrite = False,
     progress: Progress = None,
@@ -158,8 +159,8 @@ def ratings(
     user_col: Annotated[str | None, typer.Option(help="User column: header name or 0-based position.")] = None,
     item_col: Annotated[str | None, typer.Option(help="Item column: header name or 0-based position.")] = None,
     rating_col: Annotated[str | None, typer.Option(help="Rating column: header name or 0-based position.")] = None,
-    header: Annotated[bool | None, typer.Option("--header/--no-header",
-                                                help="Whether the first line names the columns (default: detected).")] = None,
+    header: Annotated[bool | None, typer.Option(
+        "--header/--no-header", help="Whether the first line names the columns (default: detected).")] = None,
     delimiter: Annotated[str | None, typer.Option(help="Cell separator (default: from the suffix or sniffed).")] = None,
     duplicates: Annotated[str, typer.Option(help="A pair rated twice: keep the 'last' rating or 'error'.")] = "last",
     compression: Compression = "none",
@@ -185,7 +186,8 @@ def array(
     sparse: Annotated[bool | None, typer.Option("--sparse/--dense",
                                                 help="Storage layout (default: sparse for sparse inputs).")] = None,
     key: Annotated[str | None, typer.Option(help="Array to read from a dense .npz holding several.")] = None,
-    delimiter: Annotated[str | None, typer.Option(help="CSV cell separator (default: from the suffix or sniffed).")] = None,
+    delimiter: Annotated[str | None, typer.Option(
+        help="CSV cell separator (default: from the suffix or sniffed).")] = None,
     header: Annotated[bool | None, typer.Option("--header/--no-header",
                                                 help="Whether the first CSV line holds column labels "
                                                      "(default: detected).")] = None,

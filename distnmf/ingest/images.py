@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from distnmf.ingest.parallel import ClientArg, ordered_map
-from distnmf.runner import active_client
 from distnmf.ingest.report import IngestReport, SkipLog, Stopwatch, progress
+from distnmf.runner import active_client
 from distnmf.store import MatrixWriter, default_chunk_rows
 
 RESAMPLE = Image.Resampling.LANCZOS

@@ -66,7 +66,7 @@ class IngestLimits:
         text = io.TextIOWrapper(stream, encoding="utf-8", newline=None)
         no = 0
         try:
-            for no, line in self.lines(text, where):
+            for no, line in self.lines(text, where):  # noqa: B007 - `no` names the line of a decoding error
                 yield line.rstrip("\n")
         except UnicodeDecodeError:
             raise ValueError(f"{where}, line {no + 1}: not UTF-8 text; labels are UTF-8, one per line") from None

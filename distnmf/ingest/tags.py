@@ -15,7 +15,14 @@ is parsed whole.
 The seed's metadata came as a pickle, which is unsafe to load from others. Convert it once,
 on a machine that trusts it, to JSON Lines::
 
-    python -c "import json,pickle; m=pickle.load(open('metadata.pickle','rb')); open('tags.jsonl','w').writelines(json.dumps({'id':k,'high_conf_tags':sorted(v['high_conf_tags']),'low_conf_tags':sorted(v['low_conf_tags'])})+'\\n' for k,v in m.items())"
+    python - <<'EOF'
+    import json, pickle
+    metadata = pickle.load(open("metadata.pickle", "rb"))
+    with open("tags.jsonl", "w") as out:
+        for key, v in metadata.items():
+            tags = {"high_conf_tags": sorted(v["high_conf_tags"]), "low_conf_tags": sorted(v["low_conf_tags"])}
+            out.write(json.dumps({"id": key, **tags}) + "\\n")
+    EOF
 """
 
 from __future__ import annotations

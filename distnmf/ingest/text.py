@@ -30,11 +30,11 @@ from sklearn.preprocessing import normalize
 
 from distnmf.ingest.images import list_files
 from distnmf.ingest.parallel import ClientArg, ordered_map
-from distnmf.runner import active_client
 from distnmf.ingest.report import IngestReport, Stopwatch, progress
+from distnmf.runner import active_client
 from distnmf.store import MatrixWriter
 
-TOKEN_PATTERN = r"(?u)\b\w\w+\b"
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # noqa: S105 - a regular expression, not a password
 
 
 @dataclass(frozen=True)
