@@ -6,18 +6,19 @@ import os
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import IO
+
 import zarr
 
-from distnmf_api.errors import PathRefused, Unprocessable
-from distnmf_api.jobstore import JobStore, StoredMatrix
-from distnmf_api.layout import DataDir
-from distnmf_api.job_runner import Cluster
-from distnmf_api.schemas import MatrixFormat
-from distnmf_api.tasks import check_rows
 from distnmf import storage
 from distnmf.ingest import ingest_array
 from distnmf.ingest.limits import IngestLimits
 from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
+from distnmf_api.errors import PathRefused, Unprocessable
+from distnmf_api.job_runner import Cluster
+from distnmf_api.jobstore import JobStore, StoredMatrix
+from distnmf_api.layout import DataDir
+from distnmf_api.schemas import MatrixFormat
+from distnmf_api.tasks import check_rows
 
 SUFFIXES = {MatrixFormat.npy: ".npy", MatrixFormat.npz: ".npz", MatrixFormat.mtx: ".mtx", MatrixFormat.csv: ".csv"}
 

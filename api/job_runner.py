@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from distnmf import storage
+from distnmf.wire import JobRecord, JobStatus
 from distnmf_api.errors import ClusterUnavailable
 from distnmf_api.jobstore import JobStore
 from distnmf_api.settings import Settings
-from distnmf.wire import JobRecord, JobStatus
 
 log = logging.getLogger("distnmf.api")
 

@@ -55,8 +55,8 @@ class LocalDeployment:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> None:
         with open(self.data_dir / "logs" / f"{name}.log", "ab") as log:  # the child keeps its own copy
-            self.processes[name] = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                                    start_new_session=True)
+            self.processes[name] = subprocess.Popen(  # noqa: S603 - our own dask and distnmf commands
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start(self) -> Self:
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Self
 
 
-
 class DataDirInUse(OSError):
     """Another live process holds the data directory's lock."""
 

@@ -95,14 +95,15 @@ StoreArg = Annotated[str, typer.Argument(help="Matrix store (.zarr) written by '
                                                "a folder or a URL (s3://bucket/prefix/x.zarr).", show_default=False)]
 ResultsArg = Annotated[str, typer.Argument(help="Factors store (.zarr) written by 'distnmf fit': a folder or a URL.",
                                            show_default=False)]
-SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address, e.g. tcp://10.0.0.5:8786. "
-                                                  "Default: run on this machine.")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="Dask scheduler address, e.g. "
+                                                  "tcp://10.0.0.5:8786. Default: run on this machine.")]
 SolverOpt = Annotated[str, typer.Option("--solver", help="hals (Frobenius loss) or mu (any beta loss).")]
 InitOpt = Annotated[str, typer.Option("--init", help="nndsvda, nndsvd, nndsvdar or random.")]
-BetaOpt = Annotated[str, typer.Option("--beta-loss", help="frobenius, kullback-leibler or itakura-saito (needs --solver mu).")]
+BetaOpt = Annotated[str, typer.Option("--beta-loss", help="frobenius, kullback-leibler or itakura-saito "
+                                      "(needs --solver mu).")]
 MaxIterOpt = Annotated[int, typer.Option("--max-iter", help="Maximum number of iterations.")]
-TolOpt = Annotated[float, typer.Option("--tol", help="Stopping tolerance, as in scikit-learn: hals stops when the projected "
-                                        "gradient falls below tol x the first iteration's; mu when the error "
+TolOpt = Annotated[float, typer.Option("--tol", help="Stopping tolerance, as in scikit-learn: hals stops when the "
+                                        "projected gradient falls below tol x the first iteration's; mu when the error "
                                         "drops by less than tol x the initial error over 10 iterations.")]
 SeedOpt = Annotated[int | None, typer.Option("--random-state", help="Seed for reproducible initialisation.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
@@ -149,9 +150,9 @@ def fit(
     params = {**_fit_params(solver, init, beta_loss, max_iter, tol, random_state), "missing": missing,
               "alpha_W": alpha}
     started = time.perf_counter()
-    with scheduler_client(scheduler), _convergence_notes(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                       TextColumn("rel. error {task.fields[error]}"), TimeElapsedColumn(),
-                                       console=err, transient=False) as progress:
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("rel. error {task.fields[error]}"), TimeElapsedColumn(), console=err, transient=False)
+    with scheduler_client(scheduler), _convergence_notes(), bar as progress:
         task = progress.add_task(f"NMF k={k} on {matrix.shape[0]}x{matrix.shape[1]}", total=max_iter, error="-")
 
         def report(iteration: int, relative_error: float, elapsed: float) -> None:
@@ -238,7 +239,8 @@ def similar(
 @user_errors
 def sweep(
     store: StoreArg,
-    ks: Annotated[str, typer.Option("-k", "--ranks", help="Comma-separated ranks, e.g. 5,10,20,40.", show_default=False)],
+    ks: Annotated[str, typer.Option("-k", "--ranks", help="Comma-separated ranks, e.g. 5,10,20,40.",
+                                    show_default=False)],
     solver: SolverOpt = "hals",
     init: InitOpt = "nndsvda",
     beta_loss: BetaOpt = "frobenius",
@@ -341,7 +343,8 @@ def svd(
 @user_errors
 def plot(
     results: ResultsArg,
-    directory: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: RESULTS name + '-plots'.")] = None,
+    directory: Annotated[Path | None, typer.Option("--out", help="Output folder. Default: RESULTS name + '-plots'.")
+                         ] = None,
     matrix: Annotated[str | None, typer.Option("--matrix", help="Source matrix for reconstructions "
                                                 "(default: the store the fit read, if it still exists).")] = None,
     rows: Annotated[int, typer.Option("--rows", help="How many rows to show original vs reconstruction for.")] = 4,

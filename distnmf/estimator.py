@@ -392,7 +392,7 @@ def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: floa
             HHt = HHt + l2 * np.eye(len(HHt), dtype=HHt.dtype)
         return kernels.hals_fold_in(W, XHt, HHt, max_sweeps=max_iter, tol=tol)
     n_iter = 0
-    for n_iter in range(1, max_iter + 1):
+    for n_iter in range(1, max_iter + 1):  # noqa: B007 - the count is returned
         previous = W
         W = kernels.mu_update_block(block, W, H, beta, HHt=HHt if beta == 2.0 else None, l1=l1, l2=l2)
         change = np.linalg.norm(W - previous)
