@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import IO
+from typing import IO, Any, cast
 
 import zarr
 
@@ -163,7 +163,7 @@ def _add_metadata(path: storage.Location, matrix: Matrix, limits: IngestLimits, 
             size *= side
         if size != matrix.shape[1]:
             raise ValueError(f"image_shape {image_shape} has {size} pixels but rows have {matrix.shape[1]} columns")
-        meta = dict(group.attrs["distnmf"])
+        meta = cast(dict[str, Any], group.attrs["distnmf"])
         group.attrs["distnmf"] = {**meta, "image_shape": list(image_shape)}
 
 

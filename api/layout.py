@@ -18,6 +18,7 @@ instead; the SQLite file, uploads in transit and plots stay in the data director
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +71,7 @@ class DataDir:
             return Path(location).resolve().relative_to(root.resolve()).as_posix()
         return str(location).removeprefix(root + "/")
 
-    def redact(self, text: str, names: dict[Path, str] | None = None) -> str:
+    def redact(self, text: str, names: Mapping[storage.Location, str] | None = None) -> str:
         """``text`` without server paths, for a response: each path of ``names`` becomes the name the
         client knows it by, then any other path under the data directory or the storage root
         becomes relative to it."""

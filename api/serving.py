@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from pathlib import Path
 
 from distnmf.factors import Factors, open_factors
 from distnmf.index import IndexCache
+from distnmf.storage import Location
 
 OPEN_FACTORS = 64  # opened factors stores kept (each holds H and the labels)
 
@@ -19,10 +19,10 @@ class Served:
 
     def __init__(self, index_memory_bytes: int, approximate_from: int) -> None:
         self.indexes = IndexCache(index_memory_bytes, approximate_from)
-        self._factors: OrderedDict[Path, Factors] = OrderedDict()
+        self._factors: OrderedDict[Location, Factors] = OrderedDict()
         self._lock = threading.Lock()
 
-    def factors(self, path: Path) -> Factors:
+    def factors(self, path: Location) -> Factors:
         with self._lock:
             if path in self._factors:
                 self._factors.move_to_end(path)
@@ -34,7 +34,7 @@ class Served:
                 self._factors.popitem(last=False)
         return opened
 
-    def forget(self, path: Path) -> None:
+    def forget(self, path: Location) -> None:
         """Drop a store's opened factors and indexes (before it is deleted)."""
         with self._lock:
             self._factors.pop(path, None)

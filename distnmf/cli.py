@@ -82,7 +82,7 @@ def _fit_params(solver: str, init: str, beta_loss: str, max_iter: int, tol: floa
             "random_state": random_state}
 
 
-def _save_npz(path: Path, **arrays: np.ndarray) -> Path:
+def _save_npz(path: Path, **arrays: Any) -> Path:
     """Write arrays to ``path`` (.npz) atomically."""
     from distnmf.store import atomic_path
 
@@ -224,7 +224,9 @@ def similar(
 
     if (row is None) == (column is None):
         raise ValueError("give exactly one of --row LABEL or --column LABEL")
-    key, axis = (row, axis) if row is not None else (column, "columns")
+    key = row if row is not None else column
+    axis = axis if row is not None else "columns"
+    assert key is not None
     hits = similar_query(open_factors(results), key, k=k, axis=axis, least=least)
     if as_json:
         out.print_json(json.dumps(_hit_dicts(hits)))
@@ -288,7 +290,7 @@ def sweep(
         err.print(f"wrote {elbow_plot(found, plot)}")
 
 
-def _cv_sweep(store: Path, matrix: Any, ranks: list[int], init: str, max_iter: int, tol: float,
+def _cv_sweep(store: str, matrix: Any, ranks: list[int], init: str, max_iter: int, tol: float,
               random_state: int | None, scheduler: str | None, plot: Path | None, as_json: bool,
               test_fraction: float, replicates: int) -> None:
     from distnmf.rank import select_rank

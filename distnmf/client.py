@@ -341,7 +341,7 @@ class AsyncJob:
         items are dense lists, ``{"indices": [...], "values": [...]}`` dicts, or lists of column
         labels (tag lists).
         """
-        body = {"rows": _rows_payload(rows), "similar_k": similar_k}
+        body: dict[str, Any] = {"rows": _rows_payload(rows), "similar_k": similar_k}
         data = (await self.client._request("POST", f"/jobs/{self.id}/transform", idempotent=True,
                                            json=body)).json()
         coefficients = np.asarray(data["coefficients"], dtype=np.float32).reshape(len(body["rows"]), -1)

@@ -85,7 +85,8 @@ async def get_job(job: JobDep, store: StoreDep, cluster: ClusterDep,
     deadline = time.monotonic() + wait
     while not job.status.is_terminal and job.iteration <= after and time.monotonic() < deadline:
         await asyncio.sleep(POLL_SECONDS)
-        job = await run_in_threadpool(store.get_job, job.id) or job
+        latest = await run_in_threadpool(store.get_job, job.id)
+        job = latest or job
     return _with_dashboard(job, cluster)
 
 

@@ -71,7 +71,7 @@ def read_partition(part: Partition, encoding: str = "utf-8") -> tuple[list[str],
         f.seek(part.start)
         raw = f.read(part.stop - part.start)
     labels: list[str] = []
-    docs: list[str] = []
+    docs = []
     for i, line in enumerate(raw.split(b"\n")):
         text = line.decode(encoding, errors="replace").rstrip("\r")
         if text.strip():
