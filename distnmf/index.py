@@ -133,6 +133,8 @@ def build(vectors: np.ndarray, *, approximate_from: int = APPROXIMATE_FROM, ivf_
     kind = kind_for(n, approximate_from, ivf_from)
     if kind == "exact":
         return SimilarityIndex(unit)
+    approximate: faiss.Index
+    depths: tuple[int, ...]
     if kind == "hnsw":
         approximate = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         approximate.hnsw.efConstruction = HNSW_EF_CONSTRUCTION

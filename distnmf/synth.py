@@ -178,7 +178,7 @@ def tag_set(path: str | os.PathLike, n_items: int = 75_000, n_tags: int = 73_890
     item_topics = np.empty((n_items, 2), dtype=np.int64)
     attrs = {"synth": {"kind": "tag_set", "seed": seed, "n_topics": n_topics, "topic_size": topic_size}}
     with MatrixWriter(path, n_tags, sparse=True, overwrite=overwrite, row_labels=_labels("item", n_items),
-                      col_labels=labels, attrs=attrs) as writer:
+                      col_labels=labels.tolist(), attrs=attrs) as writer:
         for b in progress(range(_n_blocks(n_items)), total=_n_blocks(n_items), desc="synth tags",
                           unit="block", enabled=show_progress):
             indptr, indices, topics = model.block(b)

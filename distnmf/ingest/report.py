@@ -121,7 +121,7 @@ def progress(iterable: Iterable[T], *, total: int | None, desc: str, unit: str =
 def directory_size(path: str | os.PathLike) -> int:
     """Total size in bytes of the files under ``path``."""
     total = 0
-    for root, _dirs, files in os.walk(path):
+    for root, _dirs, files in os.walk(os.fspath(path)):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
     return total
 
