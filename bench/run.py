@@ -764,7 +764,8 @@ def _restart_count(client: Any) -> int:
     return len(client.run_on_scheduler(_scheduler_restart_events))
 
 
-def _kill_self() -> None:
+async def _kill_self() -> None:
+    """SIGKILL this worker (a coroutine: ``client.run(..., wait=False)`` accepts only those)."""
     os.kill(os.getpid(), signal.SIGKILL)
 
 
