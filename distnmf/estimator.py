@@ -256,12 +256,12 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                           "init='nndsvd'. You may try init='nndsvda' or init='nndsvdar' instead.",
                           UserWarning, stacklevel=4)
         alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
+        l1_W, l2_W = compute_regularization(self.alpha_W, self.l1_ratio, n)
+        l1_H, l2_H = compute_regularization(alpha_H, self.l1_ratio, m)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         return FitConfig(
             n_components=k, solver=self.solver, beta=beta, init=init, max_iter=self.max_iter,
-            tol=self.tol, seed=seed,
-            l1_W=n * self.alpha_W * self.l1_ratio, l2_W=n * self.alpha_W * (1 - self.l1_ratio),
-            l1_H=m * alpha_H * self.l1_ratio, l2_H=m * alpha_H * (1 - self.l1_ratio),
+            tol=self.tol, seed=seed, l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,
             verbose=self.verbose, callback=self.callback, checkpoint=self.checkpoint,
             checkpoint_every=self.checkpoint_every, resume=self.resume, keep_in_memory=self.keep_in_memory,
             missing=self.missing)
@@ -401,6 +401,12 @@ def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: floa
     return W, n_iter
 
 
+def compute_regularization(alpha: float, l1_ratio: float, other_dim: int) -> tuple[float, float]:
+    """(l1, l2) penalty of one factor as scikit-learn scales it: ``alpha`` times the other
+    dimension (n_features for W, n_samples for H), split by ``l1_ratio``."""
+    return other_dim * alpha * l1_ratio, other_dim * alpha * (1 - l1_ratio)
+
+
 def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: float, solver: str,
                      max_iter: int, tol: float, alpha_W: float = 0.0, l1_ratio: float = 0.0,
                      missing: str = "zero") -> list[Any]:
@@ -408,7 +414,7 @@ def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: f
     (``alpha_W * n_features``, split by ``l1_ratio``): per-block handles of (W_i, sweeps done).
     ``missing="unobserved"``: each row's problem is over its observed entries only."""
     n = source.shape[1]
-    l1, l2 = n * alpha_W * l1_ratio, n * alpha_W * (1 - l1_ratio)
+    l1, l2 = compute_regularization(alpha_W, l1_ratio, n)
     x_handles = runner.load(source, keep=False)
     if missing == "unobserved":
         return _masked_transform(runner, source, x_handles, np.asarray(H, dtype=np.float32), max_iter, tol, l1 / n,
