@@ -312,8 +312,8 @@ def cooccurring(matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10)
     c = resolve_index(labels, key, n_cols, "column")
     k = _check_k(k, n_cols - 1, "other columns")
     X = matrix.dask
-    parts = X.map_blocks(column_cooccurrence, c, dtype=np.float64, chunks=((1,) * X.numblocks[0], (n_cols,)),
-                         meta=np.empty((0, 0), dtype=np.float64))
+    parts = da.map_blocks(column_cooccurrence, X, c, dtype=np.float64, chunks=((1,) * X.numblocks[0], (n_cols,)),
+                          meta=np.empty((0, 0), dtype=np.float64))
     scores = da.sum(parts, axis=0).compute()
     scores[c] = 0.0
     candidates = np.flatnonzero(scores > 0)

@@ -158,7 +158,8 @@ def reconstruction_plot(factors: Factors, matrix: Matrix | str | os.PathLike, ro
 
 
 def _dense_row(row: np.ndarray | sp.sparray) -> np.ndarray:
-    return (row.toarray() if sp.issparse(row) else np.asarray(row)).ravel().astype(np.float32)
+    dense = sp.csr_array(row).toarray() if sp.issparse(row) else np.asarray(row)
+    return dense.ravel().astype(np.float32)
 
 
 def error_curve(errors: Sequence[float] | Factors, path: str | os.PathLike) -> Path:
@@ -186,7 +187,8 @@ def elbow_plot(sweep: Sequence[dict], path: str | os.PathLike) -> Path:
     ks = [r["n_components"] for r in points]
     relative = [r.get("relative_error") for r in points]
     use_relative = all(v is not None for v in relative)
-    values = relative if use_relative else [r["reconstruction_err"] for r in points]
+    values: list[float] = ([float(v) for v in relative if v is not None] if use_relative
+                           else [r["reconstruction_err"] for r in points])
     fig = Figure(figsize=(6, 4), dpi=DPI)
     ax = fig.subplots()
     ax.plot(ks, values, marker="o")

@@ -171,8 +171,8 @@ def _dask_source(X: da.Array, n_blocks_hint: int, max_rows: int) -> BlockSource:
     nnz = m * n
     nbytes = m * n * itemsize
     if is_sparse:
-        nnz = int(dask.compute(X.map_blocks(lambda b: np.array([[b.nnz]]), chunks=(1, 1),
-                                            dtype=np.int64, meta=np.array([[0]])).sum())[0])
+        nnz = int(dask.compute(da.map_blocks(lambda b: np.array([[b.nnz]]), X, chunks=(1, 1),
+                                             dtype=np.int64, meta=np.array([[0]])).sum())[0])
         nbytes = nnz * 8
     return BlockSource((m, n), bounds, is_sparse, nnz, nbytes, reader=DaskReader(X.rechunk({1: -1})))
 
