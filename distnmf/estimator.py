@@ -247,7 +247,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             if W0 is not None or H0 is not None:
                 warnings.warn("When init!='custom', provided W or H are ignored. Set  init='custom' to use "
                               "them as initialization.", RuntimeWarning, stacklevel=4)
-            k = n if self.n_components in (None, "auto") else self.n_components
+            k = n if self.n_components in (None, "auto") else int(self.n_components)
         self._n_components = k
         init = resolve_init(self.init, k, (m, n))
         if self.solver == "mu" and init == "nndsvd":
@@ -255,7 +255,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
                           "initialization, and so leads to poorer results when used jointly with "
                           "init='nndsvd'. You may try init='nndsvda' or init='nndsvdar' instead.",
                           UserWarning, stacklevel=4)
-        alpha_H = self.alpha_W if self.alpha_H == "same" else self.alpha_H
+        alpha_H = self.alpha_W if self.alpha_H == "same" else float(self.alpha_H)
         l1_W, l2_W = compute_regularization(self.alpha_W, self.l1_ratio, n)
         l1_H, l2_H = compute_regularization(alpha_H, self.l1_ratio, m)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -396,7 +396,7 @@ def _fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: floa
         previous = W
         W = kernels.mu_update_block(block, W, H, beta, HHt=HHt if beta == 2.0 else None, l1=l1, l2=l2)
         change = np.linalg.norm(W - previous)
-        if change <= tol * max(np.linalg.norm(W), 1e-12):
+        if change <= tol * max(float(np.linalg.norm(W)), 1e-12):
             break
     return W, n_iter
 
@@ -520,7 +520,7 @@ def _has_zeros(source: BlockSource) -> bool:
         return True
     if source.array is None:
         return False
-    values = source.array.data if source.is_sparse else source.array
+    values = np.asarray(source.array.data if source.is_sparse else source.array)
     return bool(values.size) and float(np.nanmin(values)) == 0
 
 

@@ -35,9 +35,11 @@ from distnmf_api.settings import Settings
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
 
-NOT_READY = {404: {"model": Error, "description": "No such job, or no such row/column"},
+Responses = dict[int | str, dict[str, Any]]
+
+NOT_READY: Responses = {404: {"model": Error, "description": "No such job, or no such row/column"},
              409: {"model": Error, "description": "The job has not succeeded (yet)"}}
-QUERY_ERRORS = {**NOT_READY, 422: {"description": "Invalid query, or a limit exceeded"}}
+QUERY_ERRORS: Responses = {**NOT_READY, 422: {"description": "Invalid query, or a limit exceeded"}}
 
 
 class Factor(StrEnum):
@@ -89,7 +91,7 @@ def get_factor(factor: Factor, factors: FactorsDep, settings: SettingsDep,
     return StreamingResponse(factor_io.stream_json(factors, factor, start, stop), media_type="application/json")
 
 
-PNG = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+PNG: Responses = {200: {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
              "description": "A PNG image"}}
 
 

@@ -169,7 +169,7 @@ def ingest_tags(src: str | os.PathLike, dest: str | os.PathLike, *, min_count: i
         raise ValueError(f"max_tags must be >= 1 or None, got {max_tags}")
     clock = Stopwatch()
     skipped = SkipLog()
-    records = dict(id_field=id_field, tag_fields=tuple(tag_fields), strict=strict)
+    records: dict[str, Any] = {"id_field": id_field, "tag_fields": tuple(tag_fields), "strict": strict}
 
     counts: Counter[str] = Counter()
     ids: list[str] = []
