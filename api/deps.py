@@ -90,7 +90,24 @@ def get_factors(job: JobDep, settings: SettingsDep, served: ServedDep) -> Factor
     if job.status != JobStatus.succeeded:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"job {job.id} is {job.status}; its factors exist once it has succeeded")
+    if job.params.get("kind") == "rank":
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job.id} selects a rank; it has no factors "
+                                                       f"(its report is at /jobs/{job.id}/rank)")
     return served.factors(settings.layout.factors(job.id))
 
 
 FactorsDep = Annotated[Factors, Depends(get_factors)]
+
+
+def get_rank_report(job: JobDep) -> JobRecord:
+    """A succeeded rank-selection job; 404 for other kinds of job, 409 until it has succeeded."""
+    if job.params.get("kind") != "rank":
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job.id} is an NMF job; rank reports come from "
+                                                       "jobs submitted with kind='rank'")
+    if job.status != JobStatus.succeeded:
+        raise HTTPException(status.HTTP_409_CONFLICT,
+                            f"job {job.id} is {job.status}; its rank report exists once it has succeeded")
+    return job
+
+
+RankJobDep = Annotated[JobRecord, Depends(get_rank_report)]

@@ -14,15 +14,18 @@ cancel and shutdown stop a job at once. Lost workers are the fit's own business 
 redoes the iterations since its last checkpoint); a running job whose fit the cluster ends
 (scheduler lost or restarted, no worker left) is re-queued and resumes from its last
 checkpoint. A supervisor re-queues jobs recorded ``running`` that no thread runs, and
-replaces dead threads.
+replaces dead threads. Rank-selection jobs (kind "rank") run :func:`distnmf.select_rank` the
+same way; they have no checkpoint, so an interrupted one runs all its fits again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from distnmf import storage
@@ -281,7 +284,9 @@ class JobRunner:
         if status != JobStatus.queued:
             storage.remove(self.settings.layout.checkpoint(job_id))
         if status == JobStatus.cancelled:
-            storage.remove(self.settings.layout.factors(job_id))
+            for output in (self.settings.layout.factors(job_id), self.settings.layout.rank_report(job_id),
+                           self.settings.layout.rank_plot(job_id)):
+                storage.remove(output)
 
     def _attempt(self, job: JobRecord, running: _Running) -> tuple[JobStatus, str | None]:
         """Fit the job; the status to record and why (queued: it resumes later)."""
@@ -301,9 +306,13 @@ class JobRunner:
             history.append(float(error))
             self._record_progress(job_id, iteration, float(error), history)
 
+        source = self.settings.layout.path(matrix.path)
         try:
-            self._fit(self.settings.layout.path(matrix.path), self.settings.layout.factors(job_id), running, callback,
-                      dict(job.params), checkpoint, resume)
+            if job.params.get("kind") == "rank":
+                self._select_rank(source, job_id, running, dict(job.params))
+            else:
+                self._fit(source, self.settings.layout.factors(job_id), running, callback, dict(job.params),
+                          checkpoint, resume)
         except Exception as exc:
             return self._interrupted(job_id, running, exc)  # looks at the cluster through the job's client
         finally:
@@ -314,14 +323,9 @@ class JobRunner:
         log.info("job %s succeeded", job_id)
         return JobStatus.succeeded, None
 
-    def _fit(self, source: storage.Location, out: storage.Location, running: _Running, callback: Any,
-             params: dict[str, Any], checkpoint: storage.Location, resume: storage.Location | None) -> None:
-        """Connect the job's client (``running.client``; the caller closes it), fit, and build the
-        similarity index so that the factors are served from the start."""
-        from distnmf import factorize
-        from distnmf.index import build_for
-
-        storage.remove(out)  # a half-recorded earlier run of this job
+    def _connect(self, running: _Running) -> Any:
+        """Connect the job's client (``running.client``; the caller closes it) and note the
+        scheduler it found; :class:`_Interrupted` if the job was cancelled meanwhile."""
         try:
             client = self.cluster.connect()
         except OSError as exc:
@@ -331,10 +335,34 @@ class JobRunner:
             running.client = client
         if running.cancelled or self._stopping.is_set():
             raise _Interrupted
-        with client.as_current():
-            running.scheduler_id = client.scheduler_info(n_workers=0)["id"]
+        running.scheduler_id = client.scheduler_info(n_workers=0)["id"]
+        return client
+
+    def _fit(self, source: storage.Location, out: storage.Location, running: _Running, callback: Any,
+             params: dict[str, Any], checkpoint: storage.Location, resume: storage.Location | None) -> None:
+        """Fit on the job's client, and build the similarity index so that the factors are served
+        from the start."""
+        from distnmf import factorize
+        from distnmf.index import build_for
+
+        storage.remove(out)  # a half-recorded earlier run of this job
+        with self._connect(running).as_current():
             factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
         build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)
+
+    def _select_rank(self, source: storage.Location, job_id: str, running: _Running, params: dict[str, Any]) -> None:
+        """Cross-validate the ranks ``params["ks"]`` on the job's client (all fits run again after
+        an interruption: there is no checkpoint); write the report's plot, then its JSON."""
+        from distnmf import select_rank
+
+        layout = self.settings.layout
+        ks, test_fraction, replicates = params.pop("ks"), params.pop("test_fraction"), params.pop("replicates")
+        del params["kind"]
+        report = select_rank(source, ks, test_fraction=test_fraction, replicates=replicates,
+                             client=self._connect(running), **params)
+        report.plot(layout.rank_plot(job_id))
+        with storage.atomic_path(layout.rank_report(job_id), overwrite=True) as tmp:
+            Path(tmp).write_text(json.dumps(report.to_dict()))
 
     def _interrupted(self, job_id: str, running: _Running, exc: Exception) -> tuple[JobStatus, str]:
         """Tell a cancel, a shutdown or a lost cluster (the job is re-queued) from a failing job."""

@@ -8,11 +8,13 @@
 <data_dir>/factors/<job>.zarr        a succeeded job's W, H, labels and error history
 <data_dir>/checkpoints/<job>.zarr    a running job's last durable iterate (resumed after a restart)
 <data_dir>/plots/<job>/<name>.png    pictures drawn on request, kept
+<data_dir>/ranks/<job>.json          a rank-selection job's report (table, best_k, one_se_k)
+<data_dir>/ranks/<job>.png           its held-out and training RMSE against rank
 <data_dir>/<anything else>           stores and files registered by path
 ```
 With ``DISTNMF_STORAGE_ROOT`` (a folder every worker sees, or a URL such as ``s3://bucket/distnmf``),
 ``matrices/``, ``factors/``, ``checkpoints/`` and the stores registered by path live under it
-instead; the SQLite file, uploads in transit and plots stay in the data directory.
+instead; the SQLite file, uploads in transit, plots and rank reports stay in the data directory.
 """
 
 from __future__ import annotations
@@ -59,6 +61,12 @@ class DataDir:
 
     def plot(self, job_id: str, name: str) -> Path:
         return self.root / "plots" / job_id / f"{name}.png"
+
+    def rank_report(self, job_id: str) -> Path:
+        return self.root / "ranks" / f"{job_id}.json"
+
+    def rank_plot(self, job_id: str) -> Path:
+        return self.root / "ranks" / f"{job_id}.png"
 
     def path(self, relative: str) -> storage.Location:
         """The location of a matrix record (relative to the storage root)."""

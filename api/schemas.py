@@ -7,7 +7,7 @@ of :mod:`distnmf.wire`; FastAPI validates and documents them like the models her
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -99,7 +99,7 @@ class RegisterMatrix(Body):
 class JobParams(Body):
     """NMF parameters, with the engine's defaults (see ``distnmf.NMF``)."""
 
-    n_components: int = Field(ge=1, description="Rank k of the factorization.")
+    n_components: int | None = Field(None, ge=1, description="Rank k of the factorization (kind 'nmf').")
     solver: Solver = Solver.hals
     beta_loss: BetaLoss = BetaLoss.frobenius
     init: Init = Init.nndsvda
@@ -125,9 +125,20 @@ class JobParams(Body):
         return self
 
 
+class JobKind(StrEnum):
+    nmf = "nmf"
+    rank = "rank"
+
+
+RANK_FIELDS = {"kind", "ks", "test_fraction", "replicates"}
+SET_BY_RANK_SELECTION = ("n_components", "missing", "checkpoint_every")
+
+
 class SubmitJob(JobParams):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"matrix_id": "3f2a9c0d7e1b4a56", "n_components": 10, "max_iter": 200, "random_state": 0},
+        {"matrix_id": "3f2a9c0d7e1b4a56", "kind": "rank", "ks": [2, 4, 8, 16], "test_fraction": 0.05,
+         "replicates": 3, "max_iter": 100, "random_state": 0},
         {"matrix_id": "3f2a9c0d7e1b4a56", "job_id": "tags-k20", "n_components": 20, "solver": "mu",
          "beta_loss": "kullback-leibler", "init": "nndsvda", "max_iter": 300, "tol": 1e-4,
          "alpha_W": 0.0, "alpha_H": "same", "l1_ratio": 0.0, "checkpoint_every": 10},
@@ -136,9 +147,37 @@ class SubmitJob(JobParams):
     matrix_id: str = Field(min_length=1, max_length=64)
     job_id: str | None = Field(None, pattern=NAME_PATTERN,
                                description="Client-chosen id: resubmitting the same body returns the same job.")
+    kind: JobKind = Field(JobKind.nmf, description='"nmf": one factorization of rank n_components; "rank": '
+                                                   'cross-validated rank selection over ks (distnmf.select_rank).')
+    ks: list[Annotated[int, Field(ge=1)]] | None = Field(
+        None, min_length=1, max_length=32, description="Ranks to compare (kind 'rank').")
+    test_fraction: float = Field(0.05, gt=0, le=0.5, description="Fraction of the observed entries held out per "
+                                                                  "replicate (kind 'rank').")
+    replicates: int = Field(3, ge=1, le=20, description="Independent hold-out splits per rank (kind 'rank').")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> SubmitJob:
+        if self.kind == JobKind.nmf:
+            if self.n_components is None:
+                raise ValueError("n_components is required for an 'nmf' job")
+            if given := sorted((RANK_FIELDS - {"kind"}) & self.model_fields_set):
+                raise ValueError(f"{', '.join(given)} apply to kind='rank' jobs only")
+            return self
+        if self.ks is None:
+            raise ValueError("a 'rank' job needs ks, the ranks to compare, e.g. [2, 4, 8]")
+        if given := [name for name in SET_BY_RANK_SELECTION if name in self.model_fields_set]:
+            raise ValueError(f"a 'rank' job sets {', '.join(given)} itself (it fits masked NMF of each rank in ks); "
+                             "drop it")
+        if self.solver != Solver.hals:
+            raise ValueError("a 'rank' job fits masked NMF, with solver='hals' and beta_loss='frobenius'")
+        return self
 
     def params(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude={"matrix_id", "job_id"})
+        """What the job record stores: an 'nmf' job's NMF parameters (as before rank jobs existed),
+        or a 'rank' job's ks, test_fraction, replicates and NMF parameters."""
+        if self.kind == JobKind.nmf:
+            return self.model_dump(mode="json", exclude={"matrix_id", "job_id", *RANK_FIELDS})
+        return self.model_dump(mode="json", exclude={"matrix_id", "job_id", *SET_BY_RANK_SELECTION})
 
 
 # --------------------------------------------------------------------------- results
@@ -189,3 +228,24 @@ class TransformRequest(Body):
 class TransformResult(BaseModel):
     coefficients: list[list[float]] = Field(description="W of the new rows, shape (rows, n_components).")
     similar: list[list[Hit]] = Field(description="Per new row, its nearest stored rows (empty without similar_k).")
+
+
+class RankRow(BaseModel):
+    n_components: int
+    test_rmse: float = Field(description="Mean RMSE on the held-out entries over the replicates.")
+    test_rmse_std: float
+    test_rmse_se: float = Field(description="Standard error of test_rmse (0 with one replicate).")
+    train_rmse: float = Field(description="Mean RMSE on the training entries.")
+    train_rmse_std: float
+
+
+class RankReport(BaseModel):
+    """A rank-selection job's report (``distnmf.RankReport.to_dict()``)."""
+
+    best_k: int = Field(description="The rank with the lowest mean held-out RMSE.")
+    one_se_k: int = Field(description="The smallest rank within one standard error of the best.")
+    test_fraction: float
+    n_test: list[int] = Field(description="Held-out entries per replicate.")
+    table: list[RankRow]
+    test_rmse: list[list[float]] = Field(description="Held-out RMSE, shape (len(ks), replicates).")
+    train_rmse: list[list[float]] = Field(description="Training RMSE, shape (len(ks), replicates).")

@@ -240,6 +240,16 @@ class AsyncClient:
         record = (await self._request("POST", "/jobs", idempotent=True, json=body)).json()
         return AsyncJob(self, record["id"])
 
+    async def select_rank(self, matrix: str | MatrixRecord, ks: Sequence[int], *, test_fraction: float = 0.05,
+                          replicates: int = 3, job_id: str | None = None, **params: Any) -> AsyncJob:
+        """Queue a cross-validated rank selection of ``matrix`` among ``ks`` (as ``distnmf.select_rank``;
+        other parameters as for ``distnmf.NMF``); once it has succeeded, ``job.rank()`` is the report."""
+        matrix_id = matrix.id if isinstance(matrix, MatrixRecord) else matrix
+        body = {"matrix_id": matrix_id, "kind": "rank", "ks": [int(k) for k in ks], "test_fraction": test_fraction,
+                "replicates": replicates, "job_id": job_id or uuid.uuid4().hex[:16], **params}
+        record = (await self._request("POST", "/jobs", idempotent=True, json=body)).json()
+        return AsyncJob(self, record["id"])
+
     def job(self, job_id: str) -> AsyncJob:
         """A handle on an existing job."""
         return AsyncJob(self, job_id)
@@ -356,6 +366,15 @@ class AsyncJob:
         """PNG bytes of the error curve."""
         return (await self.client._request("GET", f"/jobs/{self.id}/loss.png", idempotent=True)).content
 
+    async def rank(self) -> dict[str, Any]:
+        """A rank-selection job's report: ``best_k``, ``one_se_k``, ``table`` (per k: held-out RMSE
+        mean, std, standard error; training RMSE), ``test_rmse`` and ``train_rmse`` per replicate."""
+        return await self.client._get(f"/jobs/{self.id}/rank")
+
+    async def rank_png(self) -> bytes:
+        """PNG bytes of a rank-selection job's held-out and training RMSE against rank."""
+        return (await self.client._request("GET", f"/jobs/{self.id}/rank.png", idempotent=True)).content
+
 
 def _rows_payload(rows: Any) -> list[Any]:
     if hasattr(rows, "tocsr"):
@@ -441,6 +460,7 @@ class Client:
     matrix = _sync("matrix", AsyncClient)
     delete_matrix = _sync("delete_matrix", AsyncClient)
     submit = _sync("submit", AsyncClient)
+    select_rank = _sync("select_rank", AsyncClient)
     jobs = _sync("jobs", AsyncClient)
 
 
@@ -470,3 +490,5 @@ class Job:
     transform = _sync("transform", AsyncJob)
     component_png = _sync("component_png", AsyncJob)
     loss_png = _sync("loss_png", AsyncJob)
+    rank = _sync("rank", AsyncJob)
+    rank_png = _sync("rank_png", AsyncJob)

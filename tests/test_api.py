@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,12 @@ import pytest
 
 from distnmf_api.server import BackgroundServer
 from distnmf_api.settings import Settings
+import distnmf
 from distnmf import analysis
 from distnmf.client import BadRequest, Client, Conflict, InvalidRequest, JobCancelled, NotFound, \
     PayloadTooLarge, Unauthorized
 from distnmf.factors import open_factors
-from distnmf.store import MatrixWriter
+from distnmf.store import MatrixWriter, save_matrix
 from distnmf.synth import ratings, tag_set
 
 LIMITS = {"max_components": 40, "max_k": 50, "max_range": 100, "max_upload_bytes": 400_000}
@@ -269,3 +271,32 @@ def test_masked_rating_job_recommends_predicted_ratings(client, service) -> None
     assert 3 < hits[0].score < 7  # a predicted rating on the 1-5 star scale
     with pytest.raises(InvalidRequest, match="missing='unobserved' fits with solver='hals'"):
         client.submit(matrix, n_components=3, solver="mu", missing="unobserved")
+
+
+def test_rank_job_serves_the_library_report_and_plot(client, service) -> None:
+    rng = np.random.default_rng(3)
+    X = (rng.random((150, 3)) @ rng.random((3, 30)) + 0.1 * rng.standard_normal((150, 30))).clip(0)
+    save_matrix(X.astype(np.float32), service[1].data_dir / "stores" / "planted3.zarr")
+    matrix = client.register("stores/planted3.zarr", name="planted3")
+    options = {"test_fraction": 0.1, "replicates": 2, "max_iter": 15, "random_state": 0}
+    job = client.select_rank(matrix, [1, 3, 5], **options)
+    assert job.wait(progress=False, timeout=120).status == "succeeded"
+    served = job.rank()
+    expected = distnmf.select_rank(X.astype(np.float32), [1, 3, 5], client=False, **options)  # in process
+    assert served["best_k"] == expected.best_k == 3 and served["one_se_k"] == expected.one_se_k
+    assert served["n_test"] == expected.n_test
+    for got, want in zip(served["table"], expected.table, strict=True):
+        assert got.keys() == want.keys() and got["n_components"] == want["n_components"]
+        np.testing.assert_allclose([got[k] for k in sorted(got)], [want[k] for k in sorted(want)], rtol=1e-3)
+    assert job.rank_png().startswith(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(NotFound, match="no factors"):
+        job.W()
+    url = f"{service[0]}/api/v1/jobs"
+    for body, reason in (({"ks": [2, 31]}, "each of ks must be in 1..30"), ({"ks": [0, 2]}, "greater than or equal"),
+                         ({"ks": []}, "at least 1"), ({}, "needs ks"), ({"ks": [2], "test_fraction": 0.6}, "0.5"),
+                         ({"ks": [2], "test_fraction": 0}, "greater than 0"), ({"ks": [2], "replicates": 0}, ">= 1|greater"),
+                         ({"ks": [2], "n_components": 2}, "sets n_components"), ({"ks": [2], "solver": "mu"}, "hals")):
+        response = httpx.post(url, json={"matrix_id": matrix.id, "kind": "rank", **body})
+        assert response.status_code == 422 and re.search(reason, response.text), (body, response.text)
+    response = httpx.post(url, json={"matrix_id": matrix.id, "n_components": 2, "ks": [2]})
+    assert response.status_code == 422 and "kind='rank' jobs only" in response.text

@@ -17,7 +17,7 @@ from distnmf.wire import JobRecord, JobStatus
 from distnmf_api.deps import ClusterDep, JobDep, RunnerDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
 from distnmf_api.job_runner import Cluster
-from distnmf_api.schemas import BetaLoss, Error, SubmitJob
+from distnmf_api.schemas import BetaLoss, Error, JobKind, SubmitJob
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -30,20 +30,24 @@ POLL_SECONDS = 0.2
                         422: {"description": "Invalid parameters or a limit exceeded"}})
 def submit_job(body: SubmitJob, store: StoreDep, runner: RunnerDep, settings: SettingsDep,
                cluster: ClusterDep) -> JobRecord:
-    """Queue a factorization of a registered matrix; it runs on the cluster without blocking.
+    """Queue a factorization of a registered matrix (kind "nmf"), or a cross-validated choice of
+    its rank among ``ks`` (kind "rank": report at ``/jobs/{id}/rank``, plot at ``/jobs/{id}/rank.png``);
+    it runs on the cluster without blocking.
 
     With a ``job_id``, submitting the same body again returns the same job (safe to retry);
     the same ``job_id`` with another body is a 409.
     """
-    for limit, what, value in (("max_components", "n_components", body.n_components),
-                               ("max_iter", "max_iter", body.max_iter)):
-        if message := settings.limit_error(limit, what, value):
+    ranks = [body.n_components] if body.kind == JobKind.nmf else body.ks
+    what = "n_components" if body.kind == JobKind.nmf else "max(ks)"
+    for limit, name, value in (("max_components", what, max(ranks)), ("max_iter", "max_iter", body.max_iter)):
+        if message := settings.limit_error(limit, name, value):
             raise Unprocessable(message)
     matrix = store.get_matrix(body.matrix_id)
     if matrix is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {body.matrix_id!r}")
     try:
-        check_rank(body.n_components, matrix.shape)
+        for k in ranks:
+            check_rank(k, matrix.shape, "n_components" if body.kind == JobKind.nmf else "each of ks")
     except ValueError as exc:
         raise Unprocessable(f"matrix {matrix.id}: {exc}") from None
     n_rows, n_cols = matrix.shape

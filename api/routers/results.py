@@ -1,4 +1,5 @@
-"""Results of a succeeded job: W and H ranges, top of a component, similar rows, fold-in, recommend."""
+"""Results of a succeeded job: W and H ranges, top of a component, similar rows, fold-in, recommend;
+a rank-selection job's report and plot."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from distnmf import analysis, plots
 from distnmf.factors import Factors
 from distnmf.wire import Hit
 from distnmf_api import factor_io
-from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, ServedDep, SettingsDep, StoreDep
+from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, RankJobDep, ServedDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
 from distnmf_api.job_runner import Cluster
 from distnmf_api.schemas import (
@@ -26,6 +27,7 @@ from distnmf_api.schemas import (
     FactorFormat,
     FactorRange,
     LabelRow,
+    RankReport,
     Similar,
     SparseRow,
     TransformRequest,
@@ -116,6 +118,19 @@ def get_loss_png(job: JobDep, factors: FactorsDep, settings: SettingsDep) -> Fil
     if not path.exists():
         plots.error_curve(factors, path)
     return FileResponse(path, media_type="image/png")
+
+
+@router.get("/rank", response_model=RankReport, responses=NOT_READY)
+def get_rank_report(job: RankJobDep, settings: SettingsDep) -> FileResponse:
+    """A rank-selection job's report: per rank the held-out RMSE (mean, std, standard error) and
+    training RMSE, every replicate's figures, ``best_k`` and ``one_se_k``."""
+    return FileResponse(settings.layout.rank_report(job.id), media_type="application/json")
+
+
+@router.get("/rank.png", response_class=FileResponse, responses={**PNG, **NOT_READY})
+def get_rank_png(job: RankJobDep, settings: SettingsDep) -> FileResponse:
+    """Held-out and training RMSE against rank, with the best and one-standard-error ranks."""
+    return FileResponse(settings.layout.rank_plot(job.id), media_type="image/png")
 
 
 @router.get("/components/{component}", response_model=ComponentTop, responses=QUERY_ERRORS)
