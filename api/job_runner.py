@@ -358,8 +358,10 @@ class JobRunner:
         layout = self.settings.layout
         ks, test_fraction, replicates = params.pop("ks"), params.pop("test_fraction"), params.pop("replicates")
         del params["kind"]
-        report = select_rank(source, ks, test_fraction=test_fraction, replicates=replicates,
-                             client=self._connect(running), **params)
+        client = self._connect(running)
+        with client.as_current():
+            report = select_rank(source, ks, test_fraction=test_fraction, replicates=replicates, client=client,
+                                 **params)
         report.plot(layout.rank_plot(job_id))
         with storage.atomic_path(layout.rank_report(job_id), overwrite=True) as tmp:
             Path(tmp).write_text(json.dumps(report.to_dict()))

@@ -289,7 +289,8 @@ class DaskRunner:
 
         while True:
             try:
-                wait(futures, timeout=POLL_SECONDS * 5)
+                with self.client.as_current():  # wait() uses the current client; this thread may have none
+                    wait(futures, timeout=POLL_SECONDS * 5)
                 return
             except TimeoutError:
                 self.wait_for_workers()
