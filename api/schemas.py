@@ -172,6 +172,14 @@ class SubmitJob(JobParams):
             raise ValueError("a 'rank' job fits masked NMF, with solver='hals' and beta_loss='frobenius'")
         return self
 
+    def ranks(self) -> list[int]:
+        """The ranks the job fits: [n_components] for an 'nmf' job, ks for a 'rank' job."""
+        if self.kind == JobKind.nmf:
+            assert self.n_components is not None  # _check_kind made sure
+            return [self.n_components]
+        assert self.ks is not None
+        return list(self.ks)
+
     def params(self) -> dict[str, Any]:
         """What the job record stores: an 'nmf' job's NMF parameters (as before rank jobs existed),
         or a 'rank' job's ks, test_fraction, replicates and NMF parameters."""

@@ -37,7 +37,7 @@ def submit_job(body: SubmitJob, store: StoreDep, runner: RunnerDep, settings: Se
     With a ``job_id``, submitting the same body again returns the same job (safe to retry);
     the same ``job_id`` with another body is a 409.
     """
-    ranks = [body.n_components] if body.kind == JobKind.nmf else body.ks
+    ranks = body.ranks()
     what = "n_components" if body.kind == JobKind.nmf else "max(ks)"
     for limit, name, value in (("max_components", what, max(ranks)), ("max_iter", "max_iter", body.max_iter)):
         if message := settings.limit_error(limit, name, value):
