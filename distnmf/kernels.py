@@ -11,11 +11,13 @@ Losses follow scikit-learn: the objective is ``D_beta(X, WH) + reg`` with
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import numpy as np
 import scipy.sparse as sp
 
 EPSILON = np.finfo(np.float32).eps
-Block = np.ndarray | sp.csr_array | sp.csr_matrix
+Block: TypeAlias = np.ndarray | sp.csr_array | sp.csr_matrix
 
 
 def beta_to_float(beta_loss: str | float) -> float:

@@ -42,7 +42,7 @@ def entry_hash(rows: np.ndarray, cols: np.ndarray, n_cols: int, seed: int) -> np
 
 def _observed_entries(block: Block, start: int) -> tuple[np.ndarray, np.ndarray]:
     """Global rows and columns of a block's observed entries (sparse: stored; dense: non-NaN)."""
-    if sp.issparse(block):
+    if not isinstance(block, np.ndarray):  # sparse
         rows = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
         return rows + start, block.indices
     rows, cols = np.nonzero(~np.isnan(block))
@@ -115,7 +115,7 @@ def _test_error_task(x: Any, W: np.ndarray, start: int, H: np.ndarray, holdout: 
     train, rows, cols, values = holdout.split(as_float32(materialize(x)), start)
     predicted = np.einsum("ij,ji->i", W[rows], H[:, cols])
     residual = values.astype(np.float64) - predicted
-    n_train = train.nnz if sp.issparse(train) else int((~np.isnan(train)).sum())
+    n_train = int((~np.isnan(train)).sum()) if isinstance(train, np.ndarray) else train.nnz
     return float(residual @ residual), float(len(values)), float(n_train)
 
 
