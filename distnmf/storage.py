@@ -174,7 +174,7 @@ def publish(tmp: str | os.PathLike, location: str | os.PathLike, overwrite: bool
     if exists(location) and not overwrite:
         raise FileExistsError(f"{location} already exists; pass overwrite=True to replace it")
     if isinstance(location, Path):
-        if location.exists() and (tmp.is_dir() or location.is_dir()):
+        if location.exists() and (Path(tmp).is_dir() or location.is_dir()):
             old = location.with_name(f".{location.name}.old-{uuid.uuid4().hex[:8]}")
             os.rename(location, old)
             os.rename(tmp, location)
@@ -182,7 +182,7 @@ def publish(tmp: str | os.PathLike, location: str | os.PathLike, overwrite: bool
         else:
             os.replace(tmp, location)
         return
-    fs, src = filesystem(tmp)
+    fs, src = filesystem(str(tmp))
     _, dst = filesystem(location)
     remove(location)
     if fs.isfile(src):  # a single object: a server-side copy is atomic
