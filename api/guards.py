@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, HTTPException, status
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Request, status
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from distnmf_api.errors import problem
 from distnmf_api.settings import LOOPBACK_HOSTS, Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -88,7 +88,7 @@ class SameOriginWrites:
 
 
 async def _respond(error: HTTPException, scope: Scope, receive: Receive, send: Send) -> None:
-    response = JSONResponse({"detail": error.detail}, status_code=error.status_code)
+    response = problem(Request(scope), error.status_code, str(error.detail))
     await response(scope, receive, send)
 
 

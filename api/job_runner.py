@@ -24,6 +24,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -307,12 +308,13 @@ class JobRunner:
             self._record_progress(job_id, iteration, float(error), history)
 
         source = self.settings.layout.path(matrix.path)
+        timings: dict[str, float] | None = None
         try:
             if job.params.get("kind") == "rank":
                 self._select_rank(source, job_id, running, dict(job.params))
             else:
-                self._fit(source, self.settings.layout.factors(job_id), running, callback, dict(job.params),
-                          checkpoint, resume)
+                timings = self._fit(source, self.settings.layout.factors(job_id), running, callback,
+                                    dict(job.params), checkpoint, resume)
         except Exception as exc:
             return self._interrupted(job_id, running, exc)  # looks at the cluster through the job's client
         finally:
@@ -320,6 +322,8 @@ class JobRunner:
                 running.client.close()
         if running.cancelled:  # the cancel came after the last cluster call of the final write
             return JobStatus.cancelled, "cancelled while running"
+        if timings is not None:
+            self.store.record_timings(job_id, timings)
         log.info("job %s succeeded", job_id)
         return JobStatus.succeeded, None
 
@@ -339,16 +343,19 @@ class JobRunner:
         return client
 
     def _fit(self, source: storage.Location, out: storage.Location, running: _Running, callback: Any,
-             params: dict[str, Any], checkpoint: storage.Location, resume: storage.Location | None) -> None:
+             params: dict[str, Any], checkpoint: storage.Location, resume: storage.Location | None
+             ) -> dict[str, float]:
         """Fit on the job's client, and build the similarity index so that the factors are served
-        from the start."""
+        from the start; seconds per phase."""
         from distnmf import factorize
         from distnmf.index import build_for
 
         storage.remove(out)  # a half-recorded earlier run of this job
         with self._connect(running).as_current():
             factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
+        indexing = time.perf_counter()
         build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)
+        return {**factors.attrs.get("timings", {}), "indexing": time.perf_counter() - indexing}
 
     def _select_rank(self, source: storage.Location, job_id: str, running: _Running, params: dict[str, Any]) -> None:
         """Cross-validate the ranks ``params["ks"]`` on the job's client (all fits run again after
@@ -434,8 +441,12 @@ class JobRunner:
         run of the service, or a thread that died before recording the job's end)."""
         try:
             recorded = self.store.list_jobs(JobStatus.running)
+            cancelling = self.store.list_jobs(JobStatus.cancelling)
             with self._lock:
                 orphans = [job.id for job in recorded if job.id not in self._running]
+                stopped = [job.id for job in cancelling if job.id not in self._running]
+            for job_id in stopped:  # a cancel the service did not see to its end
+                self.store.finish_job(job_id, JobStatus.cancelled, "cancelled while running")
             for job_id in orphans:
                 if self.store.requeue(job_id, "re-queued: it was running with nothing behind it (service "
                                               "restart or a lost job thread); resumes from its last checkpoint"):

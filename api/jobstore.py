@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     message TEXT,
     created_at TEXT NOT NULL,
     started_at TEXT,
-    finished_at TEXT
+    finished_at TEXT,
+    timings TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status);
 """
@@ -76,6 +77,8 @@ class JobStore:
         self._writer.execute("PRAGMA journal_mode=WAL")
         self._writer.executescript(SCHEMA)
         self._reader, self._read_lock = _connect(path, busy_timeout), threading.Lock()
+        if "timings" not in {row["name"] for row in self._writer.execute("PRAGMA table_info(jobs)")}:
+            self._writer.execute("ALTER TABLE jobs ADD COLUMN timings TEXT")  # a data directory of an earlier version
 
     def close(self) -> None:
         with self._write_lock, self._read_lock:
@@ -106,8 +109,15 @@ class JobStore:
         rows = self._rows("SELECT * FROM matrices WHERE id = ?", (matrix_id,))
         return _matrix(rows[0]) if rows else None
 
-    def list_matrices(self) -> list[StoredMatrix]:
-        return [_matrix(row) for row in self._rows("SELECT * FROM matrices ORDER BY created_at")]
+    def list_matrices(self, *, after: str | None = None, limit: int | None = None) -> list[StoredMatrix]:
+        """Matrices oldest first, those registered after matrix ``after`` first, at most ``limit``."""
+        sql, args = "SELECT * FROM matrices", []
+        if after is not None:
+            sql += " WHERE (created_at, id) > (SELECT created_at, id FROM matrices WHERE id = ?)"
+            args.append(after)
+        sql += " ORDER BY created_at, id" + (" LIMIT ?" if limit is not None else "")
+        args += [limit] if limit is not None else []
+        return [_matrix(row) for row in self._rows(sql, tuple(args))]
 
     def delete_matrix(self, matrix_id: str) -> None:
         self._run("DELETE FROM matrices WHERE id = ?", (matrix_id,))
@@ -125,9 +135,14 @@ class JobStore:
         rows = self._rows("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _job(rows[0]) if rows else None
 
-    def list_jobs(self, status: JobStatus | None = None, matrix_id: str | None = None) -> list[JobRecord]:
+    def list_jobs(self, status: JobStatus | None = None, matrix_id: str | None = None, *, after: str | None = None,
+                  limit: int | None = None) -> list[JobRecord]:
+        """Jobs in submission order, those submitted after job ``after`` first, at most ``limit``."""
         where: list[str] = []
-        args: list[str] = []
+        args: list[Any] = []
+        if after is not None:
+            where.append("seq > (SELECT seq FROM jobs WHERE id = ?)")
+            args.append(after)
         if status is not None:
             where.append("status = ?")
             args.append(str(status))
@@ -135,8 +150,22 @@ class JobStore:
             where.append("matrix_id = ?")
             args.append(matrix_id)
         clause = f" WHERE {' AND '.join(where)}" if where else ""
-        query = f"SELECT * FROM jobs{clause} ORDER BY seq"  # noqa: S608 - the clause is constants; values are bound
-        return [_job(row) for row in self._rows(query, tuple(args))]
+        if limit is not None:
+            clause += " ORDER BY seq LIMIT ?"
+            args.append(limit)
+        else:
+            clause += " ORDER BY seq"
+        return [_job(row) for row in self._rows(f"SELECT * FROM jobs{clause}", tuple(args))]  # noqa: S608 - constants; values are bound
+
+    def delete_job(self, job_id: str) -> bool:
+        """Remove a finished job's record; False if it is not finished (or not there)."""
+        return self._run("DELETE FROM jobs WHERE id = ? AND status IN (?, ?, ?)",
+                         (job_id, JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)) == 1
+
+    def mark_cancelling(self, job_id: str) -> bool:
+        """Record that a running job was asked to stop; False if it is not running."""
+        return self._run("UPDATE jobs SET status = ? WHERE id = ? AND status = ?",
+                         (JobStatus.cancelling, job_id, JobStatus.running)) == 1
 
     def claim_next(self) -> JobRecord | None:
         """Mark the oldest queued job running and return its record as it was; None if none is queued."""
@@ -158,6 +187,10 @@ class JobStore:
     def record_progress(self, job_id: str, iteration: int, error: float | None, history: list[float]) -> None:
         self._run("UPDATE jobs SET iteration = ?, error = ?, error_history = ? WHERE id = ?",
                   (iteration, error, _json(history), job_id))
+
+    def record_timings(self, job_id: str, timings: dict[str, float]) -> None:
+        """Seconds per phase of a job's fit (validation, initialisation, iterations, writing, indexing)."""
+        self._run("UPDATE jobs SET timings = ? WHERE id = ?", (_json(timings), job_id))
 
     def finish_job(self, job_id: str, status: JobStatus, message: str | None = None) -> None:
         self._run("UPDATE jobs SET status = ?, message = ?, finished_at = ? WHERE id = ?",
@@ -200,7 +233,8 @@ def _job(row: sqlite3.Row) -> JobRecord:
     return JobRecord(id=row["id"], matrix_id=row["matrix_id"], status=JobStatus(row["status"]),
                      params=json.loads(row["params"]), iteration=row["iteration"], max_iter=row["max_iter"],
                      error=row["error"], error_history=json.loads(row["error_history"]), message=row["message"],
-                     created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"])
+                     created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+                     timings=_loads(row["timings"]))
 
 
 def _loads(text: str | None) -> Any:

@@ -8,13 +8,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
+from threadpoolctl import threadpool_limits
 
 from distnmf import __version__
 from distnmf_api import errors, guards
 from distnmf_api.deps import require_token
 from distnmf_api.job_runner import Cluster, JobRunner
 from distnmf_api.jobstore import JobStore
-from distnmf_api.routers import health, jobs, matrices, results
+from distnmf_api.routers import health, jobs, matrices, results, version
+from distnmf_api.routers.pages import add_pages
 from distnmf_api.serving import Served
 from distnmf_api.settings import Settings
 
@@ -37,20 +39,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = JobRunner(settings, store, cluster)
         app.state.settings, app.state.store, app.state.cluster, app.state.runner = settings, store, cluster, runner
         runner.start()
+        blas = threadpool_limits(limits=1, user_api="blas")  # queries run in parallel threads: one BLAS thread each
         log.info("distnmf service ready: data in %s, stores in %s, scheduler %s, dashboard %s",
                  settings.data_dir.resolve(), settings.layout.store_root, cluster.address, cluster.dashboard_url)
         try:
             yield
         finally:
+            blas.restore_original_limits()
             await asyncio.to_thread(runner.stop)
             await asyncio.to_thread(cluster.close)
             store.close()
 
-    app = FastAPI(title="distnmf", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="distnmf", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="Distributed, out-of-core NMF: register matrices, run jobs on Dask, query the factors.")
+    add_pages(app)
     app.state.served = Served(settings.index_memory_bytes, settings.approximate_from_rows)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
+    api.include_router(version.router)
     protected = [Depends(require_token)]
     api.include_router(matrices.router, dependencies=protected)
     api.include_router(jobs.router, dependencies=protected)

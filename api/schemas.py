@@ -59,7 +59,13 @@ class FactorFormat(StrEnum):
 
 
 class Error(BaseModel):
-    detail: str
+    """An error as RFC 9457 problem details (served as ``application/problem+json``)."""
+
+    type: str = "about:blank"
+    title: str = Field(description="The HTTP status phrase, e.g. Not Found.")
+    status: int
+    detail: str = Field(description="What was wrong, where, and what to do.")
+    instance: str = Field(description="The request path.")
 
 
 # --------------------------------------------------------------------------- health

@@ -174,12 +174,14 @@ def _query_topk(results: list[list[tuple]], n_queries: int, k: int, least: bool)
 # --------------------------------------------------------------------------- queries on factors
 
 
-def top_components(factors: Factors, component: int, top: int = 10) -> dict:
+def top_components(factors: Factors, component: int, top: int = 10, *, method: str = "auto",
+                   cache: IndexCache | None = None) -> dict:
     """The rows with the largest ``W[:, component]`` and the columns with the largest ``H[component]``.
 
     Returns ``{"component": c, "rows": [Hit ...], "columns": [Hit ...]}``, each list best first
-    and at most ``top`` long (shorter only when the axis has fewer entries). W is scanned in
-    row blocks.
+    and at most ``top`` long (shorter only when the axis has fewer entries). The rows come from
+    the store's in-memory index (which keeps each component's top rows) as in :func:`similar`,
+    else (``method="scan"``, or more rows than the index keeps) from a scan of W in row blocks.
     """
     k_c = factors.n_components
     if isinstance(component, bool) or not isinstance(component, (int, np.integer)) or not 0 <= component < k_c:
@@ -187,8 +189,11 @@ def top_components(factors: Factors, component: int, top: int = 10) -> dict:
                          f"got {component!r}")
     _check_k(top, max(factors.shape), "rows or columns", name="top")
     n_rows, n_cols = factors.shape
-    rows = _query_topk(_scan_w(factors, _column_candidates, int(component), min(top, n_rows)), 1,
-                       min(top, n_rows), False)[0]
+    in_memory = _index_for(factors, "rows", method, cache)
+    rows = in_memory.top_of_component(int(component), min(top, n_rows)) if in_memory is not None else None
+    if rows is None:
+        rows = _query_topk(_scan_w(factors, _column_candidates, int(component), min(top, n_rows)), 1,
+                           min(top, n_rows), False)[0]
     h = factors.H[int(component)][None, :]
     cols = merge_candidates(block_candidates(h, 0, min(top, n_cols)), min(top, n_cols))
     return {"component": int(component), "rows": _hits(*rows, factors.row_labels),

@@ -22,22 +22,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import json
 import threading
-import time
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 
-from distnmf.wire import Hit, JobRecord, JobStatus, MatrixRecord, from_json
+from distnmf.wire import Hit, JobEvent, JobRecord, JobStatus, MatrixRecord, from_json
 
 T = TypeVar("T")
 
 API_PREFIX = "/api/v1"
 PAGE = 2**18  # rows of W (columns of H) per download request
+LIST_PAGE = 500  # jobs or matrices per list request
 
 
 # --------------------------------------------------------------------------- errors
@@ -221,7 +222,18 @@ class AsyncClient:
         return from_json(MatrixRecord, (await self._request("POST", "/matrices", idempotent=False, json=body)).json())
 
     async def matrices(self) -> list[MatrixRecord]:
-        return [from_json(MatrixRecord, m) for m in await self._get("/matrices")]
+        """All registered matrices, oldest first (every page of ``GET /matrices``)."""
+        return [from_json(MatrixRecord, m) for m in await self._pages("/matrices")]
+
+    async def _pages(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        """The items of every page of a cursor-paginated list."""
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = await self._get(path, **params, limit=LIST_PAGE, cursor=cursor)
+            items += page["items"]
+            if (cursor := page["next_cursor"]) is None:
+                return items
 
     async def matrix(self, matrix_id: str) -> MatrixRecord:
         return from_json(MatrixRecord, await self._get(f"/matrices/{matrix_id}"))
@@ -233,11 +245,14 @@ class AsyncClient:
     # -- jobs
     async def submit(self, matrix: str | MatrixRecord, n_components: int, *, job_id: str | None = None,
                      **params: Any) -> AsyncJob:
-        """Queue an NMF of ``matrix`` (parameters as for ``distnmf.NMF``); safe to retry (job_id)."""
+        """Queue an NMF of ``matrix`` (parameters as for ``distnmf.NMF``). Safe to retry: ``job_id``,
+        or else a fresh ``Idempotency-Key`` sent with every attempt, names the job."""
         matrix_id = matrix.id if isinstance(matrix, MatrixRecord) else matrix
-        body = {"matrix_id": matrix_id, "n_components": n_components, "job_id": job_id or uuid.uuid4().hex[:16],
-                **params}
-        record = (await self._request("POST", "/jobs", idempotent=True, json=body)).json()
+        body = {"matrix_id": matrix_id, "n_components": n_components, **params}
+        if job_id is not None:
+            body["job_id"] = job_id
+        headers = {} if job_id is not None else {"Idempotency-Key": uuid.uuid4().hex[:16]}
+        record = (await self._request("POST", "/jobs", idempotent=True, json=body, headers=headers)).json()
         return AsyncJob(self, record["id"])
 
     async def select_rank(self, matrix: str | MatrixRecord, ks: Sequence[int], *, test_fraction: float = 0.05,
@@ -250,12 +265,17 @@ class AsyncClient:
         record = (await self._request("POST", "/jobs", idempotent=True, json=body)).json()
         return AsyncJob(self, record["id"])
 
+    async def version(self) -> dict[str, Any]:
+        """The service's versions: distnmf, the API, Python and faiss (``GET /version``)."""
+        return await self._get("/version")
+
     def job(self, job_id: str) -> AsyncJob:
         """A handle on an existing job."""
         return AsyncJob(self, job_id)
 
     async def jobs(self, status: str | None = None) -> list[JobRecord]:
-        return [from_json(JobRecord, j) for j in await self._get("/jobs", status=status)]
+        """All jobs in submission order, optionally only those with a status (every page of ``GET /jobs``)."""
+        return [from_json(JobRecord, j) for j in await self._pages("/jobs", status=status)]
 
 
 class AsyncJob:
@@ -272,29 +292,57 @@ class AsyncJob:
         """The job's record; with ``wait``, long-poll until its iteration passes ``after``."""
         return from_json(JobRecord, await self.client._get(f"/jobs/{self.id}", wait=wait or None, after=after))
 
-    async def wait(self, progress: bool = True, timeout: float | None = None, poll: float = 10.0) -> JobRecord:
-        """Wait for the job to finish, with a progress bar; raise JobFailed / JobCancelled."""
+    async def events(self, last_event_id: int | None = None) -> AsyncIterator[JobEvent]:
+        """The job's events as they happen (``GET /jobs/{id}/events``, server-sent events): past
+        iterations first, then live ones, ending with the job's final state. A dropped connection is
+        resumed after the last event received (``Last-Event-ID``), up to ``retries`` times in a row."""
+        failures = 0
+        while True:
+            headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+            try:
+                async with self.client._http.stream("GET", f"/jobs/{self.id}/events", headers=headers,
+                                                    timeout=httpx.Timeout(self.client._http.timeout.connect,
+                                                                          read=None)) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        _raise_for_status(response)
+                    async for event in _parse_sse(response.aiter_lines()):
+                        failures = 0
+                        last_event_id = event.id
+                        yield event
+                        if event.kind == "state" and event.status.is_terminal:
+                            return
+            except httpx.TransportError as exc:
+                failures += 1
+                if failures > self.client.retries:
+                    raise ServiceUnavailable(f"the event stream of job {self.id} broke: {exc}") from exc
+                await asyncio.sleep(self.client.backoff * 2 ** (failures - 1))
+
+    async def wait(self, progress: bool = True, timeout: float | None = None) -> JobRecord:
+        """Wait for the job to finish, following its events, with a progress bar that completes when
+        the job does (also when it converges before ``max_iter``); raise JobFailed / JobCancelled."""
         from tqdm.auto import tqdm
 
-        deadline = None if timeout is None else time.monotonic() + timeout
-        info = await self.status()
         bar = None
         try:
-            while not info.status.is_terminal:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise TimeoutError(f"job {self.id} is still {info.status} after {timeout} s")
-                if progress and bar is None:
-                    bar = tqdm(total=info.max_iter, desc=f"job {self.id}", unit="it")
-                    if info.dashboard_url:
-                        bar.write(f"job {self.id}: Dask dashboard at {info.dashboard_url}")
-                info = await self.status(wait=poll, after=info.iteration)
-                if bar is not None:
-                    bar.n = info.iteration
-                    bar.set_postfix_str(f"{info.status} error={info.error:.5f}" if info.error is not None
-                                        else str(info.status), refresh=True)
+            async with asyncio.timeout(timeout):
+                async for event in self.events():
+                    if progress and bar is None and not event.status.is_terminal:
+                        bar = tqdm(total=event.max_iter, desc=f"job {self.id}", unit="it")
+                    if bar is not None:
+                        if event.kind == "state" and event.status == JobStatus.succeeded:
+                            bar.total = event.iteration
+                        bar.n = event.iteration
+                        error = f" error={event.error:.5f}" if event.error is not None else ""
+                        eta = f" eta={event.eta:.0f}s" if event.eta is not None else ""
+                        bar.set_postfix_str(f"{event.status}{error}{eta}", refresh=True)
+        except TimeoutError:
+            info = await self.status()
+            raise TimeoutError(f"job {self.id} is still {info.status} after {timeout} s") from None
         finally:
             if bar is not None:
                 bar.close()
+        info = await self.status()
         if info.status == JobStatus.cancelled:
             raise JobCancelled(f"job {self.id} was cancelled: {info.message}", info)
         if info.status == JobStatus.failed:
@@ -302,9 +350,16 @@ class AsyncJob:
         return info
 
     async def cancel(self) -> JobRecord:
-        """Cancel the job (a running one stops at once, even during initialisation)."""
+        """Cancel the job at once (a running one shows ``cancelling`` until it has stopped)."""
         return from_json(JobRecord, (await self.client._request("POST", f"/jobs/{self.id}/cancel",
                                                             idempotent=True)).json())
+
+    async def delete(self) -> None:
+        """Delete the finished job with its factors (Conflict while it is queued or running)."""
+        try:
+            await self.client._request("DELETE", f"/jobs/{self.id}", idempotent=True)
+        except NotFound:
+            pass  # a retried delete that had gone through
 
     async def _factor(self, factor: str, start: int, stop: int | None) -> np.ndarray:
         """Download a range in pages; the server clips ``stop`` to the factor's length."""
@@ -362,6 +417,10 @@ class AsyncJob:
         return (await self.client._request("GET", f"/jobs/{self.id}/components/{component}.png",
                                            idempotent=True)).content
 
+    async def row_png(self, row: str | int) -> bytes:
+        """A row of the job's matrix as a PNG picture (matrices with an image_shape)."""
+        return (await self.client._request("GET", f"/jobs/{self.id}/rows/{row}.png", idempotent=True)).content
+
     async def loss_png(self) -> bytes:
         """PNG bytes of the error curve."""
         return (await self.client._request("GET", f"/jobs/{self.id}/loss.png", idempotent=True)).content
@@ -374,6 +433,21 @@ class AsyncJob:
     async def rank_png(self) -> bytes:
         """PNG bytes of a rank-selection job's held-out and training RMSE against rank."""
         return (await self.client._request("GET", f"/jobs/{self.id}/rank.png", idempotent=True)).content
+
+
+async def _parse_sse(lines: AsyncIterator[str]) -> AsyncIterator[JobEvent]:
+    """JobEvents from server-sent event lines (``id``, ``event``, ``data``; comments skipped)."""
+    data: list[str] = []
+    async for line in lines:
+        if line:
+            if line.startswith("data:"):
+                data.append(line[5:].lstrip())
+            continue
+        if data:
+            fields = json.loads("\n".join(data))
+            fields["status"] = JobStatus(fields["status"])
+            yield JobEvent(**fields)
+            data = []
 
 
 def _rows_payload(rows: Any) -> list[Any]:
@@ -432,6 +506,29 @@ def _sync(name: str, owner: type) -> Callable[..., Any]:
     return method
 
 
+async def _next(agen: AsyncIterator[T]) -> T:
+    return await anext(agen)
+
+
+def _sync_iter(name: str, owner: type) -> Callable[..., Iterator[Any]]:
+    """A blocking generator over the async generator ``owner.name``, run on the client's loop."""
+    async_method = getattr(owner, name)
+
+    @functools.wraps(async_method)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        agen = async_method(self._impl, *args, **kwargs)
+        try:
+            while True:
+                try:
+                    yield self._loop.run(_next(agen))
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._loop.run(agen.aclose())
+
+    return method
+
+
 class Client:
     """Synchronous client: the same methods as :class:`AsyncClient`, blocking."""
 
@@ -462,6 +559,7 @@ class Client:
     submit = _sync("submit", AsyncClient)
     select_rank = _sync("select_rank", AsyncClient)
     jobs = _sync("jobs", AsyncClient)
+    version = _sync("version", AsyncClient)
 
 
 async def _make_async_client(url: str, token: str | None, options: dict[str, Any]) -> AsyncClient:
@@ -480,8 +578,11 @@ class Job:
         return f"<Job {self.id}>"
 
     status = _sync("status", AsyncJob)
+    events = _sync_iter("events", AsyncJob)
     wait = _sync("wait", AsyncJob)
     cancel = _sync("cancel", AsyncJob)
+    delete = _sync("delete", AsyncJob)
+    row_png = _sync("row_png", AsyncJob)
     W = _sync("W", AsyncJob)
     H = _sync("H", AsyncJob)
     top = _sync("top", AsyncJob)

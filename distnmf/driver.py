@@ -81,6 +81,7 @@ class FitResult:
     x_norm: float = 0.0
     converged: bool = False
     recoveries: list[tuple[int, int]] = field(default_factory=list)  # (iteration lost in, resumed after)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds of validation, initialisation, iterations
 
 
 # --------------------------------------------------------------------------- block tasks
@@ -261,6 +262,7 @@ class _Fit:
         self.runner, self.source, self.config, self.durable, self.weights = runner, source, config, durable, weights
         self.keep = decide_keep_in_memory(source, runner, config.keep_in_memory)
         self.start_time = time.perf_counter()
+        self.marks: dict[str, float] = {}  # when validation and initialisation ended (first attempt)
         # (||X||², sum X, non-zero or observed values, observed entries): computed once
         self.x_stats: tuple[float, float, int, float] | None = None
         self.mask: Mask | None = None
@@ -275,7 +277,11 @@ class _Fit:
         while True:
             saved_at = self.saved.iteration if self.saved else -1
             try:
-                return self._attempt(W0, H0)
+                result = self._attempt(W0, H0)
+                validated, initialised = self.marks["validated"], self.marks["initialised"]
+                result.timings = {"validation": validated - self.start_time, "initialisation": initialised - validated,
+                                  "iterations": time.perf_counter() - initialised}
+                return result
             except Exception as exc:
                 if not self.runner.is_lost(exc):
                     raise
@@ -302,12 +308,14 @@ class _Fit:
             stats = runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1]))
             x_sq, x_sum, x_nonzeros = runner.reduce(stats, "nmf-reduce-stats")
             self.x_stats = (x_sq, x_sum, x_nonzeros, source.shape[0] * source.shape[1])
+        self.marks.setdefault("validated", time.perf_counter())
         if self.saved is None:
             w_handles, state = self._initial_state(x_handles, W0, H0)
             self._save(w_handles, state, force=True)
         else:
             state = self.saved.copy()
             w_handles = read_w(self.runner, self.saved_w, self.source.bounds)
+        self.marks.setdefault("initialised", time.perf_counter())
         return self._iterate(x_handles, w_handles, state)
 
     def _initial_state(self, x_handles: list[Any], W0: np.ndarray | None, H0: np.ndarray | None

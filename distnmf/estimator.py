@@ -8,6 +8,7 @@ input into row blocks, dispatches to :func:`distnmf.driver.fit_blocks` on the ac
 from __future__ import annotations
 
 import tempfile
+import time
 import warnings
 from numbers import Integral, Real
 from pathlib import Path
@@ -26,7 +27,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, check_non_neg
 from distnmf import kernels, masked, storage
 from distnmf.driver import FitConfig, FitResult, _masked_stats_task, _stats_task, fit_blocks, write_w
 from distnmf.init import resolve_init
-from distnmf.runner import WORKER_TIMEOUT, Runner, make_runner
+from distnmf.runner import WORKER_TIMEOUT, Runner, active_client, make_runner
 from distnmf.source import BlockSource, as_source, materialize
 from distnmf.store import Location, Matrix, atomic_path, check_block
 
@@ -105,6 +106,9 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     recoveries_ : list of (int, int)
         On a cluster: for each loss of workers survived, the iteration under way and the
         checkpointed iteration the fit continued from (their difference is the work redone).
+    timings_ : dict of str to float
+        Seconds spent in each phase of the fit: ``validation`` (the pass checking X),
+        ``initialisation``, ``iterations``, and ``writing`` (W's output, from fit_transform).
     n_features_in_ : int
     n_components_ : int
     """
@@ -196,7 +200,10 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             self._store_result(result, source)
             if not return_w:
                 return None
-            return self._output_w(runner, result, source)
+            writing = time.perf_counter()
+            W = self._output_w(runner, result, source)
+            self.timings_["writing"] = time.perf_counter() - writing
+            return W
         finally:
             runner.close()
 
@@ -273,6 +280,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         self.error_history_ = list(result.errors)
         self.recoveries_ = list(result.recoveries)
         self.reconstruction_err_ = float(result.reconstruction_err)
+        self.timings_ = dict(result.timings)
         if not (np.isfinite(self.components_).all() and np.isfinite(self.reconstruction_err_)):
             self.reconstruction_err_ = float("nan")
             warnings.warn("The fit diverged: the factors have non-finite entries.", RuntimeWarning,
@@ -420,9 +428,9 @@ def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: f
         return _masked_transform(runner, source, x_handles, np.asarray(H, dtype=np.float32), max_iter, tol, l1 / n,
                                  l2 / n)
     x_sum = runner.reduce(runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1])),
-                             "nmf-reduce-stats")[1]
+                          "nmf-reduce-stats")[1]
     H = np.asarray(H, dtype=np.float32)
-    avg = float(np.sqrt(max(x_sum, 0.0) / (source.shape[0] * source.shape[1]) / H.shape[0]))
+    avg, l1, l2 = _fold_in_start(source.shape, x_sum, H.shape[0], alpha_W, l1_ratio)
     return runner.map("nmf-fold-in", _fold_in_task, x_handles,
                       shared=(runner.broadcast(H), H @ H.T, avg, beta, solver, max_iter, tol, l1, l2))
 
@@ -443,6 +451,14 @@ def _masked_fold_in_task(x: Any, start: int, H: np.ndarray, HHt: np.ndarray, avg
                                tol=tol, l1=l1, l2=l2)
 
 
+def _fold_in_start(shape: tuple[int, int], x_sum: float, k: int, alpha_W: float,
+                   l1_ratio: float) -> tuple[float, float, float]:
+    """Flat start ``sqrt(mean(X) / k)`` and the L1 / L2 penalties on W (scikit-learn's, scaled by n_features)."""
+    m, n = shape
+    avg = float(np.sqrt(max(x_sum, 0.0) / (m * n) / k))
+    return avg, n * alpha_W * l1_ratio, n * alpha_W * (1 - l1_ratio)
+
+
 def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", solver: str | None = None,
             max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0,
             missing: str = "zero") -> np.ndarray:
@@ -460,6 +476,15 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
     solver = solver or ("hals" if beta == 2.0 else "mu")
     if not sp.issparse(X_new) and not isinstance(X_new, (Matrix, da.Array, zarr.Array, str, Path)):
         X_new = np.atleast_2d(np.asarray(X_new, dtype=np.float32))
+    if missing == "zero" and (sp.issparse(X_new) or isinstance(X_new, np.ndarray)) and active_client() is None \
+            and (X_new.nnz * 8 if sp.issparse(X_new) else X_new.nbytes) < SMALL_INPUT_BYTES:
+        # a few rows (a query): the block kernel in this thread, without a runner's set-up
+        X_new = sp.csr_array(X_new) if sp.issparse(X_new) else X_new
+        if X_new.shape[1] != H.shape[1]:
+            raise ValueError(f"X_new has {X_new.shape[1]} columns but H has {H.shape[1]}")
+        x_sum = _stats_task(X_new, 0)[1]
+        avg, l1, l2 = _fold_in_start(X_new.shape, x_sum, H.shape[0], alpha_W, l1_ratio)
+        return _fold_in_task(X_new, H, H @ H.T, avg, beta, solver, max_iter, tol, l1, l2)[0]
     runner = make_runner()
     try:
         source = as_source(X_new, n_blocks_hint=_blocks_hint(runner, X_new))

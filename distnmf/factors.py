@@ -14,6 +14,7 @@ Layout::
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -137,6 +138,7 @@ def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
     with atomic_path(out, overwrite=True) as tmp:
         model = NMF(callback=callback, W_store=tmp, **nmf_params)
         model.fit_transform(source)
+        writing = time.perf_counter()
         group = zarr.open_group(tmp, mode="r+")
         H = model.components_
         group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
@@ -155,6 +157,8 @@ def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
             "reconstruction_err": model.reconstruction_err_,
             "source": str(matrix.path) if matrix else None,
             "image_shape": list(matrix.image_shape) if matrix and matrix.image_shape else None,
+            "timings": {**model.timings_,
+                        "writing": model.timings_.get("writing", 0.0) + time.perf_counter() - writing},
         }
         group.attrs.update({ATTRS_KEY: _jsonable(attrs)})
     return open_factors(out)

@@ -28,7 +28,7 @@ from distnmf.store import atomic_path
 
 log = logging.getLogger("distnmf.index")
 
-INDEX_VERSION = 1
+INDEX_VERSION = 3
 APPROXIMATE_FROM = 200_000  # rows from which an approximate index pays (an exact query costs ~1 ms per 150k rows)
 IVF_FROM = 5_000_000  # rows from which IVF (cheaper to build and to hold) replaces HNSW
 TARGET_RECALL = 0.995  # recall@10 the search depth is tuned to at build time (checked >= 0.99 in tests and bench)
@@ -36,6 +36,7 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
 EXACT_CHUNK_BYTES = 64 * 2**20  # score matrix held at once by a batched exact search
 TUNING_QUERIES = 300
+COMPONENT_TOP = 1000  # rows kept per component, largest weight first (the service's max_k by default)
 DEFAULT_MEMORY_BYTES = 2 * 2**30
 
 
@@ -67,10 +68,13 @@ class SimilarityIndex:
     """Unit-normalised vectors (n, k) float32 and, for large n, a faiss inner-product index over them.
 
     ``kind`` is "exact", "hnsw" or "ivf"; ``depth`` is the tuned efSearch (HNSW) or nprobe (IVF);
-    ``recall`` is the recall@10 measured against exact search when it was built.
+    ``recall`` is the recall@10 measured against exact search when it was built. ``top_rows`` and
+    ``top_values`` (dim, T) hold, per component, the T rows with the largest raw weight, best first.
     """
 
     vectors: np.ndarray
+    top_rows: np.ndarray
+    top_values: np.ndarray
     kind: str = "exact"
     approximate: Any = None
     depth: int | None = None
@@ -79,6 +83,13 @@ class SimilarityIndex:
     @property
     def nbytes(self) -> int:
         return expected_nbytes(len(self.vectors), self.vectors.shape[1], self.kind)
+
+    def top_of_component(self, component: int, top: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """The ``top`` rows with the largest weight in ``component`` (best first, ties by index), or
+        None when more than the kept T are asked for."""
+        if top > self.top_rows.shape[1]:
+            return None
+        return self.top_rows[component, :top], self.top_values[component, :top]
 
     def search(self, queries: np.ndarray, k: int, least: bool = False,
                exclude: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -130,9 +141,11 @@ def build(vectors: np.ndarray, *, approximate_from: int = APPROXIMATE_FROM, ivf_
     ``ivf_from``, IVF above; the approximate search depth is tuned to :data:`TARGET_RECALL`."""
     unit = normalize_rows(vectors)
     n, dim = unit.shape
+    tops = [top_k(np.asarray(column, dtype=np.float32), min(n, COMPONENT_TOP)) for column in np.asarray(vectors).T]
+    top_rows, top_values = np.stack([t[0] for t in tops]), np.stack([t[1] for t in tops])
     kind = kind_for(n, approximate_from, ivf_from)
     if kind == "exact":
-        return SimilarityIndex(unit)
+        return SimilarityIndex(unit, top_rows, top_values)
     approximate: faiss.Index
     depths: tuple[int, ...]
     if kind == "hnsw":
@@ -146,7 +159,7 @@ def build(vectors: np.ndarray, *, approximate_from: int = APPROXIMATE_FROM, ivf_
         approximate.train(unit[np.sort(sample)])
         depths = tuple(d for d in (16, 32, 64, 128, 256, 512) if d < n_lists) + (n_lists,)
     approximate.add(unit)
-    index = SimilarityIndex(unit, kind, approximate)
+    index = SimilarityIndex(unit, top_rows, top_values, kind, approximate)
     _tune(index, depths, seed)
     return index
 
@@ -160,22 +173,29 @@ def _set_depth(index: SimilarityIndex, depth: int) -> None:
 
 
 def _tune(index: SimilarityIndex, depths: tuple[int, ...], seed: int, k: int = 10) -> None:
-    """Pick the smallest search depth whose recall@k on sampled queries reaches TARGET_RECALL."""
+    """Pick the smallest search depth whose recall@k on sampled queries reaches TARGET_RECALL; if none
+    does (e.g. W with masses of identical rows, which degrade the graph), drop the approximate part:
+    the index answers exactly. Recall counts a hit when its exact cosine reaches the exact k-th best
+    (ties with the k-th are equally right answers)."""
     n = len(index.vectors)
     rng = np.random.default_rng(seed + 1)
     rows = rng.choice(n, min(n, TUNING_QUERIES), replace=False)
     queries = index.vectors[rows]
     nonzero = np.any(queries != 0, axis=1)
     rows, queries = rows[nonzero], queries[nonzero]
-    exact = [set(ids.tolist()) for ids, _ in index._search_exact(queries, k, False, rows)]
+    kth = np.array([scores[-1] for _, scores in index._search_exact(queries, k, False, rows)])
     for depth in depths:
         _set_depth(index, depth)
         found = index._search_approximate(queries, k, rows)
-        index.recall = float(np.mean([len(truth & set(ids.tolist())) / max(1, len(truth))
-                                      for truth, (ids, _) in zip(exact, found)]))
+        index.recall = float(np.mean([np.sum(index.vectors[ids] @ q >= t - 1e-6) / k
+                                      for (ids, _), q, t in zip(found, queries, kth)]))
         if index.recall >= TARGET_RECALL:
             break
     log.info("%s index over %d rows: depth %d, recall@%d %.4f", index.kind, n, index.depth, k, index.recall)
+    if index.recall < TARGET_RECALL:
+        log.warning("the %s index reaches recall@%d %.4f < %.3f at its deepest search: answering exactly",
+                    index.kind, k, index.recall, TARGET_RECALL)
+        index.kind, index.approximate, index.depth, index.recall = "exact", None, None, None
 
 
 # --------------------------------------------------------------------------- persistence
@@ -194,30 +214,42 @@ def index_path(factors: Factors, axis: str) -> storage.Location:
     return storage.join(factors.path, "similarity", axis)
 
 
-def save(index: SimilarityIndex, path: storage.Location) -> None:
+def _save_npy(path: storage.Location, name: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    storage.write_bytes(storage.join(path, name), buffer.getvalue())
+
+
+def _load_npy(path: storage.Location, name: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.read_bytes(storage.join(path, name))))
+
+
+def save(index: SimilarityIndex, path: storage.Location, built_as: str | None = None) -> None:
     """Write an index directory (a folder or a URL prefix) atomically, replacing an older one;
-    ``meta.json`` is its publication marker."""
+    ``meta.json`` is its publication marker. ``built_as`` is the kind that was asked for (an
+    approximate index that fell back to exact is not rebuilt on every load)."""
     with atomic_path(path, overwrite=True) as tmp:
-        buffer = io.BytesIO()
-        np.save(buffer, index.vectors)
-        storage.write_bytes(storage.join(tmp, "vectors.npy"), buffer.getvalue())
+        _save_npy(tmp, "vectors.npy", index.vectors)
+        _save_npy(tmp, "top_rows.npy", index.top_rows)
+        _save_npy(tmp, "top_values.npy", index.top_values)
         if index.approximate is not None:
             storage.write_bytes(storage.join(tmp, "faiss.index"), faiss.serialize_index(index.approximate).tobytes())
-        meta = {"version": INDEX_VERSION, "kind": index.kind, "depth": index.depth, "recall": index.recall,
-                "shape": list(index.vectors.shape)}
+        meta = {"version": INDEX_VERSION, "kind": index.kind, "built_as": built_as or index.kind,
+                "depth": index.depth, "recall": index.recall, "shape": list(index.vectors.shape)}
         storage.write_bytes(storage.join(tmp, "meta.json"), json.dumps(meta).encode())
 
 
-def load(path: storage.Location, shape: tuple[int, int]) -> SimilarityIndex | None:
-    """The index stored at ``path`` if it exists and matches ``shape``; else None."""
+def load(path: storage.Location, shape: tuple[int, int], kind: str | None = None) -> SimilarityIndex | None:
+    """The index stored at ``path`` if it exists and matches ``shape`` (and ``kind`` when given); else None."""
     try:
         meta = json.loads(storage.read_bytes(storage.join(path, "meta.json")))
     except (OSError, ValueError):
         return None
-    if meta.get("version") != INDEX_VERSION or tuple(meta.get("shape", ())) != tuple(shape):
+    if (meta.get("version") != INDEX_VERSION or tuple(meta.get("shape", ())) != tuple(shape)
+            or kind not in (None, meta.get("built_as"))):
         return None
-    vectors = np.load(io.BytesIO(storage.read_bytes(storage.join(path, "vectors.npy"))))
-    index = SimilarityIndex(vectors, meta["kind"], recall=meta["recall"])
+    index = SimilarityIndex(_load_npy(path, "vectors.npy"), _load_npy(path, "top_rows.npy"),
+                            _load_npy(path, "top_values.npy"), meta["kind"], recall=meta["recall"])
     if meta["kind"] != "exact":
         raw = np.frombuffer(storage.read_bytes(storage.join(path, "faiss.index")), dtype=np.uint8)
         index.approximate = faiss.deserialize_index(raw)
@@ -227,28 +259,31 @@ def load(path: storage.Location, shape: tuple[int, int]) -> SimilarityIndex | No
 
 def build_for(factors: Factors, axis: str = "rows", *, approximate_from: int = APPROXIMATE_FROM,
               persist: bool = True) -> SimilarityIndex:
-    """Load the persisted index of a factors store, or build it (and persist it when the store is writable)."""
+    """Load the persisted index of a factors store, or build it (and persist it when the store is writable).
+    A persisted index of another kind than ``approximate_from`` asks for is rebuilt."""
     vectors_shape = (factors.shape[0] if axis == "rows" else factors.shape[1], factors.n_components)
     path = index_path(factors, axis)
-    index = load(path, vectors_shape)
+    kind = kind_for(vectors_shape[0], approximate_from)
+    index = load(path, vectors_shape, kind)
     if index is not None:
         return index
     index = build(axis_vectors(factors, axis), approximate_from=approximate_from)
     if persist:
         try:
-            save(index, path)
+            save(index, path, built_as=kind)
         except OSError as exc:  # a read-only store still serves from memory
             log.warning("could not persist the %s similarity index in %s: %s", axis, factors.path, exc)
     return index
 
 
 def expected_nbytes(n: int, dim: int, kind: str) -> int:
-    """Memory an index of ``kind`` over n vectors of ``dim`` holds: the vectors, plus for faiss its copy
-    of them and its graph links (HNSW level 0) or ids (IVF)."""
+    """Memory an index of ``kind`` over n vectors of ``dim`` holds: the vectors and each component's top
+    rows, plus for faiss its copy of the vectors and its graph links (HNSW level 0) or ids (IVF)."""
     vectors = 4 * n * dim
+    tops = 12 * dim * min(n, COMPONENT_TOP)
     if kind == "exact":
-        return vectors
-    return 2 * vectors + (n * HNSW_M * 2 * 4 if kind == "hnsw" else n * 8)
+        return vectors + tops
+    return 2 * vectors + tops + (n * HNSW_M * 2 * 4 if kind == "hnsw" else n * 8)
 
 
 def kind_for(n: int, approximate_from: int = APPROXIMATE_FROM, ivf_from: int = IVF_FROM) -> str:

@@ -7,6 +7,7 @@ atomically (a temporary name, then ``os.replace``) and returns the path.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -88,6 +89,16 @@ def component_image(factors: Factors, component: int, path: str | os.PathLike, s
     scale = scale or tile_scale((h, w))
     tile = Image.fromarray(to_uint8(factors.H[component].reshape(h, w)), mode="L")
     return _save_image(tile.resize((w * scale, h * scale), Image.Resampling.NEAREST), path)
+
+
+def image_png(values: np.ndarray, image_shape: Sequence[int], scale: int | None = None) -> bytes:
+    """PNG bytes of a vector of ``prod(image_shape)`` values (a row of X, say) as a grayscale picture."""
+    h, w = int(image_shape[0]), int(image_shape[1])
+    scale = scale or tile_scale((h, w))
+    tile = Image.fromarray(to_uint8(np.asarray(values, dtype=np.float32)[: h * w].reshape(h, w)), mode="L")
+    buffer = io.BytesIO()
+    tile.resize((w * scale, h * scale), Image.Resampling.NEAREST).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def component_images(factors: Factors, out_dir: str | os.PathLike, scale: int | None = None) -> list[Path]:

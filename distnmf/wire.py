@@ -13,10 +13,13 @@ from typing import Any, TypeVar
 
 
 class JobStatus(StrEnum):
-    """Life cycle of a job: queued -> running -> succeeded | failed | cancelled."""
+    """Life cycle of a job: queued -> running [-> cancelling] -> succeeded | failed | cancelled.
+
+    ``cancelling``: a cancel was asked while the job ran; it stops at its next iteration."""
 
     queued = "queued"
     running = "running"
+    cancelling = "cancelling"
     succeeded = "succeeded"
     failed = "failed"
     cancelled = "cancelled"
@@ -74,9 +77,26 @@ class JobRecord:
     started_at: str | None
     finished_at: str | None
     dashboard_url: str | None = None
+    timings: dict[str, float] | None = None  # seconds per phase: validation, initialisation, iterations, writing, indexing
 
 
 Record = TypeVar("Record", MatrixRecord, JobRecord)
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of ``GET /jobs``: pass ``next_cursor`` as ``cursor`` for the next (None: the last page)."""
+
+    items: list[JobRecord]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class MatrixPage:
+    """One page of ``GET /matrices``: pass ``next_cursor`` as ``cursor`` for the next (None: the last page)."""
+
+    items: list[MatrixRecord]
+    next_cursor: str | None
 
 
 def from_json(cls: type[Record], data: dict[str, Any]) -> Record:
@@ -87,3 +107,31 @@ def from_json(cls: type[Record], data: dict[str, Any]) -> Record:
     if "status" in values:
         values["status"] = JobStatus(values["status"])
     return cls(**values)
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One server-sent event of ``GET /jobs/{id}/events``: ``kind`` is "state" (the status changed)
+    or "progress" (an iteration ended: its relative ``error``; ``elapsed`` seconds since the job
+    started and ``eta`` seconds to ``max_iter`` at the current pace, when the event is live).
+    ``id`` orders the events of a job; send it back as ``Last-Event-ID`` to resume after it."""
+
+    id: int
+    kind: str
+    status: JobStatus
+    iteration: int
+    max_iter: int
+    error: float | None = None
+    elapsed: float | None = None
+    eta: float | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """``GET /version``: the distnmf release, the API version in the path (``v1``), and library versions."""
+
+    version: str
+    api: str
+    python: str
+    faiss: str

@@ -67,9 +67,10 @@ def test_similar_to_vector_and_cluster(data, dask_client):
     assert [h.index for h in hits] == _expected(_cosine_reference(W, w), 4, False)
 
 
-def test_top_components(data):
+@pytest.mark.parametrize("method", ["index", "scan"])
+def test_top_components(data, method):
     _, W, H, _, factors = data
-    out = analysis.top_components(factors, 1, top=5)
+    out = analysis.top_components(factors, 1, top=5, method=method)
     assert out["component"] == 1
     assert [h.index for h in out["rows"]] == _expected(W[:, 1], 5, False)
     assert [h.index for h in out["columns"]] == _expected(H[1], 5, False)

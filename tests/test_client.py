@@ -17,6 +17,9 @@ JOB = {"id": "j1", "matrix_id": "m1", "status": "queued", "params": {}, "iterati
        "started_at": None, "finished_at": None, "dashboard_url": None}
 
 
+EMPTY_PAGE = {"items": [], "next_cursor": None}
+
+
 def flaky(failures: list, final: httpx.Response, calls: list) -> httpx.MockTransport:
     """Answer with each of ``failures`` (a status code or an exception) in turn, then ``final``."""
 
@@ -34,20 +37,25 @@ def flaky(failures: list, final: httpx.Response, calls: list) -> httpx.MockTrans
 
 def test_idempotent_calls_retry_5xx_and_connection_errors() -> None:
     calls: list = []
-    transport = flaky([503, httpx.ConnectError("refused"), 502], httpx.Response(200, json=[]), calls)
+    transport = flaky([503, httpx.ConnectError("refused"), 502], httpx.Response(200, json=EMPTY_PAGE), calls)
     with Client("http://service", transport=transport, backoff=0.01) as client:
         assert client.jobs() == []
     assert len(calls) == 4
 
 
-def test_submit_is_retried_with_the_same_job_id() -> None:
+def test_submit_is_retried_with_the_same_idempotency_key_or_job_id() -> None:
     calls: list = []
     transport = flaky([500], httpx.Response(202, json=JOB), calls)
     with Client("http://service", transport=transport, backoff=0.01) as client:
         job = client.submit("m1", n_components=3)
     assert job.id == "j1" and len(calls) == 2
-    ids = {json.loads(c.content)["job_id"] for c in calls}
-    assert len(ids) == 1
+    keys = {c.headers["Idempotency-Key"] for c in calls}
+    assert len(keys) == 1 and all("job_id" not in json.loads(c.content) for c in calls)
+    calls.clear()
+    with Client("http://service", transport=flaky([500], httpx.Response(202, json=JOB), calls),
+                backoff=0.01) as client:
+        client.submit("m1", n_components=3, job_id="mine")
+    assert {json.loads(c.content)["job_id"] for c in calls} == {"mine"}
 
 
 def test_non_idempotent_calls_are_not_retried() -> None:
@@ -60,7 +68,7 @@ def test_non_idempotent_calls_are_not_retried() -> None:
 
 def test_gives_up_after_retries() -> None:
     calls: list = []
-    transport = flaky([httpx.ConnectError("refused")] * 10, httpx.Response(200, json=[]), calls)
+    transport = flaky([httpx.ConnectError("refused")] * 10, httpx.Response(200, json=EMPTY_PAGE), calls)
     with Client("http://service", transport=transport, retries=2, backoff=0.01) as client:
         with pytest.raises(ServiceUnavailable, match="refused"):
             client.matrices()

@@ -116,3 +116,36 @@ def test_cache_evicts_least_recently_used(tmp_path):
     small = index.IndexCache(max_bytes=one - 1)
     assert not small.fits(stores[0], "rows")
     assert analysis.similar(stores[0], 1, k=3, cache=small) == analysis.similar(stores[0], 1, k=3, method="scan")
+
+
+def test_component_tops_kept_by_the_index(digits_factors, monkeypatch):
+    W = digits_factors.read_W()
+    built = index.build(W)
+    for c in (0, 5):
+        expected = np.lexsort((np.arange(len(W)), -W[:, c]))[:7]
+        ids, values = built.top_of_component(c, 7)
+        assert ids.tolist() == expected.tolist()
+        np.testing.assert_array_equal(values, W[expected, c])
+    monkeypatch.setattr(index, "COMPONENT_TOP", 4)
+    cache = index.IndexCache()
+    cache._indexes[(str(digits_factors.path.resolve()), "rows")] = index.build(W)
+    assert cache.get(digits_factors, "rows").top_of_component(0, 5) is None  # more than kept: analysis scans
+    assert analysis.top_components(digits_factors, 0, top=5, cache=cache) == \
+        analysis.top_components(digits_factors, 0, top=5, method="scan")
+
+
+def test_masses_of_identical_rows_never_lower_the_recall(tmp_path):
+    """Tag-like W where most rows repeat a few patterns: answers stay right (tie-aware recall@10 >= 0.99),
+    approximately if faiss reaches the target, else exactly; the choice persists."""
+    rng = np.random.default_rng(4)
+    patterns = _coefficients(rng, 40, 8, 2.0)
+    W = np.concatenate([patterns[rng.integers(40, size=30_000)], _coefficients(rng, 2_000, 8, 3.0)])
+    factors = save_factors(tmp_path / "dup.zarr", W, rng.random((8, 5)))
+    built = index.build_for(factors, approximate_from=0)
+    assert built.kind in ("exact", "hnsw") and (built.kind == "exact" or built.recall >= index.TARGET_RECALL)
+    rows = rng.choice(len(W), 100, replace=False)
+    unit = index.normalize_rows(W)
+    kth = [s[-1] for _, s in built._search_exact(unit[rows], 10, False, rows)]
+    found = built.search(W[rows], 10, exclude=rows)
+    assert np.mean([np.sum(unit[ids] @ unit[r] >= t - 1e-6) / 10 for (ids, _), r, t in zip(found, rows, kth)]) >= 0.99
+    assert index.load(index.index_path(factors, "rows"), W.shape, "hnsw").kind == built.kind

@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import uuid
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from distnmf.wire import JobStatus, MatrixRecord
 from distnmf_api import catalog
 from distnmf_api.deps import ClusterDep, MatrixDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
 from distnmf_api.jobstore import StoredMatrix
 from distnmf_api.schemas import Error, MatrixFormat, RegisterMatrix
 from distnmf_api.settings import Settings
+from distnmf.wire import JobStatus, MatrixPage, MatrixRecord
 
 router = APIRouter(prefix="/matrices", tags=["matrices"])
 
@@ -166,10 +167,17 @@ async def _save(file: UploadFile, target: Path, settings: Settings) -> None:
             await run_in_threadpool(out.write, chunk)
 
 
-@router.get("", response_model=list[MatrixRecord])
-def list_matrices(store: StoreDep) -> list[MatrixRecord]:
-    """All registered matrices, oldest first."""
-    return list(store.list_matrices())
+@router.get("", response_model=MatrixPage, responses={404: {"model": Error, "description": "Unknown cursor"}})
+def list_matrices(store: StoreDep, limit: Annotated[int, Query(ge=1, le=1000, description="Matrices per page")] = 100,
+                  cursor: Annotated[str | None, Query(max_length=64, description="next_cursor of the previous page")]
+                  = None) -> MatrixPage:
+    """Registered matrices, oldest first, a page at a time."""
+    if cursor is not None and store.get_matrix(cursor) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"cursor {cursor!r} names no matrix (it may have been deleted)")
+    records = store.list_matrices(after=cursor, limit=limit + 1)
+    items = [MatrixRecord(**{f.name: getattr(r, f.name) for f in dataclasses.fields(MatrixRecord)})
+             for r in records[:limit]]
+    return MatrixPage(items=items, next_cursor=items[-1].id if len(records) > limit else None)
 
 
 @router.get("/{matrix_id}", response_model=MatrixRecord, responses={404: {"model": Error}})

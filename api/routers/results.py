@@ -4,17 +4,18 @@ a rank-selection job's report and plot."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from enum import StrEnum
 from typing import Annotated, Any
 
 import numpy as np
 import scipy.sparse as sp
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from distnmf import analysis, plots
 from distnmf.factors import Factors
+from distnmf.store import open_matrix
 from distnmf.wire import Hit
 from distnmf_api import factor_io
 from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, RankJobDep, ServedDep, SettingsDep, StoreDep
@@ -41,6 +42,7 @@ Responses = dict[int | str, dict[str, Any]]
 
 NOT_READY: Responses = {404: {"model": Error, "description": "No such job, or no such row/column"},
              409: {"model": Error, "description": "The job has not succeeded (yet)"}}
+IN_PROCESS_BYTES = 2**20  # transform bodies up to this size are folded in here, not sent to the cluster
 QUERY_ERRORS: Responses = {**NOT_READY, 422: {"description": "Invalid query, or a limit exceeded"}}
 
 
@@ -55,13 +57,13 @@ def _check_k(settings: Settings, name: str, value: int) -> None:
 
 
 @contextmanager
-def _query(cluster: Cluster) -> Iterator[None]:
-    """Run a query's Dask work on the service's cluster; map its errors to HTTP.
+def _query(cluster: Cluster | None) -> Iterator[None]:
+    """Run a query's Dask work on the service's cluster (None: in this process); map its errors to HTTP.
 
     Unknown labels and out-of-range indices are 404; other invalid queries are 422.
     """
     try:
-        with cluster.client.as_current():
+        with cluster.client.as_current() if cluster is not None else nullcontext():
             yield
     except (analysis.UnknownLabelError, analysis.IndexOutOfRangeError) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
@@ -111,6 +113,24 @@ def get_component_png(job: JobDep, factors: FactorsDep, settings: SettingsDep, c
     return FileResponse(path, media_type="image/png")
 
 
+@router.get("/rows/{row}.png", response_class=Response, responses={**PNG, **QUERY_ERRORS})
+def get_row_png(job: JobDep, factors: FactorsDep, store: StoreDep, settings: SettingsDep,
+                row: Annotated[str, Path(min_length=1, max_length=1000, description="A label, or an index")],
+                ) -> Response:
+    """A row of the job's matrix as a picture (for matrices whose rows are images, i.e. with an image_shape)."""
+    matrix = store.get_matrix(job.matrix_id)
+    if matrix is None:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"matrix {job.matrix_id} of this job was deleted")
+    if not matrix.image_shape:
+        raise Unprocessable(f"matrix {matrix.id} has no image_shape; its rows are not pictures")
+    with _query(None):
+        index = analysis.resolve_index(factors.row_labels, row, factors.shape[0], "row", factors.row_positions)
+        values = open_matrix(settings.layout.path(matrix.path)).read_rows(index, index + 1)
+    dense = values.toarray() if sp.issparse(values) else np.asarray(values)
+    return Response(plots.image_png(dense[0], matrix.image_shape), media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=3600"})
+
+
 @router.get("/loss.png", response_class=FileResponse, responses={**PNG, **NOT_READY})
 def get_loss_png(job: JobDep, factors: FactorsDep, settings: SettingsDep) -> FileResponse:
     """The relative error against the iteration (log scale)."""
@@ -134,7 +154,7 @@ def get_rank_png(job: RankJobDep, settings: SettingsDep) -> FileResponse:
 
 
 @router.get("/components/{component}", response_model=ComponentTop, responses=QUERY_ERRORS)
-def get_component(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep,
+def get_component(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep, served: ServedDep,
                   component: Annotated[int, Path(ge=0)],
                   top: Annotated[int, Query(ge=1)] = 10) -> ComponentTop:
     """The rows and columns with the largest weights in a component, with labels."""
@@ -143,8 +163,9 @@ def get_component(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDe
         raise HTTPException(status.HTTP_404_NOT_FOUND,
                             f"component {component} does not exist: the fit has {factors.n_components} (0..."
                             f"{factors.n_components - 1})")
-    with _query(cluster):
-        result = analysis.top_components(factors, component, top=min(top, max(factors.shape)))
+    with _query(None if served.indexes.fits(factors, "rows") else cluster):
+        result = analysis.top_components(factors, component, top=min(top, max(factors.shape)),
+                                         cache=served.indexes)
     return ComponentTop(component=result["component"], rows=result["rows"], columns=result["columns"])
 
 
@@ -161,7 +182,7 @@ def get_similar(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep,
     rows = axis == Axis.rows
     labels = factors.row_labels if rows else factors.col_labels
     n = factors.shape[0] if rows else factors.shape[1]
-    with _query(cluster):
+    with _query(None if served.indexes.fits(factors, axis.value) else cluster):  # the index needs no cluster
         index = analysis.resolve_index(labels, row, n, axis.value[:-1],
                                        factors.row_positions if rows else factors.col_positions)
         hits = analysis.similar(factors, index, k=min(k, n - 1), axis=axis.value, least=least,
@@ -193,7 +214,7 @@ def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep
         raise Unprocessable(message)
     _check_k(settings, "similar_k", body.similar_k)
     X = _new_rows(body.rows, factors)
-    with _query(cluster):
+    with _query(cluster if X.data.nbytes > IN_PROCESS_BYTES else None):
         W, neighbours = analysis.transform(factors, X, similar_k=min(body.similar_k, factors.shape[0]),
                                          cache=served.indexes)
     return TransformResult(coefficients=W.tolist(), similar=neighbours)

@@ -1,0 +1,245 @@
+"""Serving latency: the real service under uvicorn, on loopback, with 1 and 32 concurrent clients.
+
+    python bench/serving.py [--rows 1000000] [--cols 5000] [--k 20] [--requests 1000] [--data data/bench/serving]
+
+A synthetic tag set of ``rows`` items x ``cols`` tags (distnmf.synth.tag_set, ~6 tags per item) is
+registered with the service and factorized by a real job (k components, a few HALS iterations: W is
+``rows`` x k, as a finished fit leaves it). The service is then started three times on the same data,
+each a separate ``distnmf serve`` process:
+
+- ``index``: the default, a faiss HNSW index for large W (exact below 200,000 rows);
+- ``exact``: the normalised W in memory, scanned exactly per query (DISTNMF_APPROXIMATE_FROM_ROWS huge);
+- ``scan``: no index (DISTNMF_INDEX_MEMORY_BYTES=0), W read from Zarr and scanned on the Dask cluster
+  per query: the service before the index.
+
+For each, a fixed number of requests of each kind (similar rows, similar columns, one-row transform
+with its 10 nearest rows, a component's top 10) is sent by 1 and by 32 concurrent clients; p50 / p95 /
+p99 latency and throughput are reported, with /health's latency polled every 50 ms meanwhile (does a
+heavy request block the event loop?). The index's recall@10 against exact answers is measured on 300
+random rows. Everything is bounded (request counts, a deadline per phase) and stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+JOB_ID = "bench-serving"
+PHASE_DEADLINE = 600.0  # seconds: a load phase still running then is stopped and reported as such
+FIT_DEADLINE = 3600.0  # seconds for the bench job (fit and index) on a busy 2-core machine
+CONFIGS = {
+    "index": {},
+    "exact": {"DISTNMF_APPROXIMATE_FROM_ROWS": str(10**12)},
+    "scan": {"DISTNMF_INDEX_MEMORY_BYTES": "0"},
+}
+KINDS = ("similar_rows", "similar_columns", "transform_1_row", "components")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """``distnmf serve`` in a child process on a free loopback port."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(data_dir / f"serve-{self.port}.log", "w")
+        environment = {**os.environ, "DISTNMF_DATA_DIR": str(data_dir), "DISTNMF_N_WORKERS": "2", **env}
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "distnmf"), "serve", "--port",
+                                         str(self.port)], env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the service exited with {self.process.returncode}; see {self.log.name}")
+            try:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"the service did not start within {timeout} s")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def prepare(data_dir: Path, rows: int, cols: int, k: int) -> None:
+    """The tag store, registered, and a finished job on it (reused when already there)."""
+    from distnmf.synth import tag_set
+
+    store = data_dir / "stores" / "tags.zarr"
+    if not store.exists():
+        print(f"writing a {rows:,} x {cols:,} tag set ...", flush=True)
+        tag_set(store, n_items=rows, n_tags=cols, n_assignments=6 * rows, n_topics=k, topic_size=40, seed=3)
+    service = Service(data_dir, {})
+    try:
+        service.wait_ready()
+        with httpx.Client(base_url=f"{service.url}/api/v1", timeout=600) as http:
+            job = http.get(f"/jobs/{JOB_ID}")
+            if job.status_code == 404:
+                matrix = http.post("/matrices", json={"path": "stores/tags.zarr", "name": "bench-tags"})
+                matrix.raise_for_status()
+                body = {"matrix_id": matrix.json()["id"], "job_id": JOB_ID, "n_components": k, "max_iter": 8,
+                        "init": "random", "random_state": 0}
+                http.post("/jobs", json=body).raise_for_status()
+            if job.status_code == 404 or job.json()["status"] != "succeeded":  # new, or resumed by this start
+                print("fitting (and building the similarity index) ...", flush=True)
+                started = time.monotonic()
+                while (state := http.get(f"/jobs/{JOB_ID}", params={"wait": 30}).json())["status"] in (
+                        "queued", "running"):
+                    if time.monotonic() - started > FIT_DEADLINE:
+                        raise RuntimeError("the bench job did not finish in time")
+                if state["status"] != "succeeded":
+                    raise RuntimeError(f"the bench job ended {state['status']}: {state['message']}")
+                print(f"job done in {time.monotonic() - started:.0f} s", flush=True)
+    finally:
+        service.stop()
+
+
+def percentiles(latencies: list[float]) -> dict[str, float]:
+    values = np.asarray(latencies) * 1e3
+    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
+            "p99_ms": float(np.percentile(values, 99)), "n": len(values)}
+
+
+def request_for(kind: str, rng: np.random.Generator, shape: tuple[int, int], k: int) -> tuple[str, str, Any]:
+    n_rows, n_cols = shape
+    if kind == "similar_rows":
+        return "GET", f"/jobs/{JOB_ID}/similar", {"params": {"row": str(rng.integers(n_rows)), "k": 10}}
+    if kind == "similar_columns":
+        return "GET", f"/jobs/{JOB_ID}/similar", {"params": {"row": str(rng.integers(n_cols)), "k": 10,
+                                                              "axis": "columns"}}
+    if kind == "transform_1_row":
+        tags = sorted(set(rng.integers(n_cols, size=8).tolist()))
+        return "POST", f"/jobs/{JOB_ID}/transform", {"json": {"rows": [{"indices": tags}], "similar_k": 10}}
+    return "GET", f"/jobs/{JOB_ID}/components/{rng.integers(k)}", {"params": {"top": 10}}
+
+
+async def load(url: str, kind: str, clients: int, n_requests: int, shape: tuple[int, int], k: int) -> dict:
+    """``n_requests`` of one kind from ``clients`` concurrent clients; /health polled meanwhile."""
+    latencies: list[float] = []
+    health: list[float] = []
+    failures = 0
+    done = asyncio.Event()
+    limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
+    async with httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=120, limits=limits) as http:
+
+        async def client(seed: int, count: int) -> None:
+            nonlocal failures
+            rng = np.random.default_rng(seed)
+            for _ in range(count):
+                method, path, kwargs = request_for(kind, rng, shape, k)
+                started = time.perf_counter()
+                response = await http.request(method, path, **kwargs)
+                latencies.append(time.perf_counter() - started)
+                failures += response.status_code != 200
+
+        async def poll_health() -> None:
+            while not done.is_set():
+                started = time.perf_counter()
+                await http.get("/health")
+                health.append(time.perf_counter() - started)
+                await asyncio.sleep(0.05)
+
+        counts = [n_requests // clients + (i < n_requests % clients) for i in range(clients)]
+        poller = asyncio.create_task(poll_health())
+        started = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(client(i, c) for i, c in enumerate(counts))), PHASE_DEADLINE)
+        wall = time.perf_counter() - started
+        done.set()
+        await poller
+    return {"kind": kind, "clients": clients, **percentiles(latencies), "throughput_per_s": len(latencies) / wall,
+            "failures": failures, "health": percentiles(health) if health else None}
+
+
+def recall_at_10(url: str, data_dir: Path, n_queries: int = 300) -> float:
+    """Recall@10 of the service's similar rows against an exact scan of the stored W; a hit counts when
+    its exact cosine reaches the exact 10th best (rows tied with it are equally right)."""
+    from distnmf import index
+    from distnmf.factors import open_factors
+
+    factors = open_factors(data_dir / "factors" / f"{JOB_ID}.zarr")
+    exact = index.build(factors.read_W(), approximate_from=10**12)
+    rows = np.random.default_rng(11).choice(factors.shape[0], n_queries, replace=False)
+    rows = rows[np.any(exact.vectors[rows] != 0, axis=1)]
+    tenth = [scores[-1] for _, scores in exact.search(exact.vectors[rows], 10, exclude=rows)]
+    found = 0
+    with httpx.Client(base_url=f"{url}/api/v1", timeout=60) as http:
+        for row, threshold in zip(rows, tenth):
+            hits = http.get(f"/jobs/{JOB_ID}/similar", params={"row": str(row), "k": 10}).json()["hits"]
+            ids = np.array([h["index"] for h in hits], dtype=np.int64)
+            found += int(np.sum(exact.vectors[ids] @ exact.vectors[row] >= threshold - 1e-6))
+    return found / (10 * len(rows))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--cols", type=int, default=5_000)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=1000, help="per kind, at 32 clients (1 client: a fifth)")
+    parser.add_argument("--scan-requests", type=int, default=96, help="per kind for the scan baseline")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--data", type=Path, default=Path("data/bench/serving"))
+    parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
+    args = parser.parse_args()
+    args.data.mkdir(parents=True, exist_ok=True)
+    prepare(args.data, args.rows, args.cols, args.k)
+    shape = (args.rows, args.cols)
+    results: dict[str, Any] = {"rows": args.rows, "cols": args.cols, "k": args.k, "configs": {}}
+    for name in args.configs.split(","):
+        service = Service(args.data, CONFIGS[name])
+        try:
+            service.wait_ready()
+            warm = time.perf_counter()
+            for kind in KINDS:  # loads (or builds) the index and the opened factors
+                method, path, kwargs = request_for(kind, np.random.default_rng(0), shape, args.k)
+                httpx.request(method, f"{service.url}/api/v1{path}", timeout=PHASE_DEADLINE, **kwargs).raise_for_status()
+            config: dict[str, Any] = {"warm_up_s": time.perf_counter() - warm, "runs": []}
+            if name != "scan":
+                config["recall_at_10"] = recall_at_10(service.url, args.data)
+                print(f"[{name}] recall@10 {config['recall_at_10']:.4f}", flush=True)
+            for clients in (1, 32):
+                n = args.scan_requests if name == "scan" else args.requests
+                n = max(clients, n // 5 if clients == 1 else n)
+                for kind in KINDS:
+                    run = asyncio.run(load(service.url, kind, clients, n, shape, args.k))
+                    config["runs"].append(run)
+                    print(f"[{name}] {kind:16s} {clients:2d} clients: p50 {run['p50_ms']:7.1f}  p95 "
+                          f"{run['p95_ms']:7.1f}  p99 {run['p99_ms']:7.1f} ms  {run['throughput_per_s']:7.1f}/s  "
+                          f"health p99 {run['health']['p99_ms']:6.1f} ms  failures {run['failures']}", flush=True)
+            results["configs"][name] = config
+        finally:
+            service.stop()
+    results["load_average"] = os.getloadavg()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
