@@ -8,6 +8,7 @@ answer, of these, of ``HTTPException`` and of request validation, is an RFC 9457
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -46,7 +47,7 @@ class ClusterUnavailable(ServiceError):
     headers: ClassVar[dict[str, str]] = {"Retry-After": "5"}
 
 
-def problem(request: Request, status_code: int, detail: str, headers: dict[str, str] | None = None,
+def problem(request: Request, status_code: int, detail: str, headers: Mapping[str, str] | None = None,
             **extra: Any) -> JSONResponse:
     body = {"type": "about:blank", "title": HTTPStatus(status_code).phrase, "status": status_code,
             "detail": detail, "instance": request.url.path, **extra}
@@ -89,6 +90,8 @@ def install(app: FastAPI) -> None:
                     for code, response in operation.get("responses", {}).items():
                         if code[0] in "45" and "application/json" in response.get("content", {}):
                             response["content"] = {MEDIA_TYPE: response["content"]["application/json"]}
-        return app.openapi_schema
+        cached = app.openapi_schema
+        assert cached is not None  # FastAPI's openapi() caches what it builds there
+        return cached
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 from distnmf.wire import JobEvent, JobRecord, JobStatus
 
-STATE_CODE = {JobStatus.queued: 1, JobStatus.running: 2, JobStatus.cancelling: 3, JobStatus.succeeded: 4, JobStatus.failed: 5,
-              JobStatus.cancelled: 6}
+STATE_CODE = {JobStatus.queued: 1, JobStatus.running: 2, JobStatus.cancelling: 3, JobStatus.succeeded: 4,
+              JobStatus.failed: 5, JobStatus.cancelled: 6}
 
 
 def elapsed_seconds(job: JobRecord) -> float | None:
@@ -31,7 +31,8 @@ def progress_events(job: JobRecord, after_iteration: int) -> list[JobEvent]:
     elapsed = elapsed_seconds(job)
     for i, error in enumerate(job.error_history[after_iteration:], start=after_iteration + 1):
         live = i == len(job.error_history) and elapsed is not None
-        eta = elapsed / i * (job.max_iter - i) if live and job.status == JobStatus.running else None
+        eta = (elapsed / i * (job.max_iter - i) if live and elapsed is not None and job.status == JobStatus.running
+               else None)
         events.append(JobEvent(id=8 * i, kind="progress", status=JobStatus.running, iteration=i,
                                max_iter=job.max_iter, error=float(error), elapsed=elapsed if live else None,
                                eta=eta))

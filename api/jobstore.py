@@ -111,7 +111,8 @@ class JobStore:
 
     def list_matrices(self, *, after: str | None = None, limit: int | None = None) -> list[StoredMatrix]:
         """Matrices oldest first, those registered after matrix ``after`` first, at most ``limit``."""
-        sql, args = "SELECT * FROM matrices", []
+        sql = "SELECT * FROM matrices"
+        args: list[Any] = []
         if after is not None:
             sql += " WHERE (created_at, id) > (SELECT created_at, id FROM matrices WHERE id = ?)"
             args.append(after)

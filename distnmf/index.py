@@ -192,7 +192,7 @@ def _tune(index: SimilarityIndex, depths: tuple[int, ...], seed: int, k: int = 1
         if index.recall >= TARGET_RECALL:
             break
     log.info("%s index over %d rows: depth %d, recall@%d %.4f", index.kind, n, index.depth, k, index.recall)
-    if index.recall < TARGET_RECALL:
+    if (index.recall or 0.0) < TARGET_RECALL:
         log.warning("the %s index reaches recall@%d %.4f < %.3f at its deepest search: answering exactly",
                     index.kind, k, index.recall, TARGET_RECALL)
         index.kind, index.approximate, index.depth, index.recall = "exact", None, None, None

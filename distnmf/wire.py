@@ -77,7 +77,8 @@ class JobRecord:
     started_at: str | None
     finished_at: str | None
     dashboard_url: str | None = None
-    timings: dict[str, float] | None = None  # seconds per phase: validation, initialisation, iterations, writing, indexing
+    # seconds per phase: validation, initialisation, iterations, writing, indexing
+    timings: dict[str, float] | None = None
 
 
 Record = TypeVar("Record", MatrixRecord, JobRecord)

@@ -9,8 +9,8 @@ import shutil
 import sqlite3
 import time
 import uuid
-from http import HTTPStatus
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, status
@@ -143,8 +143,8 @@ def delete_job(job: JobDep, store: StoreDep, settings: SettingsDep, served: Serv
                             f"job {job.id} is {job.status}; cancel it and delete it once it has stopped")
     factors = settings.layout.factors(job.id)
     served.forget(factors)
-    for store in (factors, settings.layout.checkpoint(job.id)):
-        storage.remove(store)
+    for location in (factors, settings.layout.checkpoint(job.id)):
+        storage.remove(location)
     shutil.rmtree(settings.layout.plot(job.id, "loss").parent, ignore_errors=True)
 
 
@@ -182,7 +182,10 @@ async def job_events(job: JobDep, store: StoreDep,
                 yield ": keep-alive\n\n"
                 beat = time.monotonic()
             await asyncio.sleep(POLL_SECONDS)
-            record = await run_in_threadpool(store.get_job, record.id)
+            latest = await run_in_threadpool(store.get_job, record.id)
+            if latest is None:  # deleted meanwhile
+                return
+            record = latest
 
     return StreamingResponse(stream(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

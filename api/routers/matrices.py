@@ -14,13 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
+from distnmf.wire import JobStatus, MatrixPage, MatrixRecord
 from distnmf_api import catalog
 from distnmf_api.deps import ClusterDep, MatrixDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
 from distnmf_api.jobstore import StoredMatrix
 from distnmf_api.schemas import Error, MatrixFormat, RegisterMatrix
 from distnmf_api.settings import Settings
-from distnmf.wire import JobStatus, MatrixPage, MatrixRecord
 
 router = APIRouter(prefix="/matrices", tags=["matrices"])
 

@@ -126,7 +126,7 @@ def get_row_png(job: JobDep, factors: FactorsDep, store: StoreDep, settings: Set
     with _query(None):
         index = analysis.resolve_index(factors.row_labels, row, factors.shape[0], "row", factors.row_positions)
         values = open_matrix(settings.layout.path(matrix.path)).read_rows(index, index + 1)
-    dense = values.toarray() if sp.issparse(values) else np.asarray(values)
+    dense = sp.csr_array(values).toarray() if sp.issparse(values) else np.asarray(values)
     return Response(plots.image_png(dense[0], matrix.image_shape), media_type="image/png",
                     headers={"Cache-Control": "private, max-age=3600"})
 
