@@ -543,8 +543,12 @@ def _span(runner: Runner, name: str) -> contextlib.AbstractContextManager:
 
 def write_w(runner: Runner, w_handles: list[Any], bounds: tuple[int, ...], group_path: str | Path,
             k: int) -> None:
-    """Write per-block W handles into a ``W`` array of an existing group; one task per chunk."""
-    chunk_rows = bounds[1] - bounds[0]
+    """Write per-block W handles into a ``W`` array of an existing group.
+
+    Chunks are ``gcd`` of the block sizes (the block size itself when blocks are equal), so
+    every chunk lies inside one block and is written by exactly one task.
+    """
+    chunk_rows = math.gcd(*(b - a for a, b in zip(bounds[:-2], bounds[1:-1]))) or bounds[-1] - bounds[-2]
     group = zarr.open_group(group_path, mode="r+")
     group.create_array("W", shape=(bounds[-1], k), chunks=(chunk_rows, k), dtype=np.float32,
                        compressors=None, overwrite=True)

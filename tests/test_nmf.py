@@ -20,7 +20,7 @@ from sklearn.decomposition import NMF as SklearnNMF
 from sklearn.exceptions import ConvergenceWarning
 
 import distnmf
-from distnmf.driver import FitConfig, fit_blocks
+from distnmf.driver import FitConfig, fit_blocks, write_w
 from distnmf.runner import LocalRunner
 from distnmf.source import as_source
 
@@ -407,3 +407,19 @@ def test_public_names_are_not_shadowed_by_submodules():
     from distnmf import factorize
 
     assert callable(factorize)
+
+
+def test_w_written_from_unequal_blocks_has_one_writer_per_chunk(tmp_path):
+    """Blocks of unequal sizes (10, 15, 5 rows) must not share a Zarr chunk: each chunk is written
+    by one task, so concurrent block writes cannot overwrite each other's rows."""
+    bounds = (0, 10, 25, 30)
+    W = np.arange(30 * 3, dtype=np.float32).reshape(30, 3)
+    zarr.open_group(tmp_path / "g.zarr", mode="w")
+    runner = LocalRunner(2)
+    try:
+        write_w(runner, [W[a:b] for a, b in zip(bounds[:-1], bounds[1:])], bounds, tmp_path / "g.zarr", 3)
+    finally:
+        runner.close()
+    stored = zarr.open_group(tmp_path / "g.zarr", mode="r")["W"]
+    assert all(a % stored.chunks[0] == 0 for a in bounds[:-1])
+    np.testing.assert_array_equal(stored[:], W)
