@@ -23,23 +23,18 @@ import httpx
 import numpy as np
 import psutil
 import pytest
+from conftest import free_port
 
 API = "/api/v1"
 MB = 2**20
 PEAK_MB = 250  # what any single request may add to the service process's resident memory
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Service:
     """``distnmf serve`` as a child process, and a sampler of its resident memory."""
 
     def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.data_dir = data_dir
         self.log = open(data_dir.parent / "service.log", "wb")

@@ -8,7 +8,6 @@ credentials only in their environment (``AWS_*``), as an operator would configur
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import zarr
+from conftest import free_port
 
 import distnmf
 from distnmf import storage
@@ -27,12 +27,6 @@ from distnmf.store import MatrixWriter, open_matrix, save_matrix
 
 BUCKET = "distnmf-test"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +193,9 @@ def test_cli_ingest_and_fit_on_s3(prefix, tmp_path) -> None:
 def test_service_with_an_s3_storage_root(prefix, s3_cluster, tmp_path) -> None:
     """The service keeps matrices, checkpoints and factors under an s3:// root; a registered
     store is named by a path (or URL) inside it; an upload is ingested into it."""
+    from distnmf.client import BadRequest, Client
     from distnmf_api.server import BackgroundServer
     from distnmf_api.settings import Settings
-
-    from distnmf.client import BadRequest, Client
 
     X = planted(300, 40, seed=3)
     save_matrix(X, f"{prefix}/incoming/X.zarr", chunk_rows=64)
