@@ -1,18 +1,14 @@
 """The NMF iteration over row blocks: one pass over X per iteration, on any runner.
 
-Per iteration (HALS, or MU with the Frobenius loss)::
+Per iteration::
 
-    task i:  W_i <- update(W_i, X_i Hᵀ, H Hᵀ);  returns W_iᵀ X_i (k, n) and W_iᵀ W_i (k, k)
-    reduce:  P = Σ W_iᵀ X_i,  G = Σ W_iᵀ W_i           (tree sum on the cluster)
-    driver:  H <- update(H, P, G);  ||X - WH||² = ||X||² - 2<P, H> + <G, H Hᵀ>
+    task i:  W_i <- update(W_i, X_i, H);  returns its share of H's update terms
+    reduce:  the terms summed over blocks                 (tree sum on the cluster)
+    driver:  H <- update(H, terms);  the error from the same terms
 
-For the other beta losses the task also returns the block's divergence at the previous iterate
-and the MU numerator / denominator for H; the loss is then known one iteration late and a last
-pass computes the final one. W_i never leaves its worker until the caller asks for it.
-
-With ``missing="unobserved"`` the loss is over the observed entries only (:mod:`distnmf.masked`):
-the task returns its share of every column's normal equations, Σ_r c_rj w_r w_rᵀ (n, k, k) and
-Σ_r c_rj x_rj w_r (n, k), and the driver solves them for H; still one pass per iteration.
+What the terms are and how W and H are updated is the solver's: one row of the table in
+:mod:`distnmf.solvers`, chosen once per fit. W_i never leaves its worker until the caller asks
+for it; the durable state (W and H every few iterations) is written by :mod:`distnmf.checkpoint`.
 """
 
 from __future__ import annotations
@@ -30,13 +26,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import scipy.sparse as sp
-import zarr
 
 from distnmf import kernels, masked, storage
+from distnmf.checkpoint import FitState, read_checkpoint, read_w, write_checkpoint
 from distnmf.init import nndsvd_init, random_init
-from distnmf.source import BlockRef, BlockSource, materialize
-from distnmf.store import atomic_path, check_block, check_safe
+from distnmf.solvers import Mask, Problem, Solver, choose_solver, masked_stats_task, relative_loss, stats_task
+from distnmf.source import BlockRef, BlockSource
 
 if TYPE_CHECKING:
     from distnmf.runner import Runner
@@ -84,128 +79,7 @@ class FitResult:
     timings: dict[str, float] = field(default_factory=dict)  # seconds of validation, initialisation, iterations
 
 
-# --------------------------------------------------------------------------- block tasks
-
-
-def _stats_task(x: Any, start: int) -> tuple[float, float, int]:
-    """Validate a block (finite, non-negative) and return (||X_i||², sum X_i, non-zeros of X_i)."""
-    block = materialize(x)
-    check_block(block, start)
-    return kernels.block_stats(block)
-
-
-def _hals_task(x: Any, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, sweeps: int, l1: float,
-               l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, float]]:
-    block = materialize(x)
-    W, violation = kernels.hals_update_block(block, W, H, HHt, max_sweeps=sweeps, l1=l1, l2=l2)
-    # float32 in transit: the k x n term is the bulk of each iteration's network traffic
-    return W, (kernels.wt_x(W, block), (W.T @ W).astype(np.float64), violation)
-
-
-def _mu_frobenius_task(x: Any, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, l1: float,
-                       l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    block = materialize(x)
-    W = kernels.mu_update_block(block, W, H, 2.0, HHt=HHt, l1=l1, l2=l2)
-    return W, (kernels.wt_x(W, block), (W.T @ W).astype(np.float64))
-
-
-def _mu_beta_task(x: Any, W: np.ndarray, H: np.ndarray, beta: float, l1: float,
-                  l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, float]]:
-    block = materialize(x)
-    previous_loss = kernels.beta_divergence_block(block, W, H, beta)
-    W = kernels.mu_update_block(block, W, H, beta, l1=l1, l2=l2)
-    numerator, denominator = kernels.mu_h_terms(block, W, H, beta)
-    return W, (numerator.astype(np.float64), denominator, previous_loss)
-
-
-@dataclass
-class Mask:
-    """What a masked fit carries besides X: entry weights and the observed counts."""
-
-    weight_handles: list[Any]
-    column_counts: np.ndarray  # (n,) observed entries per column
-    n_observed: float
-    x_sq: float  # Σ c x² over observed entries
-    x_sum: float
-
-
-def _masked_stats_task(x: Any, weights: Any, start: int) -> tuple[float, float, float, np.ndarray]:
-    """Validate a block (NaN allowed in dense X) and return :func:`masked.observed_stats`."""
-    block = materialize(x)
-    check_block(block, start, allow_nan=not sp.issparse(block))
-    if weights is not None:
-        check_block(materialize(weights), start, where="entry_weights")
-    return masked.observed_stats(masked.masked_block(block, materialize(weights), start), start)
-
-
-def _masked_task(x: Any, weights: Any, start: int, W: np.ndarray, H: np.ndarray, HHt: np.ndarray,
-                 sweeps: int, l1: float, l2: float) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, float]]:
-    """Masked HALS update of W_i; returns its share of H's normal equations and the violation.
-    ``l1`` and ``l2`` are per observed entry (a row's penalty scales with its observed count)."""
-    block = masked.masked_block(materialize(x), materialize(weights), start)
-    grams, rhs = masked.row_equations(block, H, HHt)
-    counts = block.row_counts()
-    rhs, grams = masked.penalized(rhs, grams, l1 * counts if l1 else None, l2 * counts if l2 else None)
-    W, violation = masked.update_rows(W, rhs, grams, max_sweeps=sweeps)
-    XtW, column_grams = masked.column_terms(block, W)
-    return W, (XtW, column_grams, violation)
-
-
-def _masked_residual_task(x: Any, weights: Any, start: int, W: np.ndarray, H: np.ndarray) -> float:
-    return masked.residual_sq(masked.masked_block(materialize(x), materialize(weights), start), W, H)
-
-
-def _masked_update_h(H: np.ndarray, XtW: np.ndarray, column_grams: np.ndarray, mask: Mask, config: FitConfig,
-                     n_rows: int, sweeps: int, x_sq: float) -> tuple[np.ndarray, float, float]:
-    """H from the reduced normal equations; returns H, the violation and the loss Σ c (x - wh)²."""
-    n, k = XtW.shape
-    grams = column_grams.reshape(n, k, k)
-    counts = mask.column_counts
-    rhs, penalized_grams = masked.penalized(XtW, grams, config.l1_H / n_rows * counts if config.l1_H else None,
-                                            config.l2_H / n_rows * counts if config.l2_H else None)
-    Ht, violation = masked.update_rows(H.T, rhs, penalized_grams, max_sweeps=sweeps, inner_tol=0.1)
-    return np.ascontiguousarray(Ht.T), violation, masked.masked_loss_sq(x_sq, Ht, XtW, grams)
-
-
-def _divergence_task(x: Any, W: np.ndarray, H: np.ndarray, beta: float) -> float:
-    return kernels.beta_divergence_block(materialize(x), W, H, beta)
-
-
-def _residual_task(x: Any, W: np.ndarray, H: np.ndarray) -> float:
-    return kernels.residual_sq_block(materialize(x), W, H)
-
-
-def _read_w_task(path: str, start: int, stop: int) -> np.ndarray:
-    W = zarr.open_group(path, mode="r")["W"]
-    check_safe(W, f"{path}/W")
-    return W[start:stop]
-
-
-def _write_w_task(W: np.ndarray, path: str, start: int) -> int:
-    zarr.open_group(path, mode="r+")["W"][start:start + W.shape[0]] = W
-    return W.shape[0]
-
-
 # --------------------------------------------------------------------------- the fit
-
-
-@dataclass
-class FitState:
-    """The iterate on the driver and everything the stopping rule and the history need.
-
-    A checkpoint holds exactly this plus W, so a fit continued from it takes the same steps
-    as one never interrupted. ``errors`` has one relative error per iteration (for the beta
-    losses other than Frobenius it lags one iteration: the last is known one pass later).
-    """
-
-    H: np.ndarray  # (k, n) float32
-    iteration: int = 0
-    errors: list[float] = field(default_factory=list)
-    violations: list[float] = field(default_factory=list)  # HALS projected-gradient violation per iteration
-    error_at_init: float = float("nan")  # MU: relative error of the starting point
-
-    def copy(self) -> FitState:
-        return FitState(self.H, self.iteration, list(self.errors), list(self.violations), self.error_at_init)
 
 
 def decide_keep_in_memory(source: BlockSource, runner: Runner, keep: bool | str) -> bool:
@@ -242,6 +116,8 @@ def _durable_path(runner: Runner, config: FitConfig) -> Iterator[storage.Locatio
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+ZEROS_WITH_BETA_LE_0 = ("When beta_loss <= 0 and X contains zeros, the solver may diverge. Please add small "
+                        "values to X, or use a positive beta_loss.")  # scikit-learn's message
 MAX_RECOVERIES = 3  # losses in a row without a new durable iterate before the fit gives up
 
 
@@ -263,9 +139,9 @@ class _Fit:
         self.keep = decide_keep_in_memory(source, runner, config.keep_in_memory)
         self.start_time = time.perf_counter()
         self.marks: dict[str, float] = {}  # when validation and initialisation ended (first attempt)
-        # (||X||², sum X, non-zero or observed values, observed entries): computed once
-        self.x_stats: tuple[float, float, int, float] | None = None
-        self.mask: Mask | None = None
+        self.solver: Solver = choose_solver(config)
+        self.problem: Problem | None = None  # known after the first pass over X
+        self.x_mean = 0.0  # mean of X's (observed) entries, for the initialisation
         self.saved: FitState | None = None  # the state whose W is at ``saved_w``
         self.saved_w: storage.Location | None = None
         self.reported = 0  # last iteration reported: replayed iterations are not reported twice
@@ -298,51 +174,67 @@ class _Fit:
     def _attempt(self, W0: np.ndarray | None, H0: np.ndarray | None) -> FitResult:
         runner, source = self.runner, self.source
         x_handles = runner.load(source, self.keep)
-        if self.config.missing == "unobserved":
-            if self.mask is None:
-                self.mask = _observed(runner, source, x_handles, self.weights, self.keep)
-                self.x_stats = (self.mask.x_sq, self.mask.x_sum, int(self.mask.n_observed), self.mask.n_observed)
-            elif self.weights is not None:  # weights kept in cluster memory may have been lost with X
-                self.mask.weight_handles = runner.load(replace(self.weights, bounds=source.bounds), self.keep)
-        elif self.x_stats is None:
-            stats = runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1]))
-            x_sq, x_sum, x_nonzeros = runner.reduce(stats, "nmf-reduce-stats")
-            self.x_stats = (x_sq, x_sum, x_nonzeros, source.shape[0] * source.shape[1])
+        if self.problem is None:
+            self.problem = self._validate(x_handles)
+        elif self.problem.mask is not None and self.weights is not None:
+            # weights kept in cluster memory may have been lost with X
+            self.problem.mask.weight_handles = runner.load(replace(self.weights, bounds=source.bounds), self.keep)
         self.marks.setdefault("validated", time.perf_counter())
-        if self.saved is None:
-            w_handles, state = self._initial_state(x_handles, W0, H0)
+        if self.saved is None or self.saved_w is None:
+            w_handles, state = self._initial_state(self.problem, x_handles, W0, H0)
             self._save(w_handles, state, force=True)
         else:
             state = self.saved.copy()
             w_handles = read_w(self.runner, self.saved_w, self.source.bounds)
         self.marks.setdefault("initialised", time.perf_counter())
-        return self._iterate(x_handles, w_handles, state)
+        return self._iterate(self.problem, x_handles, w_handles, state)
 
-    def _initial_state(self, x_handles: list[Any], W0: np.ndarray | None, H0: np.ndarray | None
-                       ) -> tuple[list[Any], FitState]:
+    def _validate(self, x_handles: list[Any]) -> Problem:
+        """The first pass over X: check every block, then the facts the solvers need.
+
+        Refuses ``beta_loss <= 0`` with zeros in X here, before any long work, whatever X's
+        storage (the estimator refuses in-memory input even earlier)."""
+        runner, source, config = self.runner, self.source, self.config
+        (m, n), k = source.shape, config.n_components
+        mask = None
+        if config.missing == "unobserved":
+            mask = _observed(runner, source, x_handles, self.weights, self.keep)
+            x_sq, x_sum, values, entries = mask.x_sq, mask.x_sum, int(mask.n_observed), mask.n_observed
+        else:
+            stats = runner.map("nmf-check-X", stats_task, x_handles, list(source.bounds[:-1]))
+            x_sq, x_sum, values = runner.reduce(stats, "nmf-reduce-stats")
+            entries = float(m * n)
+            if config.beta <= 0 and values < entries:
+                raise ValueError(ZEROS_WITH_BETA_LE_0)
+        self.x_mean = x_sum / entries
+        # Sweep budgets from whole-matrix sizes and non-zero (or observed) values, and a fixed count
+        # per block (no per-block early stop), so the iterates depend neither on the block split nor
+        # on the storage format.
+        return Problem(runner, source, config, x_sq, sweeps_w=kernels.accelerated_sweeps(m, n, k, values),
+                       sweeps_h=kernels.accelerated_sweeps(n, m, k, values), mask=mask)
+
+    def _initial_state(self, problem: Problem, x_handles: list[Any], W0: np.ndarray | None,
+                       H0: np.ndarray | None) -> tuple[list[Any], FitState]:
         config, runner, bounds = self.config, self.runner, self.source.bounds
         n, k = self.source.shape[1], config.n_components
         if config.resume is not None:
             state = read_checkpoint(config.resume, self.source.shape, k)
             self.saved, self.saved_w = state.copy(), storage.as_location(config.resume)
             return read_w(runner, config.resume, bounds), state
-        x_mean = self.x_stats[1] / self.x_stats[3]
-        if self.mask is not None and not self.source.is_sparse:
+        if problem.mask is not None and not self.source.is_sparse:
             x_handles = _zero_filled(runner, x_handles)  # what initialisation sees of a masked X
         if config.init == "custom":
+            assert W0 is not None and H0 is not None
             blocks = [np.ascontiguousarray(W0[a:b], dtype=np.float32) for a, b in itertools.pairwise(bounds)]
             w_handles, H = runner.map("nmf-init-W", np.asarray, blocks), np.asarray(H0, dtype=np.float32)
         elif config.init == "random":
-            w_handles, H = random_init(runner, bounds, n, k, x_mean, config.seed)
+            w_handles, H = random_init(runner, bounds, n, k, self.x_mean, config.seed)
         else:
-            w_handles, H = nndsvd_init(runner, x_handles, bounds, n, k, config.init, x_mean, config.seed)
+            w_handles, H = nndsvd_init(runner, x_handles, bounds, n, k, config.init, self.x_mean, config.seed)
         state = FitState(H)
-        if config.solver == "mu":  # MU's stopping rule is relative to the starting point's error
-            state.error_at_init = _relative_loss(runner, config, x_handles, w_handles, H, self._x_norm())
+        if self.solver.needs_initial_error:
+            state.error_at_init = relative_loss(problem, x_handles, w_handles, H)
         return w_handles, state
-
-    def _x_norm(self) -> float:
-        return math.sqrt(self.x_stats[0]) or 1.0
 
     def _save(self, w_handles: list[Any], state: FitState, force: bool = False) -> None:
         """Write the durable state (cluster fits, or a user checkpoint every ``checkpoint_every``)."""
@@ -364,89 +256,45 @@ class _Fit:
             print(f"[distnmf] {message}", flush=True)
         logger.warning(message)
 
-    def _iterate(self, x_handles: list[Any], w_handles: list[Any], state: FitState) -> FitResult:
-        runner, config, source = self.runner, self.config, self.source
-        m, n = source.shape
-        k = config.n_components
-        x_sq, x_nonzeros = self.x_stats[0], self.x_stats[2]
-        x_norm, mask = self._x_norm(), self.mask
-        gram_path = config.solver == "hals" or config.beta == 2.0
-        # Sweep budgets from whole-matrix sizes and non-zero (or observed) values, and a fixed count
-        # per block (no per-block early stop), so the iterates depend neither on the block split nor
-        # on the storage format.
-        sweeps_w = kernels.accelerated_sweeps(m, n, k, x_nonzeros)
-        sweeps_h = kernels.accelerated_sweeps(n, m, k, x_nonzeros)
-        H, converged = state.H, _converged(config, state)
+    def _iterate(self, problem: Problem, x_handles: list[Any], w_handles: list[Any], state: FitState
+                 ) -> FitResult:
+        runner, config, solver = self.runner, self.config, self.solver
+        H, converged = state.H, self._converged(state)
         self.current = state
         HHt = kernels.gram64(H)  # H H^T, computed once per H: for the error, then for the next W update
         while state.iteration < config.max_iter and not converged:
             state.iteration += 1
             H_handle = runner.broadcast(H)
-            if mask is not None:
-                results = runner.map("nmf-update-W", _masked_task, x_handles, mask.weight_handles,
-                                     list(source.bounds[:-1]), w_handles,
-                                     shared=(H_handle, HHt.astype(np.float32), sweeps_w, config.l1_W / n,
-                                             config.l2_W / n))
-            elif gram_path:
-                HHt32 = HHt.astype(np.float32)
-                if config.solver == "hals":
-                    results = runner.map("nmf-update-W", _hals_task, x_handles, w_handles,
-                                         shared=(H_handle, HHt32, sweeps_w, config.l1_W, config.l2_W))
-                else:
-                    results = runner.map("nmf-update-W", _mu_frobenius_task, x_handles, w_handles,
-                                         shared=(H_handle, HHt32, config.l1_W, config.l2_W))
-            else:
-                results = runner.map("nmf-update-W", _mu_beta_task, x_handles, w_handles,
-                                     shared=(H_handle, config.beta, config.l1_W, config.l2_W))
+            results = solver.update_w(problem, x_handles, w_handles, H_handle, HHt)
             new_w = runner.select(results, 0, "nmf-W")
             terms = runner.reduce(results, "nmf-reduce", part=1)
             runner.release(results)
             runner.release(w_handles)
             runner.release(H_handle)
             w_handles = new_w
-            if mask is not None:
-                XtW, column_grams, violation_w = terms
-                H, violation_h, loss_sq = _masked_update_h(H, XtW, column_grams, mask, config, m, sweeps_h, x_sq)
-                HHt = kernels.gram64(H)
-                state.errors.append(math.sqrt(loss_sq) / x_norm)
-                state.violations.append(violation_w + violation_h)
-            elif config.solver == "hals":
-                WtX, WtW, violation_w = terms
-                H, violation_h = kernels.hals_update_h(H, WtX, WtW, max_sweeps=sweeps_h, l1=config.l1_H,
-                                                       l2=config.l2_H)
-                HHt = kernels.gram64(H)
-                state.errors.append(math.sqrt(kernels.frobenius_error_sq(x_sq, WtX, WtW, H, HHt)) / x_norm)
-                state.violations.append(violation_w + violation_h)
-            elif gram_path:
-                WtX, WtW = terms
-                H = kernels.mu_update_h(H, WtX, (WtW @ H.astype(np.float64)), 2.0, l1=config.l1_H,
-                                        l2=config.l2_H)
-                HHt = kernels.gram64(H)
-                state.errors.append(math.sqrt(kernels.frobenius_error_sq(x_sq, WtX, WtW, H, HHt)) / x_norm)
-            else:
-                numerator, denominator, previous = terms
-                H = kernels.mu_update_h(H, numerator, denominator, config.beta, l1=config.l1_H, l2=config.l2_H)
-                if state.iteration > 1:  # the loss of the previous iterate
-                    state.errors.append(math.sqrt(2 * max(previous, 0.0)) / x_norm)
+            step = solver.update_h(problem, H, terms)
+            H, HHt = step.H, step.HHt
             state.H = H
-            converged = _converged(config, state)
-            if gram_path and (converged or state.iteration >= config.max_iter):
+            if step.error is not None and state.iteration > solver.loss_lag:
+                state.errors.append(step.error)
+            if step.violation is not None:
+                state.violations.append(step.violation)
+            converged = self._converged(state)
+            if solver.exact_error is not None and (converged or state.iteration >= config.max_iter):
                 # the float32 Gram-form error is inexact near zero: the final one comes from an exact pass
-                if mask is None:
-                    residuals = runner.map("nmf-residual", _residual_task, x_handles, w_handles,
-                                           shared=(runner.broadcast(H),))
-                else:
-                    residuals = runner.map("nmf-residual", _masked_residual_task, x_handles, mask.weight_handles,
-                                           list(source.bounds[:-1]), w_handles, shared=(runner.broadcast(H),))
-                state.errors[-1] = math.sqrt(runner.reduce(residuals, "nmf-reduce-residual")) / x_norm
-            self._report(state.iteration if gram_path else state.iteration - 1, state.errors)
+                state.errors[-1] = solver.exact_error(problem, x_handles, w_handles, H)
+            self._report(state.iteration - solver.loss_lag, state.errors)
             self._save(w_handles, state)
-        if not gram_path and len(state.errors) < state.iteration:  # the final loss is known one pass late
-            state.errors.append(_relative_loss(runner, config, x_handles, w_handles, H, x_norm))
+        if len(state.errors) < state.iteration:  # the final loss is known one pass late
+            state.errors.append(relative_loss(problem, x_handles, w_handles, H))
             self._report(state.iteration, state.errors)
-        reconstruction_err = state.errors[-1] * x_norm if state.errors else float("nan")
+        reconstruction_err = state.errors[-1] * problem.x_norm if state.errors else float("nan")
         return FitResult(w_handles, H, state.iteration, state.errors, reconstruction_err,
-                         x_norm=math.sqrt(x_sq), converged=converged, recoveries=self.recoveries)
+                         x_norm=math.sqrt(problem.x_sq), converged=converged, recoveries=self.recoveries)
+
+    def _converged(self, state: FitState) -> bool:
+        tol = self.config.tol
+        return tol > 0 and self.solver.converged(tol, state.violations, state.errors, state.error_at_init)
 
     def _report(self, iteration: int, errors: list[float]) -> None:
         if not errors or iteration <= self.reported:
@@ -468,7 +316,7 @@ def _observed(runner: Runner, source: BlockSource, x_handles: list[Any], weights
         if weights.shape != source.shape:
             raise ValueError(f"entry_weights has shape {weights.shape} but X has shape {source.shape}")
         weight_handles = runner.load(replace(weights, bounds=source.bounds), keep)
-    stats = runner.map("nmf-check-X", _masked_stats_task, x_handles, weight_handles, list(source.bounds[:-1]))
+    stats = runner.map("nmf-check-X", masked_stats_task, x_handles, weight_handles, list(source.bounds[:-1]))
     x_sq, x_sum, n_observed, column_counts = runner.reduce(stats, "nmf-reduce-stats")
     if column_counts.min() == 0:
         column = int(np.argmin(column_counts))
@@ -493,42 +341,6 @@ def _zero_filled(runner: Runner, x_handles: list[Any]) -> list[Any]:
     return runner.map("nmf-zero-fill", masked.zero_filled, x_handles)
 
 
-MU_CHECK_EVERY = 10
-
-
-def _relative_loss(runner: Runner, config: FitConfig, x_handles: list[Any], w_handles: list[Any],
-                   H: np.ndarray, x_norm: float) -> float:
-    """sqrt(2 D_beta(X, W H)) / ||X||, from one pass over the blocks."""
-    loss = runner.reduce(runner.map("nmf-loss", _divergence_task, x_handles, w_handles,
-                                    shared=(runner.broadcast(H), config.beta)), "nmf-reduce-loss")
-    return math.sqrt(2 * max(loss, 0.0)) / x_norm
-
-
-def _converged(config: FitConfig, state: FitState) -> bool:
-    """scikit-learn's stopping rules, so ``tol`` means what it means there.
-
-    HALS (as scikit-learn's cd): the projected-gradient violation has fallen below ``tol``
-    times the first iteration's, *and* over the last 10 iterations the error decreased by less
-    than ``tol`` times the first iteration's error. The second condition is distnmf's: several
-    inner sweeps per iteration shrink the violation much faster than scikit-learn's single cd
-    sweep, and on data near its noise floor the violation rule alone stopped at twice
-    scikit-learn's error (24,000 x 600 gamma-planted, 1% noise: 14 iterations, 0.0188 vs 0.0081).
-    MU: every 10 iterations, the error decreased by less than ``tol`` times the initial error
-    since the last check.
-    """
-    if config.tol <= 0:
-        return False
-    violations, errors = state.violations, state.errors
-    if config.solver == "hals":
-        if not violations or (violations[0] != 0 and violations[-1] > config.tol * violations[0]):
-            return False
-        return violations[0] == 0 or (len(errors) > MU_CHECK_EVERY and
-                                      errors[-1 - MU_CHECK_EVERY] - errors[-1] < config.tol * errors[0])
-    if len(errors) < MU_CHECK_EVERY + 1 or len(errors) % MU_CHECK_EVERY:
-        return False
-    return (errors[-1 - MU_CHECK_EVERY] - errors[-1]) / max(state.error_at_init, 1e-300) < config.tol
-
-
 def _span(runner: Runner, name: str) -> contextlib.AbstractContextManager:
     """A ``distributed.span`` grouping the fit's tasks on the dashboard (no-op in-process)."""
     if runner.in_process:
@@ -536,62 +348,3 @@ def _span(runner: Runner, name: str) -> contextlib.AbstractContextManager:
     from distributed import span
 
     return span(name)
-
-
-# --------------------------------------------------------------------------- W output and checkpoints
-
-
-def write_w(runner: Runner, w_handles: list[Any], bounds: tuple[int, ...], group_path: str | Path,
-            k: int) -> None:
-    """Write per-block W handles into a ``W`` array of an existing group.
-
-    Chunks are ``gcd`` of the block sizes (the block size itself when blocks are equal), so
-    every chunk lies inside one block and is written by exactly one task.
-    """
-    chunk_rows = math.gcd(*(b - a for a, b in zip(bounds[:-2], bounds[1:-1]))) or bounds[-1] - bounds[-2]
-    group = zarr.open_group(group_path, mode="r+")
-    group.create_array("W", shape=(bounds[-1], k), chunks=(chunk_rows, k), dtype=np.float32,
-                       compressors=None, overwrite=True)
-    written = runner.map("nmf-write-W", _write_w_task, w_handles, [str(group_path)] * len(w_handles),
-                         list(bounds[:-1]))
-    runner.gather(written)
-
-
-def read_w(runner: Runner, path: str | Path, bounds: tuple[int, ...]) -> list[Any]:
-    """Per-block W handles read from the ``W`` array of the group at ``path``."""
-    return runner.map("nmf-read-W", _read_w_task, [str(path)] * (len(bounds) - 1), list(bounds[:-1]),
-                      list(bounds[1:]))
-
-
-def write_checkpoint(runner: Runner, path: str | Path, w_handles: list[Any], state: FitState,
-                     bounds: tuple[int, ...], config: FitConfig) -> None:
-    """Atomically replace the checkpoint at ``path`` with W and the fit state."""
-    with atomic_path(path, overwrite=True) as tmp:
-        group = zarr.open_group(tmp, mode="w", zarr_format=3)
-        H = state.H
-        group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
-        write_w(runner, w_handles, bounds, tmp, H.shape[0])
-        group.attrs.update({"distnmf_checkpoint": {
-            "iteration": state.iteration, "errors": list(map(float, state.errors)),
-            "violations": list(map(float, state.violations)), "error_at_init": float(state.error_at_init),
-            "n_rows": bounds[-1], "n_components": config.n_components, "solver": config.solver,
-            "beta": config.beta}})
-
-
-def read_checkpoint(path: str | Path, shape: tuple[int, int], k: int) -> FitState:
-    """The fit state of a checkpoint (W stays on disk: :func:`read_w`), checked against X and k."""
-    path = storage.as_location(path)
-    if not storage.exists(path):
-        raise FileNotFoundError(f"resume: no checkpoint at {path}")
-    group = zarr.open_group(path, mode="r")
-    check_safe(group, path)
-    meta = group.attrs.get("distnmf_checkpoint")
-    if meta is None or "W" not in group or "H" not in group:
-        raise ValueError(f"resume: {path} is not a distnmf checkpoint")
-    H = group["H"][:]
-    if group["W"].shape != (shape[0], k) or H.shape != (k, shape[1]):
-        raise ValueError(f"resume: checkpoint W {group['W'].shape} / H {H.shape} do not match X {shape} "
-                         f"with n_components={k}")
-    errors = [float(e) for e in meta["errors"]]
-    return FitState(H, int(meta["iteration"]), errors, [float(v) for v in meta.get("violations", [])],
-                    float(meta.get("error_at_init", errors[0] if errors else float("nan"))))

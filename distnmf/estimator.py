@@ -25,9 +25,11 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, check_non_negative, validate_data
 
 from distnmf import kernels, masked, storage
-from distnmf.driver import FitConfig, FitResult, _masked_stats_task, _stats_task, fit_blocks, write_w
+from distnmf.checkpoint import write_w
+from distnmf.driver import ZEROS_WITH_BETA_LE_0, FitConfig, FitResult, fit_blocks
 from distnmf.init import resolve_init
 from distnmf.runner import WORKER_TIMEOUT, Runner, active_client, make_runner
+from distnmf.solvers import masked_stats_task, stats_task
 from distnmf.source import BlockSource, as_source, materialize
 from distnmf.store import Location, Matrix, atomic_path, check_block
 
@@ -246,8 +248,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"Invalid beta_loss parameter: solver {self.solver!r} does not handle "
                              f"beta_loss = {self.beta_loss!r}; use solver='mu'")
         if beta <= 0 and _has_zeros(source):
-            raise ValueError("When beta_loss <= 0 and X contains zeros, the solver may diverge. Please add "
-                             "small values to X, or use a positive beta_loss.")
+            raise ValueError(ZEROS_WITH_BETA_LE_0)
         if self.init == "custom":
             k = _check_custom(W0, H0, m, n, self.n_components, self._dtype)
         else:
@@ -427,7 +428,7 @@ def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: f
     if missing == "unobserved":
         return _masked_transform(runner, source, x_handles, np.asarray(H, dtype=np.float32), max_iter, tol, l1 / n,
                                  l2 / n)
-    x_sum = runner.reduce(runner.map("nmf-check-X", _stats_task, x_handles, list(source.bounds[:-1])),
+    x_sum = runner.reduce(runner.map("nmf-check-X", stats_task, x_handles, list(source.bounds[:-1])),
                           "nmf-reduce-stats")[1]
     H = np.asarray(H, dtype=np.float32)
     avg, l1, l2 = _fold_in_start(source.shape, x_sum, H.shape[0], alpha_W, l1_ratio)
@@ -438,7 +439,7 @@ def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: f
 def _masked_transform(runner: Runner, source: BlockSource, x_handles: list[Any], H: np.ndarray, max_iter: int,
                       tol: float, l1: float, l2: float) -> list[Any]:
     starts = list(source.bounds[:-1])
-    stats = runner.map("nmf-check-X", _masked_stats_task, x_handles, [None] * len(x_handles), starts)
+    stats = runner.map("nmf-check-X", masked_stats_task, x_handles, [None] * len(x_handles), starts)
     _, x_sum, n_observed, _ = runner.reduce(stats, "nmf-reduce-stats")
     avg = float(np.sqrt(max(x_sum, 0.0) / n_observed / H.shape[0]))
     return runner.map("nmf-fold-in", _masked_fold_in_task, x_handles, starts,
@@ -482,7 +483,7 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
         X_new = sp.csr_array(X_new) if sp.issparse(X_new) else X_new
         if X_new.shape[1] != H.shape[1]:
             raise ValueError(f"X_new has {X_new.shape[1]} columns but H has {H.shape[1]}")
-        x_sum = _stats_task(X_new, 0)[1]
+        x_sum = stats_task(X_new, 0)[1]
         avg, l1, l2 = _fold_in_start(X_new.shape, x_sum, H.shape[0], alpha_W, l1_ratio)
         return _fold_in_task(X_new, H, H @ H.T, avg, beta, solver, max_iter, tol, l1, l2)[0]
     runner = make_runner()
@@ -540,7 +541,7 @@ def _float_dtype(X: Any) -> np.dtype:
 
 def _has_zeros(source: BlockSource) -> bool:
     """Whether X has a zero entry: implicit zeros of sparse input, or a zero stored value of
-    in-memory input. Out-of-core dense input is not scanned here (a pass over the store)."""
+    in-memory input. Out-of-core dense input is checked by the fit's first pass over X."""
     if source.is_sparse and source.nnz < source.shape[0] * source.shape[1]:
         return True
     if source.array is None:

@@ -38,6 +38,11 @@ def mu_gamma(beta: float) -> float:
 # --------------------------------------------------------------------------- products
 
 
+def stored_values(X: Block) -> np.ndarray:
+    """The values a block stores, flat: all entries of a dense block, ``data`` of a sparse one."""
+    return X.ravel() if isinstance(X, np.ndarray) else np.asarray(X.data)
+
+
 def x_ht(X: Block, H: np.ndarray) -> np.ndarray:
     """X_i H^T of shape (m_i, k)."""
     return np.asarray(X @ H.T, dtype=np.float32)
@@ -53,7 +58,7 @@ def block_stats(X: Block, chunk: int = 1 << 20) -> tuple[float, float, int]:
     """(sum of squares, sum, number of non-zero values) of a block, accumulated in float64
     over slices of ``chunk`` values, so no float64 copy of the whole block is made. The count
     is of non-zero *values*, the same for dense and sparse storage of one matrix."""
-    values = (X.data if sp.issparse(X) else X).ravel()
+    values = stored_values(X)
     sq = total = 0.0
     nonzeros = 0
     for start in range(0, values.size, chunk):
@@ -228,13 +233,14 @@ def residual_sq_block(X: Block, W: np.ndarray, H: np.ndarray, chunk_bytes: int =
     <W^T W, H H^T>`` with every term in float64.
     """
     H64 = H.astype(np.float64)
-    if sp.issparse(X):
+    if not isinstance(X, np.ndarray):
         W64 = W.astype(np.float64)
         rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
-        data = X.data.astype(np.float64)
-        cross = sum(float(data[s:s + 2**18] @ np.einsum("ij,ji->i", W64[rows[s:s + 2**18]],
-                                                         H64[:, X.indices[s:s + 2**18]]))
-                    for s in range(0, X.nnz, 2**18))
+        data = np.asarray(X.data, dtype=np.float64)
+        cross = 0.0
+        for s in range(0, X.nnz, 2**18):
+            cross += float(data[s:s + 2**18] @ np.einsum("ij,ji->i", W64[rows[s:s + 2**18]],
+                                                          H64[:, X.indices[s:s + 2**18]]))
         quad = float(np.vdot(W64.T @ W64, H64 @ H64.T))
         return max(float(data @ data) - 2.0 * cross + quad, 0.0)
     total = 0.0
@@ -250,7 +256,7 @@ def residual_sq_block(X: Block, W: np.ndarray, H: np.ndarray, chunk_bytes: int =
 
 def _wh_at(X: Block, W: np.ndarray, H: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
     """(W H) at X's stored entries (sparse X: a vector aligned with X.data; dense: the full block)."""
-    if not sp.issparse(X):
+    if isinstance(X, np.ndarray):
         return W @ H
     rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
     out = np.empty(X.nnz, dtype=np.float32)
@@ -262,14 +268,14 @@ def _wh_at(X: Block, W: np.ndarray, H: np.ndarray, chunk: int = 1 << 18) -> np.n
 
 def _weighted_ratio(X: Block, WH: np.ndarray, beta: float) -> Block:
     """X * (W H)^(beta - 2), on X's stored entries for sparse X."""
-    x_data = X.data if sp.issparse(X) else X
+    x_data = X if isinstance(X, np.ndarray) else np.asarray(X.data)
     WH = np.maximum(WH, EPSILON) if beta < 2 else WH
     ratio = x_data * WH ** (beta - 2.0) if beta not in (1.0, 0.0) else (
         x_data / WH if beta == 1.0 else x_data / (WH * WH))
     ratio = ratio.astype(np.float32, copy=False)
-    if sp.issparse(X):
-        return sp.csr_array((ratio, X.indices, X.indptr), shape=X.shape)
-    return ratio
+    if isinstance(X, np.ndarray):
+        return ratio
+    return sp.csr_array((ratio, X.indices, X.indptr), shape=X.shape)
 
 
 def _dense_wh_power(W: np.ndarray, H: np.ndarray, beta: float) -> np.ndarray:
@@ -343,7 +349,7 @@ def beta_divergence_block(X: Block, W: np.ndarray, H: np.ndarray, beta: float) -
         x_sq = block_stats(X)[0]
         WtX = wt_x(W, X)
         return 0.5 * frobenius_error_sq(x_sq, WtX, W.T @ W, H)
-    x_data = (X.data if sp.issparse(X) else X.ravel()).astype(np.float64)
+    x_data = stored_values(X).astype(np.float64)
     wh = _wh_at(X, W, H)
     wh = (wh if sp.issparse(X) else wh.ravel()).astype(np.float64)
     keep = x_data > EPSILON

@@ -55,25 +55,38 @@ class MaskedBlock:
     def is_dense(self) -> bool:
         return self.weights is None
 
+    def dense_form(self) -> tuple[np.ndarray, sp.csr_array]:
+        """(X with 0 where missing, the CSR indicator of the missing entries); dense form only."""
+        assert isinstance(self.values, np.ndarray) and self.missing is not None
+        return self.values, self.missing
+
+    def observed_form(self) -> tuple[sp.csr_array, sp.csr_array]:
+        """(CSR of the observed values, CSR of their weights); observed form only."""
+        assert not isinstance(self.values, np.ndarray) and self.weights is not None
+        return self.values, self.weights
+
     def weighted_values(self) -> np.ndarray | sp.csr_array:
         """c ∘ X on the observed entries (X itself in the dense form)."""
         if self.is_dense:
             return self.values
-        return sp.csr_array((self.values.data * self.weights.data, self.values.indices, self.values.indptr),
-                            shape=self.shape)
+        values, weights = self.observed_form()
+        return sp.csr_array((values.data * weights.data, values.indices, values.indptr), shape=self.shape)
 
     def row_counts(self) -> np.ndarray:
         """Observed entries (with a positive weight) per row, shape (m_i,)."""
         if self.is_dense:
-            return self.shape[1] - np.diff(self.missing.indptr)
-        positive = np.r_[0, np.cumsum(self.weights.data > 0)]
-        return np.diff(positive[self.weights.indptr])
+            return self.shape[1] - np.diff(self.dense_form()[1].indptr)
+        weights = self.observed_form()[1]
+        positive = np.r_[0, np.cumsum(weights.data > 0)]
+        return np.diff(positive[weights.indptr])
 
     def column_counts(self) -> np.ndarray:
         """Observed entries (with a positive weight) per column, shape (n,), float64."""
         if self.is_dense:
-            return self.shape[0] - np.bincount(self.missing.indices, minlength=self.shape[1]).astype(np.float64)
-        return np.bincount(self.weights.indices[self.weights.data > 0], minlength=self.shape[1]).astype(np.float64)
+            missing = self.dense_form()[1]
+            return self.shape[0] - np.bincount(missing.indices, minlength=self.shape[1]).astype(np.float64)
+        weights = self.observed_form()[1]
+        return np.bincount(weights.indices[weights.data > 0], minlength=self.shape[1]).astype(np.float64)
 
 
 def masked_block(X: Block, weights: Block | None = None, row_offset: int = 0) -> MaskedBlock:
@@ -85,11 +98,11 @@ def masked_block(X: Block, weights: Block | None = None, row_offset: int = 0) ->
         if weights is None:
             w = np.ones_like(X.data)
         else:
-            weights = sp.csr_array(weights)
-            if not (np.array_equal(weights.indptr, X.indptr) and np.array_equal(weights.indices, X.indices)):
+            stored = sp.csr_array(weights)
+            if not (np.array_equal(stored.indptr, X.indptr) and np.array_equal(stored.indices, X.indices)):
                 raise ValueError(f"entry_weights must store exactly X's entries (row block starting at row "
                                  f"{row_offset}); store a weight for every rating and nothing else")
-            w = np.asarray(weights.data, dtype=np.float32)
+            w = np.asarray(stored.data, dtype=np.float32)
         return MaskedBlock(X, sp.csr_array((w, X.indices, X.indptr), shape=X.shape))
     X = np.asarray(X)
     nan = np.isnan(X)
@@ -128,11 +141,12 @@ def row_equations(block: MaskedBlock, H: np.ndarray, HHt: np.ndarray) -> tuple[n
     Hpairs = outer_rows(np.ascontiguousarray(H.T))
     rhs = np.asarray(block.weighted_values() @ H.T, dtype=np.float32)
     if block.is_dense:
+        missing = block.dense_form()[1]
         grams = np.broadcast_to(HHt.astype(np.float32), (block.shape[0], k, k)).copy()
-        if block.missing.nnz:
-            grams -= np.asarray(block.missing @ Hpairs).reshape(-1, k, k)
+        if missing.nnz:
+            grams -= np.asarray(missing @ Hpairs).reshape(-1, k, k)
     else:
-        grams = np.asarray(block.weights @ Hpairs, dtype=np.float32).reshape(-1, k, k)
+        grams = np.asarray(block.observed_form()[1] @ Hpairs, dtype=np.float32).reshape(-1, k, k)
     return grams, rhs
 
 
@@ -146,11 +160,12 @@ def column_terms(block: MaskedBlock, W: np.ndarray) -> tuple[np.ndarray, np.ndar
     Wpairs = outer_rows(W)
     rhs = np.asarray(block.weighted_values().T @ W, dtype=np.float32)
     if block.is_dense:
+        missing = block.dense_form()[1]
         grams = np.broadcast_to((W.T @ W).reshape(1, -1), (block.shape[1], k * k)).astype(np.float32)
-        if block.missing.nnz:
-            grams -= np.asarray(block.missing.T @ Wpairs, dtype=np.float32)
+        if missing.nnz:
+            grams -= np.asarray(missing.T @ Wpairs, dtype=np.float32)
     else:
-        grams = np.asarray(block.weights.T @ Wpairs, dtype=np.float32)
+        grams = np.asarray(block.observed_form()[1].T @ Wpairs, dtype=np.float32)
     return rhs, grams
 
 
@@ -223,12 +238,13 @@ def observed_stats(block: MaskedBlock, row_offset: int) -> tuple[float, float, f
         raise ValueError(f"row {row} of X has no observed entry (missing='unobserved'); a masked fit cannot "
                          f"estimate it: drop rows and columns without data before fitting")
     if block.is_dense:
-        values = block.values.astype(np.float64)
+        values = block.dense_form()[0].astype(np.float64)
         x_sq = float(np.vdot(values, values))
         x_sum = float(values.sum())
     else:
-        data = block.values.data.astype(np.float64)
-        x_sq = float(data @ (data * block.weights.data))
+        observed, weights = block.observed_form()
+        data = np.asarray(observed.data, dtype=np.float64)
+        x_sq = float(data @ (data * weights.data))
         x_sum = float(data.sum())
     return x_sq, x_sum, float(counts.sum()), block.column_counts()
 
@@ -238,10 +254,11 @@ def residual_sq(block: MaskedBlock, W: np.ndarray, H: np.ndarray, chunk: int = 1
     """Σ c (x - w_r · h_j)² over the observed entries of a block, exactly in float64."""
     W64, H64 = W.astype(np.float64), H.astype(np.float64)
     if block.is_dense:
-        residual = block.values.astype(np.float64) - W64 @ H64
-        residual[block.missing.nonzero()] = 0.0
+        dense, missing = block.dense_form()
+        residual = dense.astype(np.float64) - W64 @ H64
+        residual[missing.nonzero()] = 0.0
         return float(np.vdot(residual, residual))
-    values, weights = block.values, block.weights
+    values, weights = block.observed_form()
     rows = np.repeat(np.arange(values.shape[0]), np.diff(values.indptr))
     total = 0.0
     for s in range(0, values.nnz, chunk):

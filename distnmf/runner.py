@@ -128,6 +128,8 @@ class LocalRunner:
         return list(self._pool.map(load_block, blocks)) if keep else blocks
 
     def map(self, name: str, fn: Callable, *columns: Sequence[Any], shared: tuple = ()) -> list[Any]:
+        if len(columns[0]) == 1:  # one block: no hand-off to a pool thread (~0.1 ms per call)
+            return [fn(*(column[0] for column in columns), *shared)]
         return list(self._pool.map(lambda args: fn(*args, *shared), zip(*columns)))
 
     def select(self, handles: list[Any], j: int, name: str = "select") -> list[Any]:

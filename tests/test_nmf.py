@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -20,7 +21,8 @@ from sklearn.decomposition import NMF as SklearnNMF
 from sklearn.exceptions import ConvergenceWarning
 
 import distnmf
-from distnmf.driver import FitConfig, fit_blocks, write_w
+from distnmf.checkpoint import write_w
+from distnmf.driver import FitConfig, fit_blocks
 from distnmf.runner import LocalRunner
 from distnmf.source import as_source
 
@@ -257,6 +259,32 @@ def test_negative_beta_loss_rejects_zeros_dense_or_sparse(beta_loss):
         with pytest.raises(ValueError, match=message):
             distnmf.NMF(2, solver="mu", beta_loss=beta_loss).fit(X)
     distnmf.NMF(2, solver="mu", beta_loss=beta_loss, max_iter=5).fit(S.toarray() + 1e-3)
+
+
+def test_negative_beta_loss_rejects_zeros_of_an_out_of_core_store_before_iterating(tmp_path):
+    """A store is only read by the fit: its first pass (validation) finds the zero and the fit
+    stops there with scikit-learn's message, before the initialisation and any iteration."""
+    X = np.random.default_rng(0).random((300, 12)).astype(np.float32) + 0.1
+    X[250, 7] = 0.0
+    path = distnmf.save_matrix(X, tmp_path / "x.zarr", chunk_rows=100).path
+    seen = []
+    model = distnmf.NMF(2, solver="mu", beta_loss="itakura-saito", keep_in_memory=False,
+                        callback=lambda *args: seen.append(args))
+    with pytest.raises(ValueError, match="When beta_loss <= 0 and X contains zeros, the solver may diverge"):
+        model.fit(path)
+    assert seen == []
+    X[250, 7] = 0.5
+    distnmf.save_matrix(X, tmp_path / "ok.zarr", chunk_rows=100)
+    model.set_params(max_iter=3).fit(tmp_path / "ok.zarr")
+    assert np.isfinite(model.reconstruction_err_) and len(seen) == 3
+
+
+def test_a_loss_that_is_not_finite_is_reported_as_nan_never_as_zero():
+    from distnmf.solvers import loss_to_error
+
+    assert math.isnan(loss_to_error(float("nan"), 2.0)) and math.isnan(loss_to_error(float("inf"), 2.0))
+    assert math.isnan(loss_to_error(float("-inf"), 2.0))
+    assert loss_to_error(-1e-9, 2.0) == 0.0 and loss_to_error(2.0, 2.0) == 1.0
 
 
 def test_scikit_learn_estimator_checks():
