@@ -7,6 +7,7 @@ Stores are read block by block straight from Zarr inside tasks; in-memory arrays
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,13 +45,42 @@ class StoreReader:
 
 @dataclass(frozen=True)
 class DaskReader:
-    """Picklable reader of rows of a Dask array, computed in the calling process."""
+    """Picklable reader of rows of a Dask array.
+
+    A lazy array's rows are computed in the calling process (synchronously, no nested tasks).
+    A *persisted* array (``persisted``: its graph holds ``distributed`` futures) can only be
+    computed by its cluster, which holds its chunks: the rows are a task of their own there,
+    launched from the calling task (seceding from its worker's thread pool meanwhile).
+    """
 
     array: da.Array
+    persisted: bool = False
 
     def __call__(self, start: int, stop: int) -> Block:
-        block = self.array[start:stop].compute(scheduler="sync")
+        rows = self.array[start:stop]
+        block = _compute_on_cluster(rows) if self.persisted else rows.compute(scheduler="sync")
         return sp.csr_array(block) if sp.issparse(block) else np.asarray(block)
+
+
+def _holds_futures(array: da.Array) -> bool:
+    """Whether ``array`` was persisted on a ``distributed`` cluster (its graph holds futures)."""
+    if "distributed" not in sys.modules:  # no future can exist; don't pay for the import
+        return False
+    from distributed import futures_of
+
+    return bool(futures_of(array))
+
+
+def _compute_on_cluster(rows: da.Array) -> Any:
+    """``rows`` computed by the cluster its futures belong to, from a task or from a client process."""
+    from distributed import futures_of, get_worker, worker_client
+
+    try:
+        get_worker()
+    except ValueError:  # not inside a task: the futures' own client computes it
+        return futures_of(rows)[0].client.compute(rows).result()
+    with worker_client() as client:
+        return client.compute(rows).result()
 
 
 @dataclass(frozen=True)
@@ -174,7 +204,7 @@ def _dask_source(X: da.Array, n_blocks_hint: int, max_rows: int) -> BlockSource:
         nnz = int(dask.compute(da.map_blocks(lambda b: np.array([[b.nnz]]), X, chunks=(1, 1),
                                              dtype=np.int64, meta=np.array([[0]])).sum())[0])
         nbytes = nnz * 8
-    return BlockSource((m, n), bounds, is_sparse, nnz, nbytes, reader=DaskReader(X.rechunk({1: -1})))
+    return BlockSource((m, n), bounds, is_sparse, nnz, nbytes, reader=DaskReader(X.rechunk({1: -1}), _holds_futures(X)))
 
 
 def _row_limit(n_cols: int, itemsize: int, task_memory: int | None, temporaries: int) -> int:
