@@ -25,7 +25,17 @@ import numpy as np
 import zarr
 
 from distnmf import storage
-from distnmf.store import Location, Matrix, _as_str_array, _write_labels, atomic_path, check_safe, open_matrix
+from distnmf.store import (
+    Location,
+    Matrix,
+    _write_labels,
+    atomic_path,
+    check_safe,
+    member,
+    open_matrix,
+    read_array,
+    read_labels,
+)
 
 FACTORS_VERSION = 1
 ATTRS_KEY = "distnmf_factors"
@@ -48,21 +58,21 @@ class Factors:
     @cached_property
     def H(self) -> np.ndarray:
         """H of shape (n_components, n_cols)."""
-        return zarr.open_group(self.path, mode="r")["H"][:]
+        return read_array(member(zarr.open_group(self.path, mode="r"), "H", zarr.Array))
 
     def read_W(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of W, shape (stop - start, n_components)."""
-        return zarr.open_group(self.path, mode="r")["W"][start:stop]
+        return read_array(member(zarr.open_group(self.path, mode="r"), "W", zarr.Array), start, stop)
 
     @cached_property
     def row_labels(self) -> np.ndarray | None:
         group = zarr.open_group(self.path, mode="r")
-        return _as_str_array(group["row_labels"][:]) if "row_labels" in group else None
+        return read_labels(group, "row_labels") if "row_labels" in group else None
 
     @cached_property
     def col_labels(self) -> np.ndarray | None:
         group = zarr.open_group(self.path, mode="r")
-        return _as_str_array(group["col_labels"][:]) if "col_labels" in group else None
+        return read_labels(group, "col_labels") if "col_labels" in group else None
 
     @cached_property
     def row_positions(self) -> dict[str, int] | None:
@@ -97,7 +107,8 @@ def save_factors(path: str | os.PathLike, W: np.ndarray | da.Array, H: np.ndarra
         w_arr = group.create_array("W", shape=W.shape, chunks=(max(1, chunk_rows), W.shape[1]),
                                    dtype=np.float32, compressors=None)
         if isinstance(W, da.Array):
-            da.store(W.astype(np.float32), w_arr, lock=False, compute=True)
+            # dask annotates targets as numpy-like arrays; it documents (and needs) only __setitem__
+            da.store(W.astype(np.float32), w_arr, lock=False, compute=True)  # type: ignore[arg-type]
         else:
             w_arr[:] = np.asarray(W, dtype=np.float32)
         group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
@@ -142,7 +153,7 @@ def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
         group = zarr.open_group(tmp, mode="r+")
         H = model.components_
         group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
-        m = group["W"].shape[0]
+        m = member(group, "W", zarr.Array).shape[0]
         _write_labels(group, "row_labels", row_labels if row_labels is not None else
                       (matrix.row_labels if matrix else None), m)
         _write_labels(group, "col_labels", col_labels if col_labels is not None else
@@ -173,8 +184,11 @@ def open_factors(path: str | os.PathLike) -> Factors:
     check_safe(group, path)
     if ATTRS_KEY not in group.attrs or "W" not in group or "H" not in group:
         raise ValueError(f"{path} is not a distnmf factors store (missing W, H or '{ATTRS_KEY}' metadata)")
-    n_rows, k = group["W"].shape
-    return Factors(path, (n_rows, group["H"].shape[1]), k, dict(group.attrs[ATTRS_KEY]))
+    W, H, attrs = member(group, "W", zarr.Array), member(group, "H", zarr.Array), group.attrs[ATTRS_KEY]
+    if W.ndim != 2 or H.ndim != 2 or W.shape[1] != H.shape[0] or not isinstance(attrs, dict):
+        raise ValueError(f"{path} is a corrupt factors store: W {W.shape} and H {H.shape} do not form a "
+                         f"factorization, or its '{ATTRS_KEY}' metadata is not a mapping")
+    return Factors(path, (W.shape[0], H.shape[1]), W.shape[1], attrs)
 
 
 def _positions(labels: np.ndarray | None) -> dict[str, int] | None:

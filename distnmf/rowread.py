@@ -12,22 +12,23 @@ is the slice plus a few MiB of stream buffers. Any other layout is sliced by Zar
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import zarr
+import zarr.codecs
+import zarr.storage
 import zstandard
+
+from distnmf.streams import Readable, fill
 
 _NATIVE = "little" if sys.byteorder == "little" else "big"
 
 
 def read_dense_rows(arr: zarr.Array, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` of the 2-D array ``arr``."""
-    compressed = _stream_layout(arr)
-    if compressed is None:
-        return arr[start:stop]
-    root = Path(arr.store.root)
+    if not isinstance(arr.store, zarr.storage.LocalStore) or (compressed := _stream_layout(arr)) is None:
+        return np.asarray(arr[start:stop])
+    root = arr.store.root
     n_cols, chunk_rows = arr.shape[1], arr.chunks[0]
     out = np.empty((stop - start, n_cols), dtype=arr.dtype)
     row_bytes = n_cols * out.itemsize
@@ -40,17 +41,19 @@ def read_dense_rows(arr: zarr.Array, start: int, stop: int) -> np.ndarray:
             target[...] = arr.metadata.fill_value or 0
             continue
         with open(path, "rb") as raw:
-            stream: BinaryIO = zstandard.ZstdDecompressor().stream_reader(raw) if compressed else raw
+            stream: Readable = zstandard.ZstdDecompressor().stream_reader(raw) if compressed else raw
             stream.seek((a - first) * row_bytes)  # zstd streams decode and discard up to there
-            _read_exactly(stream, memoryview(target.reshape(-1)).cast("B"), path)
+            missing = target.nbytes - fill(stream, target.reshape(-1).data.cast("B"))
+            if missing:
+                raise ValueError(f"{path}: chunk ends {missing} bytes early; the store is truncated")
     return out
 
 
 def _stream_layout(arr: zarr.Array) -> bool | None:
-    """True (one zstd frame) or False (raw bytes) when ``arr``'s chunks can be streamed by row,
-    None when Zarr must decode them."""
+    """True (one zstd frame) or False (raw bytes) when the chunk files of ``arr`` (a local array) can
+    be streamed by row, None when Zarr must decode them."""
     meta = arr.metadata
-    if arr.ndim != 2 or arr.chunks[1] != arr.shape[1] or not isinstance(arr.store, zarr.storage.LocalStore):
+    if arr.ndim != 2 or arr.chunks[1] != arr.shape[1]:
         return None
     if meta.zarr_format == 2:
         if meta.order != "C" or meta.filters or np.dtype(meta.dtype.to_native_dtype()).byteorder not in "=|<" \
@@ -70,11 +73,3 @@ def _stream_layout(arr: zarr.Array) -> bool | None:
         return True
     return None
 
-
-def _read_exactly(stream: BinaryIO, target: memoryview, path: Path) -> None:
-    filled = 0
-    while filled < len(target):
-        got = stream.readinto(target[filled:])
-        if not got:
-            raise ValueError(f"{path}: chunk ends {len(target) - filled} bytes early; the store is truncated")
-        filled += got

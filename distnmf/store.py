@@ -23,7 +23,8 @@ import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
 import dask
 import dask.array as da
@@ -41,6 +42,7 @@ DENSE_BLOCK_BYTES = 32 * 2**20
 SPARSE_BLOCK_NNZ = 4 * 2**20
 SPARSE_CHUNK_ELEMENTS = 2**22
 INDPTR_CHUNK_ELEMENTS = 2**20
+SPARSE_WRITE_ROWS = 2**16  # rows per block when save_matrix streams an in-memory sparse matrix
 LABEL_CHUNK = 2**16
 
 ArrayLike = Any  # numpy, scipy.sparse, dask array, zarr array or Matrix
@@ -56,7 +58,7 @@ def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 
     ``row_offset`` is the global index of the block's first row, so the message names the
     row and column of the whole matrix. ``allow_nan`` accepts NaN (missing entries).
     """
-    values = block.data if sp.issparse(block) else np.asarray(block)
+    values = np.asarray(block.data) if sp.issparse(block) else np.asarray(block)
     if (values.size and np.issubdtype(values.dtype, np.number)
             and not np.issubdtype(values.dtype, np.complexfloating)
             and np.isfinite(values.sum(dtype=np.float64)) and values.min() >= 0):
@@ -158,6 +160,29 @@ def check_safe(node: zarr.Array | zarr.Group, where: str | os.PathLike) -> None:
                              f"(and string labels)")
 
 
+Node = TypeVar("Node", zarr.Array, zarr.Group)
+
+
+def member(group: zarr.Group, name: str, kind: type[Node]) -> Node:
+    """The member ``name`` of ``group``, checked to be a ``kind`` (``zarr.Array`` or ``zarr.Group``).
+
+    Raises ``KeyError`` when it is absent and ``ValueError`` naming it when it is of the other
+    kind (a store written by another tool, or corrupted).
+    """
+    node = group[name]
+    if not isinstance(node, kind):
+        found = "group" if isinstance(node, zarr.Group) else "array"
+        where = str(group.store_path).removeprefix("file://")
+        raise ValueError(f"{where}/{name} is a Zarr {found} where a Zarr {kind.__name__.lower()} "
+                         f"was expected; the store is not in distnmf's layout")
+    return node
+
+
+def read_array(array: zarr.Array, start: int | None = None, stop: int | None = None) -> np.ndarray:
+    """Elements ``start:stop`` (along the first axis) of ``array`` as a numpy array."""
+    return np.asarray(array[start:stop])
+
+
 def _compressors(compression: str | None) -> Any:
     if compression in (None, "none"):
         return None
@@ -210,20 +235,20 @@ class MatrixWriter:
     chunk_rows: int | None = None
     compression: str | None = None
     overwrite: bool = False
-    row_labels: Sequence[Any] | None = None
-    col_labels: Sequence[Any] | None = None
+    row_labels: Iterable[Any] | None = None
+    col_labels: Iterable[Any] | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     validate: bool = True
 
     def __post_init__(self) -> None:
-        self.path = storage.as_location(self.path)
-        if storage.exists(self.path) and not self.overwrite:
-            raise FileExistsError(f"{self.path} already exists; pass overwrite=True to replace it")
+        location = self.path = storage.as_location(self.path)
+        if storage.exists(location) and not self.overwrite:
+            raise FileExistsError(f"{location} already exists; pass overwrite=True to replace it")
         if self.n_cols < 1:
             raise ValueError(f"n_cols must be >= 1, got {self.n_cols}")
-        if not storage.is_url(self.path):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = storage.temporary_sibling(self.path)
+        if isinstance(location, Path):
+            location.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = storage.temporary_sibling(location)
         self._group = zarr.open_group(self._tmp, mode="w", zarr_format=3)
         self.n_rows = 0
         self._row_bounds = [0]
@@ -240,9 +265,9 @@ class MatrixWriter:
                                           compressors=compressors, fill_value=0)
             self._tail = np.zeros(1, dtype=np.int64)  # indptr from the first row of the unfinished row block
         else:
-            rows = self.chunk_rows or default_chunk_rows(self.n_cols, np.dtype(self.dtype).itemsize)
-            self.chunk_rows = rows
-            self._x = self._group.create_array("X", shape=(0, self.n_cols), chunks=(rows, self.n_cols),
+            self._rows_per_chunk = self.chunk_rows or default_chunk_rows(self.n_cols, np.dtype(self.dtype).itemsize)
+            self.chunk_rows = self._rows_per_chunk
+            self._x = self._group.create_array("X", shape=(0, self.n_cols), chunks=(self.chunk_rows, self.n_cols),
                                                dtype=self.dtype, compressors=compressors, fill_value=0)
             self._pending: list[np.ndarray] = []
             self._pending_rows = 0
@@ -261,7 +286,7 @@ class MatrixWriter:
             self._pending.append(dense.astype(self.dtype, copy=False))
             self._pending_rows += dense.shape[0]
             self.n_rows += dense.shape[0]
-            if self._pending_rows >= self.chunk_rows:
+            if self._pending_rows >= self._rows_per_chunk:
                 self._flush_dense(final=False)
 
     def _append_sparse(self, csr: sp.csr_array) -> None:
@@ -294,7 +319,7 @@ class MatrixWriter:
         if not self._pending:
             return
         rows = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        n_full = rows.shape[0] if final else (rows.shape[0] // self.chunk_rows) * self.chunk_rows
+        n_full = rows.shape[0] if final else (rows.shape[0] // self._rows_per_chunk) * self._rows_per_chunk
         start = self._x.shape[0]
         self._x.resize((start + n_full, self.n_cols))
         self._x[start:start + n_full] = rows[:n_full]
@@ -308,11 +333,11 @@ class MatrixWriter:
         try:
             check_2d((self.n_rows, self.n_cols), where=str(self.path))
             if self.sparse:
-                x = self._group["X"]
+                x = member(self._group, "X", zarr.Group)
                 x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0",
                                 "shape": [self.n_rows, self.n_cols]})
                 self._extend_row_bounds(final=True)
-                bounds = self._row_bounds
+                bounds = tuple(self._row_bounds)
                 if self.n_rows + 1 < INDPTR_CHUNK_ELEMENTS:
                     _shrink_to_one_chunk(x, "indptr", self.n_rows + 1)
                 if self._nnz < SPARSE_CHUNK_ELEMENTS:
@@ -320,10 +345,10 @@ class MatrixWriter:
                     _shrink_to_one_chunk(x, "indices", self._nnz)
             else:
                 self._flush_dense(final=True)
-                if self.n_rows < self.chunk_rows:
+                if self.n_rows < self._rows_per_chunk:
                     _shrink_to_one_chunk(self._group, "X", self.n_rows)
-                    self.chunk_rows = self.n_rows
-                bounds = list(range(0, self.n_rows, self.chunk_rows)) + [self.n_rows]
+                    self._rows_per_chunk = self.chunk_rows = self.n_rows
+                bounds = _chunk_bounds(self.n_rows, self._rows_per_chunk)
             _write_labels(self._group, "row_labels", self.row_labels, self.n_rows)
             _write_labels(self._group, "col_labels", self.col_labels, self.n_cols)
             meta = {"version": FORMAT_VERSION, "kind": "sparse" if self.sparse else "dense",
@@ -352,8 +377,8 @@ class MatrixWriter:
 def _shrink_to_one_chunk(group: zarr.Group, name: str, length: int) -> None:
     """Rewrite a small array as one chunk of its own size: an uncompressed partial chunk is
     otherwise stored at full chunk size (a tiny matrix would take 16-32 MiB on disk)."""
-    old = group[name]
-    values = old[:]
+    old = member(group, name, zarr.Array)
+    values = read_array(old)
     chunks = (max(1, length),) + tuple(old.shape[1:])
     new = group.create_array(name, shape=old.shape, chunks=chunks, dtype=old.dtype,
                              compressors=old.compressors or None, fill_value=old.fill_value, overwrite=True)
@@ -367,13 +392,13 @@ def default_chunk_rows(n_cols: int, itemsize: int = 4, target_bytes: int = DENSE
 
 
 def sparse_row_bounds(indptr: np.ndarray, target_nnz: int = SPARSE_BLOCK_NNZ,
-                      max_rows: int = 2**16) -> list[int]:
+                      max_rows: int = 2**16) -> tuple[int, ...]:
     """Row block boundaries of a CSR matrix so each block holds about ``target_nnz`` entries.
 
-    Returns a list ``[0, b1, ..., n_rows]``; blocks are also capped at ``max_rows`` rows so the
+    Returns ``(0, b1, ..., n_rows)``; blocks are also capped at ``max_rows`` rows so the
     dense factor block W_i stays small.
     """
-    return [0] + _row_block_ends(indptr, True, target_nnz, max_rows)[0]
+    return (0, *_row_block_ends(indptr, True, target_nnz, max_rows)[0])
 
 
 def _row_block_ends(indptr: np.ndarray, final: bool, target_nnz: int = SPARSE_BLOCK_NNZ,
@@ -396,8 +421,8 @@ def _row_block_ends(indptr: np.ndarray, final: bool, target_nnz: int = SPARSE_BL
 # --------------------------------------------------------------------------- saving
 
 
-def save_matrix(X: ArrayLike, path: str | os.PathLike, row_labels: Sequence[Any] | None = None,
-                col_labels: Sequence[Any] | None = None, *, dtype: Any = np.float32,
+def save_matrix(X: ArrayLike, path: str | os.PathLike, row_labels: Iterable[Any] | None = None,
+                col_labels: Iterable[Any] | None = None, *, dtype: Any = np.float32,
                 chunk_rows: int | None = None, compression: str | None = None,
                 attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Matrix:
     """Validate and write a matrix to a Zarr store; returns the opened :class:`Matrix`.
@@ -429,19 +454,18 @@ def save_matrix(X: ArrayLike, path: str | os.PathLike, row_labels: Sequence[Any]
     with MatrixWriter(path, n_cols, sparse=is_sparse, dtype=dtype, chunk_rows=chunk_rows,
                       compression=compression, overwrite=overwrite, row_labels=row_labels,
                       col_labels=col_labels, attrs=attrs or {}) as writer:
-        for block in _row_blocks(X, writer):
+        for block in _row_blocks(X, SPARSE_WRITE_ROWS if is_sparse else writer._rows_per_chunk):
             writer.append(block)
     return writer.matrix
 
 
-def _row_blocks(X: ArrayLike, writer: MatrixWriter, batch: int = 4) -> Iterator[Any]:
-    """Yield row blocks of X in order; dask blocks are computed ``batch`` at a time."""
+def _row_blocks(X: ArrayLike, rows: int, batch: int = 4) -> Iterator[Any]:
+    """Yield row blocks of X in order: dask blocks (``batch`` computed at a time), else ``rows`` rows each."""
     if isinstance(X, da.Array):
         blocks = X.rechunk({1: -1}).to_delayed().ravel()
         for i in range(0, len(blocks), batch):
             yield from dask.compute(*blocks[i:i + batch])
         return
-    rows = 2**16 if writer.sparse else writer.chunk_rows
     if sp.issparse(X):
         X = sp.csr_array(X)
     for start in range(0, X.shape[0], rows):
@@ -538,22 +562,22 @@ def read_rows(path: Location, is_sparse: bool, start: int, stop: int, n_cols: in
         array = zarr.open_array(path, path=component, mode="r")
         check_safe(array, where)
         return read_dense_rows(array, start, stop)
-    x = zarr.open_group(path, mode="r")[component]
+    x = member(zarr.open_group(path, mode="r"), component, zarr.Group)
     check_safe(x, where)
-    indptr = x["indptr"][start:stop + 1]
+    indptr = read_array(member(x, "indptr", zarr.Array), start, stop + 1)
     lo, hi = int(indptr[0]), int(indptr[-1])
-    data = x["data"][lo:hi] if hi > lo else np.zeros(0, dtype=x["data"].dtype)
-    indices = x["indices"][lo:hi] if hi > lo else np.zeros(0, dtype=x["indices"].dtype)
-    return sp.csr_array((data, indices, indptr - lo), shape=(stop - start, n_cols))
+    data, indices = member(x, "data", zarr.Array), member(x, "indices", zarr.Array)
+    return sp.csr_array((read_array(data, lo, hi), read_array(indices, lo, hi), indptr - lo),
+                        shape=(stop - start, n_cols))
 
 
 def _read_labels(path: Location, name: str, anndata_path: tuple[str, str]) -> np.ndarray | None:
     group = zarr.open_group(path, mode="r")
     if name in group:
-        return _as_str_array(group[name][:])
+        return read_labels(group, name)
     frame, index = anndata_path
-    if frame in group and isinstance(group[frame], zarr.Group) and index in group[frame]:
-        return _as_str_array(group[frame][index][:])
+    if frame in group and index in (table := member(group, frame, zarr.Group)):
+        return read_labels(table, index)
     return None
 
 
@@ -573,26 +597,43 @@ def open_matrix(path: str | os.PathLike) -> Matrix:
     check_safe(node, path)
     if isinstance(node, zarr.Array):
         return _open_bare_array(path, node)
-    meta = dict(node.attrs.get("distnmf", {}))
+    meta = node.attrs.get("distnmf", {})
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} has 'distnmf' metadata that is not a mapping: {meta!r}")
     if "X" not in node:
         raise ValueError(f"{path} is a Zarr group without an 'X' matrix; not a matrix store")
     x = node["X"]
     if isinstance(x, zarr.Array):
         shape = check_2d(x.shape, where=f"{path}/X")
-        bounds = meta.get("row_bounds") or _chunk_bounds(shape[0], x.chunks[0])
-        return Matrix(path, shape, False, shape[0] * shape[1], np.dtype(x.dtype),
-                      tuple(bounds), _user_attrs(meta))
+        bounds = _stored_bounds(meta, shape[0], path) or _chunk_bounds(shape[0], x.chunks[0])
+        return Matrix(path, shape, False, shape[0] * shape[1], np.dtype(x.dtype), bounds, _user_attrs(meta))
     encoding = x.attrs.get("encoding-type")
     if encoding != "csr_matrix":
         raise ValueError(f"{path}/X has encoding-type {encoding!r}; only dense arrays and 'csr_matrix' are supported")
     try:
-        shape = check_2d(tuple(x.attrs["shape"]), where=f"{path}/X")
-        nnz = int(x["data"].shape[0])
-        dtype = np.dtype(x["data"].dtype)
-        bounds = meta.get("row_bounds") or sparse_row_bounds(x["indptr"][:])
+        shape = check_2d(_ints(x.attrs["shape"], f"{path}/X shape"), where=f"{path}/X")
+        data = member(x, "data", zarr.Array)
+        bounds = _stored_bounds(meta, shape[0], path) or sparse_row_bounds(read_array(member(x, "indptr", zarr.Array)))
     except KeyError as exc:
         raise ValueError(f"{path}/X is a corrupt CSR group: missing {exc}") from exc
-    return Matrix(path, shape, True, nnz, dtype, tuple(bounds), _user_attrs(meta))
+    return Matrix(path, shape, True, int(data.shape[0]), np.dtype(data.dtype), bounds, _user_attrs(meta))
+
+
+def _ints(value: object, what: str) -> tuple[int, ...]:
+    """``value`` (read from a store's JSON metadata) as a tuple of ints; ValueError naming ``what``."""
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise ValueError(f"{what} must be a list of integers, got {value!r}")
+    return tuple(value)
+
+
+def _stored_bounds(meta: dict[str, Any], n_rows: int, path: Location) -> tuple[int, ...] | None:
+    """The row block bounds recorded in a distnmf store's metadata, checked: 0 = b0 < b1 < ... = n_rows."""
+    if not meta.get("row_bounds"):
+        return None
+    bounds = _ints(meta["row_bounds"], f"{path} metadata row_bounds")
+    if bounds[0] != 0 or bounds[-1] != n_rows or any(b >= c for b, c in zip(bounds[:-1], bounds[1:])):
+        raise ValueError(f"{path} metadata row_bounds must rise from 0 to the {n_rows} rows of X, got {list(bounds)}")
+    return bounds
 
 
 def _open_bare_array(path: Location, arr: zarr.Array, component: str = "") -> Matrix:
@@ -604,7 +645,7 @@ def _open_bare_array(path: Location, arr: zarr.Array, component: str = "") -> Ma
         raise ValueError(f"{where} must hold real numbers, got dtype {arr.dtype}")
     shape = check_2d(arr.shape, where=where)
     return Matrix(path, shape, False, shape[0] * shape[1], np.dtype(arr.dtype),
-                  tuple(_chunk_bounds(shape[0], arr.chunks[0])), {}, component)
+                  _chunk_bounds(shape[0], arr.chunks[0]), {}, component)
 
 
 def local_array_matrix(arr: zarr.Array) -> Matrix | None:
@@ -615,14 +656,15 @@ def local_array_matrix(arr: zarr.Array) -> Matrix | None:
     return _open_bare_array(arr.store.root, arr, arr.path)
 
 
-def _chunk_bounds(n_rows: int, chunk_rows: int) -> list[int]:
-    return list(range(0, n_rows, chunk_rows)) + [n_rows]
+def _chunk_bounds(n_rows: int, chunk_rows: int) -> tuple[int, ...]:
+    return (*range(0, n_rows, chunk_rows), n_rows)
 
 
 def _user_attrs(meta: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in meta.items() if k not in ("version", "kind", "row_bounds")}
 
 
-def _as_str_array(values: np.ndarray) -> np.ndarray:
-    """Zarr returns variable-length strings as numpy StringDType; give callers plain ``str_``."""
-    return np.array(values.tolist(), dtype=str)
+def read_labels(group: zarr.Group, name: str) -> np.ndarray:
+    """The label array ``name`` of ``group`` as plain numpy ``str_`` (Zarr returns variable-length
+    strings as numpy StringDType)."""
+    return np.array(read_array(member(group, name, zarr.Array)).tolist(), dtype=str)

@@ -132,6 +132,28 @@ def test_missing_and_corrupt_stores(tmp_path):
         distnmf.open_matrix(tmp_path / "empty.zarr")
 
 
+
+def test_stores_off_layout_are_refused_by_name(tmp_path):
+    """Metadata and members that do not match the layout: a clear ValueError, not a later crash."""
+    sparse = distnmf.save_matrix(sp.random(40, 6, density=0.3, format="csr", random_state=0), tmp_path / "s.zarr")
+    group = zarr.open_group(sparse.path, mode="r+")
+    group.attrs["distnmf"] = {**group.attrs["distnmf"], "row_bounds": [0, 10, 99]}
+    with pytest.raises(ValueError, match="row_bounds must rise from 0 to the 40 rows"):
+        distnmf.open_matrix(sparse.path)
+    group.attrs["distnmf"] = {"row_bounds": "0,40"}
+    with pytest.raises(ValueError, match="row_bounds must be a list of integers"):
+        distnmf.open_matrix(sparse.path)
+    del group.attrs["distnmf"]
+    del group["X/indptr"]
+    group["X"].create_group("indptr")
+    with pytest.raises(ValueError, match="s.zarr/X/indptr is a Zarr group where a Zarr array was expected"):
+        distnmf.open_matrix(sparse.path)
+    factors = distnmf.save_factors(tmp_path / "f.zarr", np.ones((5, 2)), np.ones((2, 3)))
+    zarr.open_group(factors.path, mode="r+").create_array("H", shape=(3, 3), dtype="f4", overwrite=True)
+    with pytest.raises(ValueError, match=r"corrupt factors store: W \(5, 2\) and H \(3, 3\)"):
+        distnmf.open_factors(factors.path)
+
+
 def test_factors_store_round_trip(tmp_path):
     W, H = np.random.rand(20, 3), np.random.rand(3, 7)
     f = distnmf.save_factors(tmp_path / "f.zarr", da.from_array(W, chunks=(8, 3)), H,

@@ -13,7 +13,8 @@ import io
 import os
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import scipy.sparse as sp
 from distnmf.ingest.limits import IngestLimits
 from distnmf.ingest.npyfile import BLOCK_BYTES, NpyStream, member_names, open_member
 from distnmf.ingest.report import IngestReport, Stopwatch, progress
-from distnmf.store import MatrixWriter, default_chunk_rows
+from distnmf.store import Matrix, MatrixWriter, default_chunk_rows
 
 CSV_BLOCK_BYTES = 8 * 2**20
 SPARSE_BLOCK_ROWS = 2**16
@@ -73,22 +74,20 @@ def ingest_array(src: str | os.PathLike, dest: str | os.PathLike, *, sparse: boo
     src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"no array file at {src}")
-    limits = limits or IngestLimits()
     clock = Stopwatch()
     suffix = src.suffix.lower()
     notes: list[str] = []
-    options = {"compression": compression, "overwrite": overwrite, "show_progress": show_progress, "limits": limits}
+    job = _Job(src, dest, compression, overwrite, show_progress, limits or IngestLimits())
     if suffix == ".npy":
         with open(src, "rb") as stream:
-            matrix = _ingest_dense(NpyStream.open(stream, str(src)), src, dest, sparse=bool(sparse),
-                                   block_rows=block_rows, **options)
+            matrix = _ingest_dense(job, NpyStream.open(stream, str(src)), sparse=bool(sparse), block_rows=block_rows)
     elif suffix == ".npz":
-        matrix = _ingest_npz(src, dest, sparse=sparse, key=key, block_rows=block_rows, **options)
+        matrix = _ingest_npz(job, sparse=sparse, key=key, block_rows=block_rows)
     elif suffix == ".mtx":
-        matrix = _ingest_mtx(src, dest, sparse=sparse, **options)
+        matrix = _ingest_mtx(job, sparse=sparse)
     elif suffix in TEXT_SUFFIXES:
-        matrix, skipped_blank = _ingest_csv(src, dest, sparse=bool(sparse), delimiter=delimiter,
-                                            header=header, index=index, block_rows=block_rows, **options)
+        matrix, skipped_blank = _ingest_csv(job, sparse=bool(sparse), delimiter=delimiter, header=header, index=index,
+                                            block_rows=block_rows)
         if skipped_blank:
             notes.append(f"{skipped_blank:,} blank lines were ignored.")
     else:
@@ -97,48 +96,64 @@ def ingest_array(src: str | os.PathLike, dest: str | os.PathLike, *, sparse: boo
     return IngestReport("array", src, matrix, notes=notes, seconds=clock.seconds)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One ingestion: the file read, the store written and how, and the sizes refused."""
+
+    src: Path
+    dest: str | os.PathLike
+    compression: str | None
+    overwrite: bool
+    show_progress: bool | None
+    limits: IngestLimits
+
+    def writer(self, n_cols: int, *, sparse: bool, chunk_rows: int | None,
+               attrs: dict[str, Any] | None = None, col_labels: Sequence[str] | None = None) -> MatrixWriter:
+        """The writer of the store (``attrs`` default: where the data came from)."""
+        return MatrixWriter(self.dest, n_cols, sparse=sparse, chunk_rows=chunk_rows, compression=self.compression,
+                            overwrite=self.overwrite, col_labels=col_labels,
+                            attrs=attrs or {"ingest": {"kind": "array", "source": str(self.src)}})
+
+
 # --------------------------------------------------------------------------- binary formats
 
 
-def _ingest_dense(arr: NpyStream, src: Path, dest: str | os.PathLike, *, sparse: bool, block_rows: int | None,
-                  compression: str | None, overwrite: bool, show_progress: bool | None, limits: IngestLimits):
+def _ingest_dense(job: _Job, arr: NpyStream, *, sparse: bool, block_rows: int | None) -> Matrix:
     """Stream a dense 2-D ``.npy`` array into a store, one row block in memory at a time."""
     if len(arr.shape) != 2:
         raise ValueError(f"{arr.where} holds a {len(arr.shape)}-D array of shape {arr.shape}; a matrix must be 2-D")
     n_rows, n_cols = arr.shape
-    limits.check_shape(n_rows, n_cols, n_rows * n_cols, arr.where)
+    job.limits.check_shape(n_rows, n_cols, n_rows * n_cols, arr.where)
     block_bytes = block_rows * n_cols * arr.dtype.itemsize if block_rows else BLOCK_BYTES
     n_blocks = -(-n_rows // max(1, block_bytes // max(1, n_cols * arr.dtype.itemsize)))
-    with MatrixWriter(dest, n_cols, sparse=sparse, compression=compression,
-                      chunk_rows=max(1, min(default_chunk_rows(n_cols), n_rows)),
-                      overwrite=overwrite, attrs=_source_attrs(src)) as writer:
-        for block in progress(arr.row_blocks(block_bytes), total=n_blocks, desc=f"ingest {src.name}", unit="block",
-                              enabled=show_progress):
+    with job.writer(n_cols, sparse=sparse, chunk_rows=max(1, min(default_chunk_rows(n_cols), n_rows))) as writer:
+        for block in progress(arr.row_blocks(block_bytes), total=n_blocks, desc=f"ingest {job.src.name}",
+                              unit="block", enabled=job.show_progress):
             block = block.astype(np.float32, copy=False)
             writer.append(sp.csr_array(block) if sparse else block)
     return writer.matrix
 
 
-def _ingest_npz(src: Path, dest: str | os.PathLike, *, sparse: bool | None, key: str | None, **options: Any):
+def _ingest_npz(job: _Job, *, sparse: bool | None, key: str | None, block_rows: int | None) -> Matrix:
+    src = job.src
     try:
         with zipfile.ZipFile(src) as archive:
             names = member_names(archive)
             if SPARSE_NPZ_KEYS <= set(names) and key is None:
-                return _ingest_sparse_npz(archive, src, dest, sparse=sparse, **options)
+                return _ingest_sparse_npz(job, archive, sparse=sparse)
             if key is not None and key not in names:
                 raise ValueError(f"{src} has no array {key!r}; it holds {names[:20]}")
             if key is None and len(names) != 1:
                 raise ValueError(f"{src} holds {len(names)} arrays {names[:20]}; choose one with key=...")
-            return _ingest_dense(open_member(archive, key or names[0], str(src)), src, dest, sparse=bool(sparse),
-                                 **options)
+            return _ingest_dense(job, open_member(archive, key or names[0], str(src)), sparse=bool(sparse),
+                                 block_rows=block_rows)
     except BROKEN_ARCHIVE as exc:
         raise ValueError(f"{src} is not a readable .npz (zip) archive: {exc}") from None
 
 
-def _ingest_sparse_npz(archive: zipfile.ZipFile, src: Path, dest: str | os.PathLike, *, sparse: bool | None,
-                       block_rows: int | None, limits: IngestLimits, **options: Any):
+def _ingest_sparse_npz(job: _Job, archive: zipfile.ZipFile, *, sparse: bool | None) -> Matrix:
     """A scipy ``save_npz`` archive: CSR streamed by rows; other layouts read whole within the memory limit."""
-    where = str(src)
+    src, limits, where = job.src, job.limits, str(job.src)
     layout = open_member(archive, "format", where, allow_text=True).read_all().item()
     layout = layout.decode("ascii", "replace") if isinstance(layout, bytes) else str(layout)
     shape = open_member(archive, "shape", where).read_all()
@@ -152,7 +167,7 @@ def _ingest_sparse_npz(archive: zipfile.ZipFile, src: Path, dest: str | os.PathL
         limits.check_shape(n_rows, n_cols, n_values, where)
         limits.check_memory(3 * sum(m.size * m.dtype.itemsize for m in members) + 16 * (n_rows + 1), where,
                             advice="save it in CSR layout (scipy.sparse.save_npz(path, X.tocsr())) to stream it")
-        return _ingest_in_memory(sp.load_npz(src), src, dest, sparse, limits=limits, **options)
+        return _ingest_in_memory(job, sp.load_npz(src), sparse)
     indptr, indices, data = (open_member(archive, name, where) for name in ("indptr", "indices", "data"))
     nnz = data.size
     if indptr.shape != (n_rows + 1,) or indices.shape != (nnz,) or len(data.shape) != 1:
@@ -163,8 +178,7 @@ def _ingest_sparse_npz(archive: zipfile.ZipFile, src: Path, dest: str | os.PathL
     store_sparse = True if sparse is None else sparse
     limits.check_shape(n_rows, n_cols, nnz if store_sparse else n_rows * n_cols, where)
     max_rows = SPARSE_BLOCK_ROWS if store_sparse else max(1, BLOCK_BYTES // (4 * max(1, n_cols)))
-    with MatrixWriter(dest, n_cols, sparse=store_sparse, chunk_rows=_chunk_rows(store_sparse, n_rows, n_cols),
-                      attrs=_source_attrs(src), **_writer_options(options)) as writer:
+    with job.writer(n_cols, sparse=store_sparse, chunk_rows=_chunk_rows(store_sparse, n_rows, n_cols)) as writer:
         for block in _csr_blocks(indptr, indices, data, n_rows, n_cols, max_rows, where):
             writer.append(block if store_sparse else block.toarray())
     return writer.matrix
@@ -197,8 +211,9 @@ def _csr_blocks(indptr: NpyStream, indices: NpyStream, data: NpyStream, n_rows: 
         raise ValueError(f"{where}: indptr ends at {previous:,} but the matrix holds {data.size:,} entries")
 
 
-def _ingest_mtx(src: Path, dest: str | os.PathLike, *, sparse: bool | None, limits: IngestLimits, **options: Any):
+def _ingest_mtx(job: _Job, *, sparse: bool | None) -> Matrix:
     """Matrix Market: the header's sizes are checked against ``limits`` before the entries are read."""
+    src, limits = job.src, job.limits
     n_rows, n_cols, entries, layout, field, symmetry = _mtx_header(src, limits)
     if field == "complex":
         raise ValueError(f"{src} holds complex numbers; NMF needs real ones")
@@ -207,7 +222,7 @@ def _ingest_mtx(src: Path, dest: str | os.PathLike, *, sparse: bool | None, limi
     limits.check_shape(n_rows, n_cols, n_values, str(src))
     limits.check_memory(48 * n_values if coordinate else 16 * n_values, str(src),
                         advice="convert it to a CSR .npz (scipy.sparse.save_npz) or a .npy file, which stream")
-    return _ingest_in_memory(scipy.io.mmread(src, spmatrix=False), src, dest, sparse, limits=limits, **options)
+    return _ingest_in_memory(job, scipy.io.mmread(src, spmatrix=False), sparse)
 
 
 def _mtx_header(src: Path, limits: IngestLimits) -> tuple[int, int, int, str, str, str]:
@@ -231,10 +246,10 @@ def _mtx_header(src: Path, limits: IngestLimits) -> tuple[int, int, int, str, st
     raise ValueError(f"{src} has no size line")
 
 
-def _ingest_in_memory(X: Any, src: Path, dest: str | os.PathLike, sparse: bool | None, *, limits: IngestLimits,
-                      **options: Any):
+def _ingest_in_memory(job: _Job, X: Any, sparse: bool | None) -> Matrix:
     """Write a matrix read whole; sparse ones in row blocks built from their entries sorted by row,
     so no indptr is ever formed for the whole matrix."""
+    src = job.src
     if sp.issparse(X):
         if X.ndim != 2:
             raise ValueError(f"{src} holds a {X.ndim}-D sparse array; a matrix must be 2-D")
@@ -246,10 +261,9 @@ def _ingest_in_memory(X: Any, src: Path, dest: str | os.PathLike, sparse: bool |
         _check_numeric_2d(X, src)
     n_rows, n_cols = X.shape
     store_sparse = sp.issparse(X) if sparse is None else sparse
-    limits.check_shape(n_rows, n_cols, X.nnz if sp.issparse(X) and store_sparse else n_rows * n_cols, str(src))
+    job.limits.check_shape(n_rows, n_cols, X.nnz if sp.issparse(X) and store_sparse else n_rows * n_cols, str(src))
     rows = SPARSE_BLOCK_ROWS if store_sparse else max(1, min(default_chunk_rows(n_cols), n_rows))
-    with MatrixWriter(dest, n_cols, sparse=store_sparse, chunk_rows=_chunk_rows(store_sparse, n_rows, n_cols),
-                      attrs=_source_attrs(src), **_writer_options(options)) as writer:
+    with job.writer(n_cols, sparse=store_sparse, chunk_rows=_chunk_rows(store_sparse, n_rows, n_cols)) as writer:
         for block in (_coo_row_blocks(X, rows) if sp.issparse(X) else (X[a:a + rows] for a in range(0, n_rows, rows))):
             if store_sparse:
                 writer.append(sp.csr_array(block, dtype=np.float32))
@@ -272,10 +286,6 @@ def _chunk_rows(store_sparse: bool, n_rows: int, n_cols: int) -> int | None:
     return None if store_sparse else max(1, min(default_chunk_rows(n_cols), n_rows))
 
 
-def _writer_options(options: dict[str, Any]) -> dict[str, Any]:
-    return {"compression": options["compression"], "overwrite": options["overwrite"]}
-
-
 def _check_numeric_2d(arr: np.ndarray, src: Path) -> None:
     if arr.ndim != 2:
         raise ValueError(f"{src} holds a {arr.ndim}-D array of shape {arr.shape}; a matrix must be 2-D")
@@ -284,25 +294,20 @@ def _check_numeric_2d(arr: np.ndarray, src: Path) -> None:
         raise ValueError(f"{src} holds dtype {arr.dtype}; expected real numbers")
 
 
-def _source_attrs(src: Path) -> dict[str, Any]:
-    return {"ingest": {"kind": "array", "source": str(src)}}
-
-
 # --------------------------------------------------------------------------- CSV / TSV
 
 
-def _ingest_csv(src: Path, dest: str | os.PathLike, *, sparse: bool, delimiter: str | None,
-                header: bool | None, index: bool, block_rows: int | None, compression: str | None,
-                overwrite: bool, show_progress: bool | None, limits: IngestLimits):
+def _ingest_csv(job: _Job, *, sparse: bool, delimiter: str | None, header: bool | None, index: bool,
+                block_rows: int | None) -> tuple[Matrix, int]:
+    src = job.src
     reader = CsvNumberReader(src, delimiter=delimiter, header=header, index=index,
-                             block_rows=block_rows, limits=limits)
+                             block_rows=block_rows, limits=job.limits)
     total = src.stat().st_size
     bar = progress(reader.blocks(), total=None, desc=f"ingest {src.name}", unit="block",
-                   enabled=show_progress)
+                   enabled=job.show_progress)
     row_labels: list[str] = []
-    with MatrixWriter(dest, reader.n_cols, sparse=sparse, compression=compression,
-                      overwrite=overwrite, col_labels=reader.col_labels,
-                      attrs={"ingest": {"kind": "array", "source": str(src), "bytes": total}}) as writer:
+    with job.writer(reader.n_cols, sparse=sparse, chunk_rows=None, col_labels=reader.col_labels,
+                    attrs={"ingest": {"kind": "array", "source": str(src), "bytes": total}}) as writer:
         for block, labels in bar:
             writer.append(sp.csr_array(block) if sparse else block)
             row_labels.extend(labels)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import IO
 
 import numpy as np
+
+from distnmf.streams import Readable, fill
 
 HEADER_BYTES = 10_000
 BLOCK_BYTES = 32 * 2**20
@@ -32,13 +33,13 @@ class NpyStream:
     where : names the stream in messages.
     """
 
-    stream: IO[bytes]
+    stream: Readable
     shape: tuple[int, ...]
     dtype: np.dtype
     where: str
 
     @classmethod
-    def open(cls, stream: IO[bytes], where: str, *, allow_text: bool = False) -> NpyStream:
+    def open(cls, stream: Readable, where: str, *, allow_text: bool = False) -> NpyStream:
         """Read and check the header of ``stream``; ``allow_text`` admits short strings."""
         try:
             version = np.lib.format.read_magic(stream)
@@ -64,16 +65,11 @@ class NpyStream:
 
     def read(self, count: int) -> np.ndarray:
         """The next ``count`` elements (flat)."""
-        want = count * self.dtype.itemsize
-        data = bytearray(want)
-        view = memoryview(data)
-        got = 0
-        while got < want:
-            n = self.stream.readinto(view[got:])
-            if not n:
-                raise ValueError(f"{self.where} ends after {got // self.dtype.itemsize:,} of the elements its header "
-                                 f"declares; the file is truncated or corrupt")
-            got += n
+        data = bytearray(count * self.dtype.itemsize)
+        got = fill(self.stream, memoryview(data))
+        if got < len(data):
+            raise ValueError(f"{self.where} ends after {got // self.dtype.itemsize:,} of the elements its header "
+                             f"declares; the file is truncated or corrupt")
         return np.frombuffer(data, dtype=self.dtype)
 
     def read_all(self) -> np.ndarray:
@@ -96,6 +92,7 @@ def open_member(archive: zipfile.ZipFile, name: str, where: str, *, allow_text: 
         stream = archive.open(member)
     except KeyError:
         raise ValueError(f"{where} has no array {name!r}") from None
+    assert isinstance(stream, zipfile.ZipExtFile)  # what ZipFile.open returns for reading (typed as IO[bytes])
     return NpyStream.open(stream, f"{where} (array {name!r})", allow_text=allow_text)
 
 
