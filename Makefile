@@ -22,7 +22,7 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
-# ruff and mypy on distnmf/ and api/ (rules and the modules mypy still skips: pyproject.toml).
+# ruff and mypy on distnmf/ and api/ (rules and settings: pyproject.toml), no module skipped.
 # mypy names modules after folders, so it reads api/ through a link named distnmf_api, the name
 # the service is installed and imported under.
 lint: $(STAMP)
