@@ -12,7 +12,9 @@ import zarr
 from distnmf import storage
 from distnmf.ingest import ingest_array
 from distnmf.ingest.limits import IngestLimits
-from distnmf.store import Matrix, _write_labels, atomic_path, open_matrix
+from distnmf.storage import atomic_path
+from distnmf.store import Matrix, open_matrix
+from distnmf.zarrnodes import write_labels
 from distnmf_api.errors import PathRefused, Unprocessable
 from distnmf_api.job_runner import Cluster
 from distnmf_api.jobstore import JobStore, StoredMatrix
@@ -154,9 +156,9 @@ def _add_metadata(path: storage.Location, matrix: Matrix, limits: IngestLimits, 
                   col_labels: IO[bytes] | None, image_shape: list[int] | None) -> None:
     group = zarr.open_group(path, mode="r+")
     if row_labels is not None:
-        _write_labels(group, "row_labels", limits.labels(row_labels, "row_labels"), matrix.shape[0])
+        write_labels(group, "row_labels", limits.labels(row_labels, "row_labels"), matrix.shape[0])
     if col_labels is not None:
-        _write_labels(group, "col_labels", limits.labels(col_labels, "col_labels"), matrix.shape[1])
+        write_labels(group, "col_labels", limits.labels(col_labels, "col_labels"), matrix.shape[1])
     if image_shape is not None:
         size = 1
         for side in image_shape:

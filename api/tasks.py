@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distnmf.store import check_block, read_rows
+from distnmf.store import read_rows
+from distnmf.validation import check_block
 
 
 def check_rows(path: Path, is_sparse: bool, start: int, stop: int, n_cols: int) -> None:

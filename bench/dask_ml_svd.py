@@ -34,7 +34,7 @@ def main(folder: str = "/tmp/distnmf-dask-ml-svd") -> None:
     from distributed import Client, LocalCluster
 
     from distnmf.init import truncated_svd
-    from distnmf.store import save_matrix
+    from distnmf.matrixwriter import save_matrix
 
     rng = np.random.default_rng(0)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \

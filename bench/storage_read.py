@@ -72,7 +72,7 @@ def main() -> None:
         from distributed import Client, LocalCluster
 
         from distnmf import storage
-        from distnmf.store import save_matrix
+        from distnmf.matrixwriter import save_matrix
 
         storage.filesystem("s3://bench")[0].mkdir("bench")
         n_cols = 2048

@@ -50,7 +50,7 @@ def main() -> None:
 
     from sklearn.datasets import make_low_rank_matrix
 
-    from distnmf.store import save_matrix
+    from distnmf.matrixwriter import save_matrix
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:

@@ -16,9 +16,9 @@ _LAZY = {
     "open_factors": "distnmf.factors",
     "save_factors": "distnmf.factors",
     "Matrix": "distnmf.store",
-    "MatrixWriter": "distnmf.store",
+    "MatrixWriter": "distnmf.matrixwriter",
     "open_matrix": "distnmf.store",
-    "save_matrix": "distnmf.store",
+    "save_matrix": "distnmf.matrixwriter",
     "select_rank": "distnmf.rank",
     "RankReport": "distnmf.rank",
 }

@@ -22,7 +22,8 @@ import scipy.sparse as sp
 
 from distnmf.factors import Factors
 from distnmf.index import IndexCache, SimilarityIndex, default_cache, normalize_rows
-from distnmf.store import Matrix, check_rank, open_matrix
+from distnmf.store import Matrix, open_matrix
+from distnmf.validation import check_rank
 from distnmf.wire import Hit
 
 AXES = ("rows", "columns")

@@ -14,7 +14,8 @@ import numpy as np
 import zarr
 
 from distnmf import storage
-from distnmf.store import atomic_path, check_safe
+from distnmf.storage import atomic_path
+from distnmf.zarrnodes import check_safe
 
 if TYPE_CHECKING:
     from distnmf.driver import FitConfig

@@ -84,7 +84,7 @@ def _fit_params(solver: str, init: str, beta_loss: str, max_iter: int, tol: floa
 
 def _save_npz(path: Path, **arrays: Any) -> Path:
     """Write arrays to ``path`` (.npz) atomically."""
-    from distnmf.store import atomic_path
+    from distnmf.storage import atomic_path
 
     with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as file:
         np.savez(file, **arrays)
@@ -139,7 +139,8 @@ def fit(
     Example: distnmf fit tags.zarr -k 20 --out tags.nmf.zarr --scheduler tcp://head:8786
     """
     from distnmf import factorize, storage
-    from distnmf.store import check_rank, open_matrix
+    from distnmf.store import open_matrix
+    from distnmf.validation import check_rank
 
     matrix = open_matrix(store)
     target = storage.as_location(results or storage.sibling(

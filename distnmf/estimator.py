@@ -31,7 +31,9 @@ from distnmf.init import resolve_init
 from distnmf.runner import WORKER_TIMEOUT, Runner, active_client, make_runner
 from distnmf.solvers import masked_stats_task, stats_task
 from distnmf.source import BlockSource, as_source, materialize
-from distnmf.store import Location, Matrix, atomic_path, check_block
+from distnmf.storage import Location, atomic_path
+from distnmf.store import Matrix
+from distnmf.validation import check_block
 
 IN_MEMORY_TYPES = (np.ndarray, list, tuple)
 

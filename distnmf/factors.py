@@ -25,17 +25,9 @@ import numpy as np
 import zarr
 
 from distnmf import storage
-from distnmf.store import (
-    Location,
-    Matrix,
-    _write_labels,
-    atomic_path,
-    check_safe,
-    member,
-    open_matrix,
-    read_array,
-    read_labels,
-)
+from distnmf.storage import Location, atomic_path
+from distnmf.store import Matrix, open_matrix
+from distnmf.zarrnodes import check_safe, member, read_array, read_labels, write_labels
 
 FACTORS_VERSION = 1
 ATTRS_KEY = "distnmf_factors"
@@ -112,8 +104,8 @@ def save_factors(path: str | os.PathLike, W: np.ndarray | da.Array, H: np.ndarra
         else:
             w_arr[:] = np.asarray(W, dtype=np.float32)
         group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
-        _write_labels(group, "row_labels", row_labels, W.shape[0])
-        _write_labels(group, "col_labels", col_labels, H.shape[1])
+        write_labels(group, "row_labels", row_labels, W.shape[0])
+        write_labels(group, "col_labels", col_labels, H.shape[1])
         group.attrs.update({ATTRS_KEY: {"version": FACTORS_VERSION, **_jsonable(attrs or {})}})
     return open_factors(path)
 
@@ -154,9 +146,9 @@ def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
         H = model.components_
         group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
         m = member(group, "W", zarr.Array).shape[0]
-        _write_labels(group, "row_labels", row_labels if row_labels is not None else
+        write_labels(group, "row_labels", row_labels if row_labels is not None else
                       (matrix.row_labels if matrix else None), m)
-        _write_labels(group, "col_labels", col_labels if col_labels is not None else
+        write_labels(group, "col_labels", col_labels if col_labels is not None else
                       (matrix.col_labels if matrix else None), H.shape[1])
         params = {name: value for name, value in model.get_params().items() if name in STORED_PARAMS}
         params["n_components"] = model.n_components_

@@ -24,7 +24,7 @@ import numpy as np
 
 from distnmf import storage
 from distnmf.factors import Factors
-from distnmf.store import atomic_path
+from distnmf.storage import atomic_path
 
 log = logging.getLogger("distnmf.index")
 

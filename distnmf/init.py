@@ -15,7 +15,7 @@ import numpy as np
 
 from distnmf.kernels import wt_x
 from distnmf.source import BlockSource, as_source, materialize
-from distnmf.store import check_rank
+from distnmf.validation import check_rank
 
 if TYPE_CHECKING:
     from distnmf.runner import Runner

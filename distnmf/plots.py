@@ -22,7 +22,8 @@ from PIL import Image
 
 from distnmf import storage
 from distnmf.factors import Factors
-from distnmf.store import Matrix, atomic_path, open_matrix
+from distnmf.storage import atomic_path
+from distnmf.store import Matrix, open_matrix
 
 MIN_TILE_PIXELS = 128
 DPI = 100

@@ -25,7 +25,8 @@ import scipy.sparse as sp
 
 from distnmf.kernels import Block
 from distnmf.source import BlockRef, BlockSource, as_float32, as_source, materialize
-from distnmf.store import check_rank, open_matrix
+from distnmf.store import open_matrix
+from distnmf.validation import check_rank
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 

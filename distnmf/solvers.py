@@ -31,7 +31,7 @@ import scipy.sparse as sp
 
 from distnmf import kernels, masked
 from distnmf.source import BlockSource, materialize
-from distnmf.store import check_block
+from distnmf.validation import check_block
 
 if TYPE_CHECKING:
     from distnmf.driver import FitConfig

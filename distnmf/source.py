@@ -18,14 +18,9 @@ import scipy.sparse as sp
 import zarr
 
 from distnmf.kernels import Block
-from distnmf.store import (
-    Location,
-    Matrix,
-    check_2d,
-    local_array_matrix,
-    open_matrix,
-    read_rows,
-)
+from distnmf.storage import Location
+from distnmf.store import Matrix, local_array_matrix, open_matrix, read_rows
+from distnmf.validation import check_2d
 
 SPARSE_TARGET_NNZ = 2**21
 

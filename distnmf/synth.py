@@ -29,7 +29,9 @@ import scipy.sparse as sp
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from distnmf.ingest.report import progress
-from distnmf.store import Matrix, MatrixWriter, atomic_path, default_chunk_rows
+from distnmf.matrixwriter import MatrixWriter, default_chunk_rows
+from distnmf.storage import atomic_path
+from distnmf.store import Matrix
 
 GEN_ROWS = 4096
 _TAGS, _TAG_SPLIT, _PIXELS, _RATINGS, _DOCS, _CALIBRATE = range(6)

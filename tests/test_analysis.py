@@ -9,7 +9,7 @@ import scipy.sparse as sp
 from distnmf import analysis
 from distnmf.analysis import Hit
 from distnmf.factors import save_factors
-from distnmf.store import save_matrix
+from distnmf.matrixwriter import save_matrix
 
 N_ROWS, N_COLS, K = 60, 25, 4
 

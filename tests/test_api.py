@@ -19,7 +19,7 @@ from distnmf import analysis
 from distnmf.client import BadRequest, Client, Conflict, InvalidRequest, JobCancelled, NotFound, \
     PayloadTooLarge, Unauthorized
 from distnmf.factors import open_factors
-from distnmf.store import MatrixWriter, save_matrix
+from distnmf.matrixwriter import MatrixWriter, save_matrix
 from distnmf.synth import ratings, tag_set
 
 LIMITS = {"max_components": 40, "max_k": 50, "max_range": 100, "max_upload_bytes": 400_000}

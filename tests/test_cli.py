@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from distnmf.cli import app
 from distnmf.factors import open_factors
-from distnmf.store import save_matrix
+from distnmf.matrixwriter import save_matrix
 
 runner = CliRunner()
 SHAPE = (4, 5)  # images of 4x5 pixels

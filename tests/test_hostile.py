@@ -397,7 +397,7 @@ def test_huge_k_with_tiny_data(http) -> None:
 
 def test_store_with_an_unsafe_codec_is_refused(service, http) -> None:
     """Zarr decodes numcodecs.zlib fine; distnmf refuses any codec outside its allow-list."""
-    from distnmf.store import save_matrix
+    from distnmf.matrixwriter import save_matrix
 
     save_matrix(np.ones((4, 3), dtype=np.float32), service.data_dir / "odd.zarr")
     meta_path = service.data_dir / "odd.zarr" / "X" / "zarr.json"

@@ -8,7 +8,7 @@ from PIL import Image
 
 from distnmf import plots
 from distnmf.factors import save_factors
-from distnmf.store import save_matrix
+from distnmf.matrixwriter import save_matrix
 
 IMAGE = (8, 6)
 K = 5

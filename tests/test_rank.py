@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 import distnmf
 from distnmf.cli import app
+from distnmf.matrixwriter import save_matrix
 from distnmf.rank import HoldOut, column_anchors
-from distnmf.store import save_matrix
 
 
 def planted(m, n, rank, noise, seed, observed=1.0):

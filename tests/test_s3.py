@@ -23,7 +23,8 @@ from conftest import free_port
 import distnmf
 from distnmf import storage
 from distnmf.factors import open_factors
-from distnmf.store import MatrixWriter, open_matrix, save_matrix
+from distnmf.matrixwriter import MatrixWriter, save_matrix
+from distnmf.store import open_matrix
 
 BUCKET = "distnmf-test"
 S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}

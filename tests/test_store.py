@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import zarr
 
 import distnmf
-from distnmf.store import MatrixWriter
+from distnmf.matrixwriter import MatrixWriter
 
 
 def leftovers(directory):
@@ -166,7 +166,7 @@ def test_factors_store_round_trip(tmp_path):
 
 
 def test_atomic_path_publishes_or_leaves_nothing(tmp_path):
-    from distnmf.store import atomic_path
+    from distnmf.storage import atomic_path
 
     with pytest.raises(RuntimeError):
         with atomic_path(tmp_path / "sub" / "x.zarr") as tmp:
@@ -180,7 +180,7 @@ def test_atomic_path_publishes_or_leaves_nothing(tmp_path):
 
 def test_atomic_path_writes_files_too(tmp_path):
     """The one atomic-write mechanism serves files (plots, .npz, text) as well as stores."""
-    from distnmf.store import atomic_path
+    from distnmf.storage import atomic_path
 
     target = tmp_path / "out" / "a.txt"
     with atomic_path(target) as tmp:

@@ -18,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
 from distnmf import storage
-from distnmf.store import check_rank
+from distnmf.validation import check_rank
 from distnmf.wire import JobPage, JobRecord, JobStatus
 from distnmf_api import events
 from distnmf_api.deps import ClusterDep, JobDep, RunnerDep, ServedDep, SettingsDep, StoreDep

@@ -1,7 +1,7 @@
 """Ingest the data users have into matrix stores: arrays, image folders, tag sets, text, ratings.
 
 Each ``ingest_*`` function streams its input into a new Zarr store through
-:class:`distnmf.store.MatrixWriter` (nothing is left behind on error) and returns an
+:class:`distnmf.matrixwriter.MatrixWriter` (nothing is left behind on error) and returns an
 :class:`IngestReport` with the opened matrix and a one-paragraph ``summary()``.
 
 Names are imported on first use (PEP 562), so a Dask worker that unpickles an image-decoding

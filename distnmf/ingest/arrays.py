@@ -25,7 +25,8 @@ import scipy.sparse as sp
 from distnmf.ingest.limits import IngestLimits
 from distnmf.ingest.npyfile import BLOCK_BYTES, NpyStream, member_names, open_member
 from distnmf.ingest.report import IngestReport, Stopwatch, progress
-from distnmf.store import Matrix, MatrixWriter, default_chunk_rows
+from distnmf.matrixwriter import MatrixWriter, default_chunk_rows
+from distnmf.store import Matrix
 
 CSV_BLOCK_BYTES = 8 * 2**20
 SPARSE_BLOCK_ROWS = 2**16
@@ -56,7 +57,7 @@ def ingest_array(src: str | os.PathLike, dest: str | os.PathLike, *, sparse: boo
         default: detected (a first line with a non-numeric cell is a header).
     index : whether the first CSV column holds row labels.
     block_rows : rows per streamed block; default about 8 MiB of CSV text or 32 MiB of values.
-    compression, overwrite : as for :class:`distnmf.store.MatrixWriter`.
+    compression, overwrite : as for :class:`distnmf.matrixwriter.MatrixWriter`.
     show_progress : progress bar on stderr; default only on a terminal.
     limits : sizes refused before they are read (default: none a machine could hold).
 

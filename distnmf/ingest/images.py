@@ -19,8 +19,8 @@ from PIL import Image, ImageOps
 
 from distnmf.ingest.parallel import ClientArg, ordered_map
 from distnmf.ingest.report import IngestReport, SkipLog, Stopwatch, progress
+from distnmf.matrixwriter import MatrixWriter, default_chunk_rows
 from distnmf.runner import active_client
-from distnmf.store import MatrixWriter, default_chunk_rows
 
 RESAMPLE = Image.Resampling.LANCZOS
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # decoders offered a file, nothing else
@@ -103,7 +103,7 @@ def ingest_images(folder: str | os.PathLike, dest: str | os.PathLike, *,
     crop : centre-crop to the aspect ratio of ``image_shape`` instead of stretching.
     batch_size : files decoded per task.
     client : a ``distributed.Client``; default the active one if any; ``False`` decodes here.
-    compression, overwrite : as for :class:`distnmf.store.MatrixWriter`.
+    compression, overwrite : as for :class:`distnmf.matrixwriter.MatrixWriter`.
     show_progress : progress bar on stderr; default only on a terminal.
 
     Returns

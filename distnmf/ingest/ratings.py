@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from distnmf.ingest.limits import IngestLimits
 from distnmf.ingest.report import IngestReport, SkipLog, Stopwatch, progress
-from distnmf.store import MatrixWriter
+from distnmf.matrixwriter import MatrixWriter
 
 BLOCK_USERS = 2**16
 COLUMN_ALIASES = {
@@ -42,7 +42,7 @@ def ingest_ratings(src: str | os.PathLike, dest: str | os.PathLike, *, user_col:
         is a header when its rating cell is not a number).
     delimiter : default from the suffix (``,`` for .csv, tab for .tsv/.tab), else sniffed.
     duplicates : a (user, item) pair rated twice keeps the ``"last"`` rating, or ``"error"``.
-    compression, overwrite : as for :class:`distnmf.store.MatrixWriter`.
+    compression, overwrite : as for :class:`distnmf.matrixwriter.MatrixWriter`.
     show_progress : progress bar on stderr; default only on a terminal.
     limits : lines longer than ``limits.max_line_bytes`` are refused before they are read whole.
 

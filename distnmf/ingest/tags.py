@@ -38,7 +38,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from distnmf.ingest.report import IngestReport, SkipLog, Stopwatch, progress
-from distnmf.store import MatrixWriter
+from distnmf.matrixwriter import MatrixWriter
 
 DEFAULT_TAG_FIELDS = ("tags", "high_conf_tags", "low_conf_tags")
 BLOCK_ITEMS = 2**16
@@ -146,7 +146,7 @@ def ingest_tags(src: str | os.PathLike, dest: str | os.PathLike, *, min_count: i
         (:func:`seed_idf`); otherwise entries are 1.
     strict : raise on the first malformed record instead of skipping and reporting it.
     id_field, tag_fields : record field holding the item id, and the fields merged as tags.
-    compression, overwrite : as for :class:`distnmf.store.MatrixWriter`.
+    compression, overwrite : as for :class:`distnmf.matrixwriter.MatrixWriter`.
     show_progress : progress bars on stderr; default only on a terminal.
 
     Rows follow the file's record order (well-formed records only; items left with no kept

@@ -31,8 +31,8 @@ from sklearn.preprocessing import normalize
 from distnmf.ingest.images import list_files
 from distnmf.ingest.parallel import ClientArg, ordered_map
 from distnmf.ingest.report import IngestReport, Stopwatch, progress
+from distnmf.matrixwriter import MatrixWriter
 from distnmf.runner import active_client
-from distnmf.store import MatrixWriter
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # noqa: S105 - a regular expression, not a password
 
@@ -162,7 +162,7 @@ def ingest_text(src: str | os.PathLike, dest: str | os.PathLike, *, max_features
     docs_per_partition : documents per parallel task.
     encoding : text encoding; undecodable bytes are replaced, not fatal.
     client : a ``distributed.Client``; default the active one if any; ``False`` works here.
-    compression, overwrite : as for :class:`distnmf.store.MatrixWriter`.
+    compression, overwrite : as for :class:`distnmf.matrixwriter.MatrixWriter`.
     show_progress : progress bars on stderr; default only on a terminal.
 
     ``report.details`` holds ``idf`` of shape (n_terms,) and ``df`` (document frequencies).
