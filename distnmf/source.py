@@ -20,7 +20,7 @@ import zarr
 from distnmf.kernels import Block
 from distnmf.storage import Location
 from distnmf.store import Matrix, local_array_matrix, open_matrix, read_rows
-from distnmf.validation import check_2d
+from distnmf.validation import check_2d, check_real_dtype
 
 SPARSE_TARGET_NNZ = 2**21
 
@@ -184,8 +184,7 @@ def _store_source(matrix: Matrix, n_blocks_hint: int, max_rows: int) -> BlockSou
 def _dask_source(X: da.Array, n_blocks_hint: int, max_rows: int) -> BlockSource:
     m, n = check_2d(X.shape)
     is_sparse = sp.issparse(X._meta)
-    if not is_sparse and not np.issubdtype(X.dtype, np.number):
-        raise ValueError(f"X must hold numbers, got dtype {X.dtype}")
+    check_real_dtype(X.dtype)
     chunks = X.chunks[0]
     uniform = len(set(chunks[:-1])) <= 1 and chunks[-1] <= chunks[0]
     if uniform and len(chunks) >= n_blocks_hint:

@@ -33,7 +33,7 @@ import zarr.storage
 from distnmf import storage
 from distnmf.rowread import read_dense_rows
 from distnmf.storage import Location
-from distnmf.validation import check_2d
+from distnmf.validation import check_2d, check_real_dtype
 from distnmf.zarrnodes import check_safe, member, read_array, read_labels
 
 SPARSE_BLOCK_NNZ = 4 * 2**20
@@ -203,11 +203,8 @@ def _stored_bounds(meta: dict[str, Any], n_rows: int, path: Location) -> tuple[i
 def _open_bare_array(path: Location, arr: zarr.Array, component: str = "") -> Matrix:
     """A dense Matrix over a 2-D Zarr array (row blocks follow its chunks; no labels)."""
     where = f"{path}/{component}" if component else str(path)
-    if arr.ndim != 2:
-        raise ValueError(f"{where} holds a {arr.ndim}-D array; a matrix must be 2-D")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise ValueError(f"{where} must hold real numbers, got dtype {arr.dtype}")
     shape = check_2d(arr.shape, where=where)
+    check_real_dtype(arr.dtype, where)
     return Matrix(path, shape, False, shape[0] * shape[1], np.dtype(arr.dtype),
                   chunk_bounds(shape[0], arr.chunks[0]), {}, component)
 

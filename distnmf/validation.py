@@ -8,6 +8,14 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.sparse as sp
 
+REAL_KINDS = frozenset("biuf")  # numpy dtype kinds of real numbers: bool, signed and unsigned integers, floats
+
+
+def check_real_dtype(dtype: np.dtype | type, where: str = "X") -> None:
+    """Raise ``ValueError`` unless ``dtype`` holds real numbers (bool, integers or floats)."""
+    if np.dtype(dtype).kind not in REAL_KINDS:
+        raise ValueError(f"{where} must hold real numbers (bool, integers or floats), got dtype {np.dtype(dtype)}")
+
 
 def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 0,
                 where: str = "X", allow_nan: bool = False) -> None:
@@ -17,9 +25,8 @@ def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 
     row and column of the whole matrix. ``allow_nan`` accepts NaN (missing entries).
     """
     values = np.asarray(block.data) if sp.issparse(block) else np.asarray(block)
-    if (values.size and np.issubdtype(values.dtype, np.number)
-            and not np.issubdtype(values.dtype, np.complexfloating)
-            and np.isfinite(values.sum(dtype=np.float64)) and values.min() >= 0):
+    check_real_dtype(values.dtype, where)
+    if values.size and np.isfinite(values.sum(dtype=np.float64)) and values.min() >= 0:
         return  # the common case, without allocating masks of the block's size
     if sp.issparse(block):
         csr = sp.csr_array(block)
@@ -32,9 +39,6 @@ def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 
         col = int(csr.indices[pos])
         value = values[pos]
     else:
-        values = np.asarray(block)
-        if not np.issubdtype(values.dtype, np.number) or np.issubdtype(values.dtype, np.complexfloating):
-            raise ValueError(f"{where} must hold real numbers, got dtype {values.dtype}")
         bad = (np.isinf(values) if allow_nan else ~np.isfinite(values)) | (values < 0)
         if not bad.any():
             return
@@ -50,9 +54,10 @@ def check_block(block: np.ndarray | sp.spmatrix | sp.sparray, row_offset: int = 
 
 
 def check_2d(shape: Sequence[int], where: str = "X") -> tuple[int, int]:
-    """Validate a matrix shape: exactly 2-D and non-empty."""
+    """``(n_rows, n_cols)`` of a matrix shape; ``ValueError`` unless it is exactly 2-D and non-empty."""
     if len(shape) != 2:
-        raise ValueError(f"{where} must be 2-D (n_samples, n_features), got {len(shape)}-D shape {tuple(shape)}")
+        raise ValueError(f"{where} holds a {len(shape)}-D array; a matrix must be 2-D (n_samples, n_features), "
+                         f"got shape {tuple(shape)}")
     n_rows, n_cols = int(shape[0]), int(shape[1])
     if n_rows < 1 or n_cols < 1:
         raise ValueError(f"{where} is empty: shape {(n_rows, n_cols)}; need at least one row and one column")

@@ -91,6 +91,20 @@ def test_bad_shapes(tmp_path, shape):
         distnmf.save_matrix(np.ones(shape), tmp_path / "x.zarr")
 
 
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "dask"])
+def test_real_dtypes_only_bool_included(tmp_path, kind):
+    """Every input path agrees on what a real number is: bool (0/1 occurrences), integers and
+    floats are stored as float32; complex numbers are refused before anything is written."""
+    make = {"dense": np.asarray, "sparse": sp.csr_array, "dask": lambda a: da.from_array(a, chunks=(2, 3))}[kind]
+    occurrences = np.eye(4, 3, dtype=bool)
+    stored = distnmf.save_matrix(make(occurrences), tmp_path / "bool.zarr").to_memory()
+    np.testing.assert_array_equal(stored.toarray() if sp.issparse(stored) else stored, occurrences.astype(np.float32))
+    with pytest.raises(ValueError, match="must hold real numbers .* got dtype complex128"):
+        distnmf.save_matrix(make(occurrences.astype(complex)), tmp_path / "complex.zarr")
+    assert not (tmp_path / "complex.zarr").exists()
+
+
 def test_label_length_mismatch_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="row_labels has 3 entries"):
         distnmf.save_matrix(np.ones((4, 2)), tmp_path / "x.zarr", row_labels=["a", "b", "c"])

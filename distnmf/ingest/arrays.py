@@ -27,6 +27,7 @@ from distnmf.ingest.npyfile import BLOCK_BYTES, NpyStream, member_names, open_me
 from distnmf.ingest.report import IngestReport, Stopwatch, progress
 from distnmf.matrixwriter import MatrixWriter, default_chunk_rows
 from distnmf.store import Matrix
+from distnmf.validation import check_2d, check_real_dtype
 
 CSV_BLOCK_BYTES = 8 * 2**20
 SPARSE_BLOCK_ROWS = 2**16
@@ -121,9 +122,7 @@ class _Job:
 
 def _ingest_dense(job: _Job, arr: NpyStream, *, sparse: bool, block_rows: int | None) -> Matrix:
     """Stream a dense 2-D ``.npy`` array into a store, one row block in memory at a time."""
-    if len(arr.shape) != 2:
-        raise ValueError(f"{arr.where} holds a {len(arr.shape)}-D array of shape {arr.shape}; a matrix must be 2-D")
-    n_rows, n_cols = arr.shape
+    n_rows, n_cols = check_2d(arr.shape, arr.where)
     job.limits.check_shape(n_rows, n_cols, n_rows * n_cols, arr.where)
     block_bytes = block_rows * n_cols * arr.dtype.itemsize if block_rows else BLOCK_BYTES
     n_blocks = -(-n_rows // max(1, block_bytes // max(1, n_cols * arr.dtype.itemsize)))
@@ -251,16 +250,9 @@ def _ingest_in_memory(job: _Job, X: Any, sparse: bool | None) -> Matrix:
     """Write a matrix read whole; sparse ones in row blocks built from their entries sorted by row,
     so no indptr is ever formed for the whole matrix."""
     src = job.src
-    if sp.issparse(X):
-        if X.ndim != 2:
-            raise ValueError(f"{src} holds a {X.ndim}-D sparse array; a matrix must be 2-D")
-        X = sp.coo_array(X)
-        if np.issubdtype(X.dtype, np.complexfloating):
-            raise ValueError(f"{src} holds complex numbers; NMF needs real ones")
-    else:
-        X = np.asarray(X)
-        _check_numeric_2d(X, src)
-    n_rows, n_cols = X.shape
+    X = sp.coo_array(X) if sp.issparse(X) else np.asarray(X)
+    n_rows, n_cols = check_2d(X.shape, str(src))
+    check_real_dtype(X.dtype, str(src))
     store_sparse = sp.issparse(X) if sparse is None else sparse
     job.limits.check_shape(n_rows, n_cols, X.nnz if sp.issparse(X) and store_sparse else n_rows * n_cols, str(src))
     rows = SPARSE_BLOCK_ROWS if store_sparse else max(1, min(default_chunk_rows(n_cols), n_rows))
@@ -285,14 +277,6 @@ def _coo_row_blocks(X: sp.coo_array, rows: int) -> Iterator[sp.csr_array]:
 
 def _chunk_rows(store_sparse: bool, n_rows: int, n_cols: int) -> int | None:
     return None if store_sparse else max(1, min(default_chunk_rows(n_cols), n_rows))
-
-
-def _check_numeric_2d(arr: np.ndarray, src: Path) -> None:
-    if arr.ndim != 2:
-        raise ValueError(f"{src} holds a {arr.ndim}-D array of shape {arr.shape}; a matrix must be 2-D")
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
-            or arr.dtype == np.bool_):
-        raise ValueError(f"{src} holds dtype {arr.dtype}; expected real numbers")
 
 
 # --------------------------------------------------------------------------- CSV / TSV

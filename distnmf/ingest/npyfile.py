@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from distnmf.streams import Readable, fill
+from distnmf.validation import REAL_KINDS
 
 HEADER_BYTES = 10_000
 BLOCK_BYTES = 32 * 2**20
-NUMERIC_KINDS = "biuf"
 
 
 @dataclass
@@ -51,7 +51,7 @@ class NpyStream:
                 raise ValueError(f"format version {version} is not supported (1.0 and 2.0 are)")
         except ValueError as exc:
             raise ValueError(f"{where} is not a readable .npy array: {exc}") from None
-        ok = dtype.kind in NUMERIC_KINDS or (allow_text and dtype.kind in "US" and dtype.itemsize <= 256)
+        ok = dtype.kind in REAL_KINDS or (allow_text and dtype.kind in "US" and dtype.itemsize <= 256)
         if not ok or dtype.fields is not None or dtype.subdtype is not None:
             raise ValueError(f"{where} holds dtype {dtype}; expected real numbers")
         if fortran and len(shape) > 1:
