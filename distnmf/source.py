@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,9 @@ from distnmf.store import Matrix, local_array_matrix, open_matrix, read_rows
 from distnmf.validation import check_2d, check_real_dtype
 
 SPARSE_TARGET_NNZ = 2**21
+
+RowReader = Callable[[int, int], Block]
+"""``read(start, stop)``: rows ``start:stop`` of X, in whatever process calls it (picklable)."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def _holds_futures(array: da.Array) -> bool:
     return bool(futures_of(array))
 
 
-def _compute_on_cluster(rows: da.Array) -> Any:
+def _compute_on_cluster(rows: da.Array) -> Block:
     """``rows`` computed by the cluster its futures belong to, from a task or from a client process."""
     from distributed import futures_of, get_worker, worker_client
 
@@ -82,7 +86,7 @@ def _compute_on_cluster(rows: da.Array) -> Any:
 class BlockRef:
     """A row block to be read where it is used: ``read(start, stop)``."""
 
-    read: Any
+    read: RowReader
     start: int
     stop: int
 
@@ -116,9 +120,13 @@ class BlockSource:
     nnz: int
     nbytes: int
     array: np.ndarray | sp.csr_array | None = None
-    reader: Any = None
+    reader: RowReader | None = None
     matrix: Matrix | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.array is None) == (self.reader is None):
+            raise ValueError("a BlockSource holds exactly one of array (in memory) and reader (rows read anywhere)")
 
     @property
     def n_blocks(self) -> int:
@@ -134,6 +142,7 @@ class BlockSource:
         a, b = self.bounds[i], self.bounds[i + 1]
         if self.array is not None:
             return self.array[a:b]
+        assert self.reader is not None  # __post_init__: exactly one of array and reader is set
         return BlockRef(self.reader, a, b)
 
 
