@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     index_memory_bytes: int = Field(4 * 2**30, ge=0, description="Memory for similarity indexes held for "
                                     "finished jobs (least recently used evicted); 0 scans W from storage per query.")
     approximate_from_rows: int = Field(200_000, ge=0, description="Rows from which similarity queries use a faiss "
-                                       "index (HNSW, IVF above 5 M) instead of an exact in-memory scan.")
+                                       "index (IVF, else HNSW) instead of an exact in-memory scan.")
 
     @field_validator("storage_root")
     @classmethod

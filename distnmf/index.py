@@ -6,6 +6,11 @@ An index is built once per factors store and axis, persisted inside the store (`
 rebuilding, and kept in an :class:`IndexCache` that evicts the least recently used index beyond a memory
 budget. The approximate index's search depth is tuned at build time until its recall@10 against the exact
 answer reaches :data:`TARGET_RECALL` on sampled queries; "least similar" queries are always exact.
+
+IVF is tried first: NMF's W is sparse and non-negative, its rows fall into few supports, and an IVF
+index's k-means lists follow them (on a 1,000,000 x 20 W of tag data, recall@10 1.0 at nprobe 32),
+while HNSW's graph fragments between supports (0.98 at efSearch 64, single queries at 0) and builds
+4x slower. Repeated rows (items with the same tags) are indexed once and expanded at query time.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ from distnmf.storage import atomic_path
 
 log = logging.getLogger("distnmf.index")
 
-INDEX_VERSION = 3
+INDEX_VERSION = 4
 APPROXIMATE_FROM = 200_000  # rows from which an approximate index pays (an exact query costs ~1 ms per 150k rows)
-IVF_FROM = 5_000_000  # rows from which IVF (cheaper to build and to hold) replaces HNSW
+APPROXIMATE_KINDS = ("ivf", "hnsw")  # tried in this order; see build()
 TARGET_RECALL = 0.995  # recall@10 the search depth is tuned to at build time (checked >= 0.99 in tests and bench)
+IVF_LISTS_PER_SQRT = 4  # IVF lists: 4 sqrt(n)
+IVF_TRAIN_PER_LIST = 40  # k-means training vectors per list
 HNSW_M = 16
 HNSW_EF_CONSTRUCTION = 64
+_LINK_BYTES = {"ivf": 8, "hnsw": 2 * HNSW_M * 4}  # per vector: IVF's id, HNSW's level-0 links
 EXACT_CHUNK_BYTES = 64 * 2**20  # score matrix held at once by a batched exact search
 TUNING_QUERIES = 300
 COMPONENT_TOP = 1000  # rows kept per component, largest weight first (the service's max_k by default)
@@ -67,9 +75,12 @@ def top_k(scores: np.ndarray, k: int, least: bool = False) -> tuple[np.ndarray, 
 class SimilarityIndex:
     """Unit-normalised vectors (n, k) float32 and, for large n, a faiss inner-product index over them.
 
-    ``kind`` is "exact", "hnsw" or "ivf"; ``depth`` is the tuned efSearch (HNSW) or nprobe (IVF);
-    ``recall`` is the recall@10 measured against exact search when it was built. ``top_rows`` and
-    ``top_values`` (dim, T) hold, per component, the T rows with the largest raw weight, best first.
+    ``kind`` is "exact", "ivf" or "hnsw"; ``depth`` is the tuned nprobe (IVF) or efSearch (HNSW);
+    ``recall`` is the recall@10 measured against exact search when it was built. The faiss index holds
+    each distinct vector once: when rows repeat, ``members`` (n,) lists the rows grouped by distinct
+    vector (ascending within a group) and ``starts`` (n_distinct + 1,) where each group begins, so a hit
+    on a distinct vector stands for all its rows. ``top_rows`` and ``top_values`` (dim, T) hold, per
+    component, the T rows with the largest raw weight, best first.
     """
 
     vectors: np.ndarray
@@ -79,10 +90,17 @@ class SimilarityIndex:
     approximate: Any = None
     depth: int | None = None
     recall: float | None = None
+    members: np.ndarray | None = None
+    starts: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
-        return expected_nbytes(len(self.vectors), self.vectors.shape[1], self.kind)
+        """Memory held: the vectors, the component tops, the groups and faiss's copy with its links or ids."""
+        held = self.vectors.nbytes + self.top_rows.nbytes + self.top_values.nbytes
+        held += sum(a.nbytes for a in (self.members, self.starts) if a is not None)
+        if self.approximate is not None:
+            held += self.approximate.ntotal * (4 * self.vectors.shape[1] + _LINK_BYTES[self.kind])
+        return held
 
     def top_of_component(self, component: int, top: int) -> tuple[np.ndarray, np.ndarray] | None:
         """The ``top`` rows with the largest weight in ``component`` (best first, ties by index), or
@@ -96,7 +114,8 @@ class SimilarityIndex:
         """The ``k`` nearest (cosine; ``least``: farthest) vectors to each query row (q, dim).
 
         ``exclude`` (q,) gives one index per query to leave out (-1: none). Returns per query
-        ``(indices, scores)``, best first. Approximate when the index has a faiss part and not ``least``.
+        ``(indices, scores)``, best first, ties by index. Approximate when the index has a faiss part
+        and not ``least``.
         """
         queries = normalize_rows(np.atleast_2d(queries))
         exclude = np.full(len(queries), -1) if exclude is None else np.asarray(exclude)
@@ -119,49 +138,77 @@ class SimilarityIndex:
 
     def _search_approximate(self, queries: np.ndarray, k: int,
                             exclude: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-        fetch = min(len(self.vectors), k + 1)
+        fetch = min(self.approximate.ntotal, k + 1)  # k + 1 distinct vectors hold at least k other rows
         if len(queries) <= 2:
             faiss.omp_set_num_threads(1)  # per calling thread: concurrent requests each use one core
         scores, ids = self.approximate.search(queries, fetch)
         out = []
-        for row_ids, row_scores, skip in zip(ids, scores, exclude):
-            keep = (row_ids >= 0) & (row_ids != skip)
-            row_ids, row_scores = row_ids[keep], row_scores[keep]
-            order = np.lexsort((row_ids, -row_scores))[:k]
-            out.append((row_ids[order].astype(np.int64), row_scores[order]))
+        for found, found_scores, skip in zip(ids, scores, exclude):
+            keep = found >= 0
+            rows, row_scores = self._expand(found[keep], found_scores[keep], k + 1)
+            keep = rows != skip
+            rows, row_scores = rows[keep], row_scores[keep]
+            order = np.lexsort((rows, -row_scores))[:k]
+            out.append((rows[order], row_scores[order]))
         return out
+
+    def _expand(self, distinct: np.ndarray, scores: np.ndarray, most: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of the distinct vectors found (up to ``most`` per vector, lowest first), with their scores."""
+        if self.members is None or self.starts is None:
+            return distinct.astype(np.int64), scores
+        groups = [self.members[self.starts[d]:min(self.starts[d + 1], self.starts[d] + most)] for d in distinct]
+        return np.concatenate(groups), np.repeat(scores, [len(g) for g in groups])
 
 
 # --------------------------------------------------------------------------- building
 
 
-def build(vectors: np.ndarray, *, approximate_from: int = APPROXIMATE_FROM, ivf_from: int = IVF_FROM,
-          seed: int = 0) -> SimilarityIndex:
-    """An index over the rows of ``vectors`` (n, dim): exact below ``approximate_from`` rows, HNSW below
-    ``ivf_from``, IVF above; the approximate search depth is tuned to :data:`TARGET_RECALL`."""
+def build(vectors: np.ndarray, *, approximate_from: int = APPROXIMATE_FROM,
+          kinds: tuple[str, ...] = APPROXIMATE_KINDS, seed: int = 0) -> SimilarityIndex:
+    """An index over the rows of ``vectors`` (n, dim): exact below ``approximate_from`` rows, else the
+    first of ``kinds`` ("ivf", "hnsw") whose search depth, tuned on sampled queries, reaches
+    :data:`TARGET_RECALL`, built over the distinct unit vectors (rows repeating a vector are found
+    with it); exact when none does."""
     unit = normalize_rows(vectors)
     n, dim = unit.shape
     tops = [top_k(np.asarray(column, dtype=np.float32), min(n, COMPONENT_TOP)) for column in np.asarray(vectors).T]
     top_rows, top_values = np.stack([t[0] for t in tops]), np.stack([t[1] for t in tops])
-    kind = kind_for(n, approximate_from, ivf_from)
-    if kind == "exact":
-        return SimilarityIndex(unit, top_rows, top_values)
-    approximate: faiss.Index
-    depths: tuple[int, ...]
-    if kind == "hnsw":
-        approximate = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
-        approximate.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
-        depths = (32, 64, 128, 256, 512, 1024)
+    index = SimilarityIndex(unit, top_rows, top_values)
+    if kind_for(n, approximate_from) == "exact":
+        return index
+    distinct, group_of = np.unique(unit, axis=0, return_inverse=True)
+    if len(distinct) < n:
+        index.members = np.argsort(group_of.ravel(), kind="stable").astype(np.int64)
+        index.starts = np.concatenate([[0], np.cumsum(np.bincount(group_of.ravel()))]).astype(np.int64)
     else:
-        n_lists = int(4 * np.sqrt(n))
-        approximate = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, n_lists, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(seed).choice(n, min(n, 40 * n_lists), replace=False)
-        approximate.train(unit[np.sort(sample)])
-        depths = tuple(d for d in (16, 32, 64, 128, 256, 512) if d < n_lists) + (n_lists,)
-    approximate.add(unit)
-    index = SimilarityIndex(unit, top_rows, top_values, kind, approximate)
-    _tune(index, depths, seed)
-    return index
+        distinct = unit  # every row is distinct: faiss ids are row numbers
+    for kind in kinds:
+        approximate, depths = _faiss_index(kind, np.ascontiguousarray(distinct), seed)
+        index.kind, index.approximate = kind, approximate
+        if _tune(index, depths, seed) >= TARGET_RECALL:
+            return index
+        log.warning("a %s index over %d rows reaches recall@10 %.4f < %.3f at its deepest search", kind, n,
+                    index.recall, TARGET_RECALL)
+    log.warning("no approximate index reaches the recall target over these %d rows: answering exactly", n)
+    return SimilarityIndex(unit, top_rows, top_values)
+
+
+def _faiss_index(kind: str, distinct: np.ndarray, seed: int) -> tuple[faiss.Index, tuple[int, ...]]:
+    """A faiss inner-product index of ``kind`` over ``distinct`` (u, dim), and the search depths to try."""
+    u, dim = distinct.shape
+    if kind == "hnsw":
+        hnsw = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        hnsw.add(distinct)
+        return hnsw, (32, 64, 128, 256, 512, 1024)
+    if kind != "ivf":
+        raise ValueError(f"kind must be 'ivf' or 'hnsw', got {kind!r}")
+    n_lists = max(1, int(IVF_LISTS_PER_SQRT * np.sqrt(u)))
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+    sample = np.random.default_rng(seed).choice(u, min(u, IVF_TRAIN_PER_LIST * n_lists), replace=False)
+    ivf.train(distinct[np.sort(sample)])
+    ivf.add(distinct)
+    return ivf, tuple(d for d in (8, 16, 32, 64, 128, 256, 512) if d <= n_lists // 2) or (1,)
 
 
 def _set_depth(index: SimilarityIndex, depth: int) -> None:
@@ -172,11 +219,10 @@ def _set_depth(index: SimilarityIndex, depth: int) -> None:
     index.depth = depth
 
 
-def _tune(index: SimilarityIndex, depths: tuple[int, ...], seed: int, k: int = 10) -> None:
-    """Pick the smallest search depth whose recall@k on sampled queries reaches TARGET_RECALL; if none
-    does (e.g. W with masses of identical rows, which degrade the graph), drop the approximate part:
-    the index answers exactly. Recall counts a hit when its exact cosine reaches the exact k-th best
-    (ties with the k-th are equally right answers)."""
+def _tune(index: SimilarityIndex, depths: tuple[int, ...], seed: int, k: int = 10) -> float:
+    """Set the smallest search depth whose recall@k on sampled rows reaches TARGET_RECALL (else the
+    deepest) and return that recall. A hit counts when its exact cosine reaches the exact k-th best
+    (rows tied with the k-th are equally right answers)."""
     n = len(index.vectors)
     rng = np.random.default_rng(seed + 1)
     rows = rng.choice(n, min(n, TUNING_QUERIES), replace=False)
@@ -192,10 +238,7 @@ def _tune(index: SimilarityIndex, depths: tuple[int, ...], seed: int, k: int = 1
         if index.recall >= TARGET_RECALL:
             break
     log.info("%s index over %d rows: depth %d, recall@%d %.4f", index.kind, n, index.depth, k, index.recall)
-    if (index.recall or 0.0) < TARGET_RECALL:
-        log.warning("the %s index reaches recall@%d %.4f < %.3f at its deepest search: answering exactly",
-                    index.kind, k, index.recall, TARGET_RECALL)
-        index.kind, index.approximate, index.depth, index.recall = "exact", None, None, None
+    return index.recall or 0.0
 
 
 # --------------------------------------------------------------------------- persistence
@@ -226,16 +269,20 @@ def _load_npy(path: storage.Location, name: str) -> np.ndarray:
 
 def save(index: SimilarityIndex, path: storage.Location, built_as: str | None = None) -> None:
     """Write an index directory (a folder or a URL prefix) atomically, replacing an older one;
-    ``meta.json`` is its publication marker. ``built_as`` is the kind that was asked for (an
-    approximate index that fell back to exact is not rebuilt on every load)."""
+    ``meta.json`` is its publication marker. ``built_as`` is what was asked for, "exact" or
+    "approximate" (an approximate index that fell back to exact is not rebuilt on every load)."""
     with atomic_path(path, overwrite=True) as tmp:
         _save_npy(tmp, "vectors.npy", index.vectors)
         _save_npy(tmp, "top_rows.npy", index.top_rows)
         _save_npy(tmp, "top_values.npy", index.top_values)
+        if index.members is not None and index.starts is not None:
+            _save_npy(tmp, "members.npy", index.members)
+            _save_npy(tmp, "starts.npy", index.starts)
         if index.approximate is not None:
             storage.write_bytes(storage.join(tmp, "faiss.index"), faiss.serialize_index(index.approximate).tobytes())
         meta = {"version": INDEX_VERSION, "kind": index.kind, "built_as": built_as or index.kind,
-                "depth": index.depth, "recall": index.recall, "shape": list(index.vectors.shape)}
+                "depth": index.depth, "recall": index.recall, "shape": list(index.vectors.shape),
+                "grouped": index.members is not None}
         storage.write_bytes(storage.join(tmp, "meta.json"), json.dumps(meta).encode())
 
 
@@ -251,6 +298,8 @@ def load(path: storage.Location, shape: tuple[int, int], kind: str | None = None
     index = SimilarityIndex(_load_npy(path, "vectors.npy"), _load_npy(path, "top_rows.npy"),
                             _load_npy(path, "top_values.npy"), meta["kind"], recall=meta["recall"])
     if meta["kind"] != "exact":
+        if meta.get("grouped"):
+            index.members, index.starts = _load_npy(path, "members.npy"), _load_npy(path, "starts.npy")
         raw = np.frombuffer(storage.read_bytes(storage.join(path, "faiss.index")), dtype=np.uint8)
         index.approximate = faiss.deserialize_index(raw)
         _set_depth(index, meta["depth"])
@@ -277,20 +326,19 @@ def build_for(factors: Factors, axis: str = "rows", *, approximate_from: int = A
 
 
 def expected_nbytes(n: int, dim: int, kind: str) -> int:
-    """Memory an index of ``kind`` over n vectors of ``dim`` holds: the vectors and each component's top
-    rows, plus for faiss its copy of the vectors and its graph links (HNSW level 0) or ids (IVF)."""
+    """Most memory an index of ``kind`` ("exact" or "approximate") over n vectors of ``dim`` holds: the
+    vectors and each component's top rows, plus for faiss its copy of the vectors with their graph links
+    (HNSW level 0) or ids (IVF), and the groups of repeated rows."""
     vectors = 4 * n * dim
     tops = 12 * dim * min(n, COMPONENT_TOP)
     if kind == "exact":
         return vectors + tops
-    return 2 * vectors + tops + (n * HNSW_M * 2 * 4 if kind == "hnsw" else n * 8)
+    return 2 * vectors + tops + n * max(_LINK_BYTES.values()) + 16 * n
 
 
-def kind_for(n: int, approximate_from: int = APPROXIMATE_FROM, ivf_from: int = IVF_FROM) -> str:
-    """The kind of index :func:`build` makes for n vectors."""
-    if n < max(approximate_from, 2):
-        return "exact"
-    return "hnsw" if n < ivf_from else "ivf"
+def kind_for(n: int, approximate_from: int = APPROXIMATE_FROM) -> str:
+    """Whether :func:`build` makes an "exact" or an "approximate" index for n vectors."""
+    return "exact" if n < max(approximate_from, 2) else "approximate"
 
 
 # --------------------------------------------------------------------------- the cache
