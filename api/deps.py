@@ -1,4 +1,7 @@
-"""Request dependencies: settings, the job store, the runner, auth, and loaded records."""
+"""Request dependencies: settings, the job store, the runner, auth, and loaded records.
+
+Those that only read app state or compare a token are ``async``: FastAPI runs a plain ``def``
+dependency in its thread pool, and a thread hop per dependency dominated the cost of a fast query."""
 
 from __future__ import annotations
 
@@ -16,19 +19,19 @@ from distnmf_api.serving import Served
 from distnmf_api.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     return request.app.state.store
 
 
-def get_runner(request: Request) -> JobRunner:
+async def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
-def get_cluster(request: Request) -> Cluster:
+async def get_cluster(request: Request) -> Cluster:
     return request.app.state.cluster
 
 
@@ -43,16 +46,16 @@ bearer = HTTPBearer(auto_error=False, description="Needed when the service runs 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
-def authenticated(settings: SettingsDep, credentials: Credentials) -> bool:
+async def authenticated(settings: SettingsDep, credentials: Credentials) -> bool:
     """Whether the request carries the service's token (never true when the service has none)."""
     if settings.api_token is None or credentials is None:
         return False
     return secrets.compare_digest(credentials.credentials.encode(), settings.api_token.get_secret_value().encode())
 
 
-def require_token(settings: SettingsDep, credentials: Credentials) -> None:
+async def require_token(settings: SettingsDep, credentials: Credentials) -> None:
     """Check the bearer token in constant time when the service has one."""
-    if settings.api_token is not None and not authenticated(settings, credentials):
+    if settings.api_token is not None and not await authenticated(settings, credentials):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "missing or wrong bearer token",
                             headers={"WWW-Authenticate": "Bearer"})
 
@@ -78,7 +81,7 @@ MatrixDep = Annotated[StoredMatrix, Depends(get_matrix)]
 JobDep = Annotated[JobRecord, Depends(get_job)]
 
 
-def get_served(request: Request) -> Served:
+async def get_served(request: Request) -> Served:
     return request.app.state.served
 
 

@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, HTTPException, Request, status
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from distnmf_api.errors import problem
@@ -21,6 +20,40 @@ from distnmf_api.settings import LOOPBACK_HOSTS, Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 FORM_FIELDS_BYTES = 2**20  # room for the labels, name and boundaries of an upload's other fields
+
+
+class AllowedHosts:
+    """Refuse requests whose ``Host`` header names another host than ``allowed`` (DNS rebinding), as
+    an RFC 9457 problem like every other error. ``allowed`` holds names, ``"*"`` (any) or
+    ``"*.example.com"`` (its subdomains); a port in the header is ignored."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+        self.app = app
+        self.any = "*" in allowed
+        self.names = {name.lower() for name in allowed if not name.startswith("*")}
+        self.suffixes = tuple(name[1:].lower() for name in allowed if name.startswith("*."))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            host = host_name(Headers(scope=scope).get("host", ""))
+            if not self.allows(host):
+                refusal = HTTPException(status.HTTP_400_BAD_REQUEST,
+                                        f"Host header {host[:100]!r} is not this service; call it by one of "
+                                        f"{sorted(self.names)[:10]} or add the name to DISTNMF_ALLOWED_HOSTS")
+                await _respond(refusal, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def allows(self, host: str) -> bool:
+        return self.any or host in self.names or bool(self.suffixes and host.endswith(self.suffixes))
+
+
+def host_name(header: str) -> str:
+    """The host of a ``Host`` header without its port: ``[::1]:80`` -> ``::1``, ``a.b:80`` -> ``a.b``."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
 class BodyLimit:
@@ -99,5 +132,4 @@ def install(app: FastAPI, settings: Settings) -> None:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_HOSTS + settings.allowed_hosts,
-                       www_redirect=False)
+    app.add_middleware(AllowedHosts, allowed=LOOPBACK_HOSTS + settings.allowed_hosts)

@@ -130,11 +130,28 @@ def test_health_does_not_publish_the_scheduler(http) -> None:
     assert health["auth"] is False and health["scheduler"] is None and health["n_workers"] == 1
 
 
+def test_host_names_and_patterns() -> None:
+    from distnmf_api.guards import AllowedHosts, host_name
+
+    assert [host_name(h) for h in ("[::1]:8000", "[::1]", "LocalHost:80", "a.example", "::1")] == \
+        ["::1", "::1", "localhost", "a.example", "::1"]
+    hosts = AllowedHosts(None, ["localhost", "*.example.com"])  # type: ignore[arg-type]
+    assert hosts.allows("localhost") and hosts.allows("api.example.com")
+    assert not hosts.allows("example.com.attacker.net") and not hosts.allows("attacker-example.com")
+    assert AllowedHosts(None, ["*"]).allows("anything")  # type: ignore[arg-type]
+
+
 def test_foreign_host_header_is_refused(service, http) -> None:
     """DNS rebinding: a page on rebind.attacker.example resolving to 127.0.0.1 must not get the API."""
-    assert http.get("/jobs", headers={"Host": "rebind.attacker.example"}).status_code == 400
+    refused = http.get("/jobs", headers={"Host": "rebind.attacker.example"})
+    assert refused.status_code == 400 and refused.headers["content-type"] == "application/problem+json"
+    problem = refused.json()
+    assert problem["status"] == 400 and problem["title"] == "Bad Request" and problem["instance"] == "/api/v1/jobs"
+    assert "rebind.attacker.example" in problem["detail"] and "DISTNMF_ALLOWED_HOSTS" in problem["detail"]
     assert http.get("/jobs", headers={"Host": f"rebind.attacker.example:{service.port}"}).status_code == 400
+    assert http.get("/jobs", headers={"Host": f"127.0.0.1.attacker.example:{service.port}"}).status_code == 400
     assert http.get("/jobs", headers={"Host": f"localhost:{service.port}"}).status_code == 200
+    assert http.get("/jobs", headers={"Host": f"[::1]:{service.port}"}).status_code == 200
     assert http.get("/jobs").status_code == 200
 
 
