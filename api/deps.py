@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from distnmf.factors import Factors
 from distnmf.wire import JobRecord, JobStatus
@@ -88,15 +89,22 @@ async def get_served(request: Request) -> Served:
 ServedDep = Annotated[Served, Depends(get_served)]
 
 
-def get_factors(job: JobDep, settings: SettingsDep, served: ServedDep) -> Factors:
-    """The job's factors (opened once, kept by the service); 409 until the job has succeeded."""
+async def get_factors(store: StoreDep, settings: SettingsDep, served: ServedDep,
+                      job_id: Annotated[str, Path(max_length=64)]) -> Factors:
+    """The job's factors (opened once, in a worker thread, then kept by the service); 409 until the job
+    has succeeded. Factors already open answer without a job store read: only a succeeded job's are
+    opened, and deleting the job forgets them."""
+    path = settings.layout.factors(job_id)
+    if (opened := served.opened(path)) is not None:
+        return opened
+    job = await run_in_threadpool(get_job, store, job_id)
     if job.status != JobStatus.succeeded:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"job {job.id} is {job.status}; its factors exist once it has succeeded")
     if job.params.get("kind") == "rank":
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job.id} selects a rank; it has no factors "
                                                        f"(its report is at /jobs/{job.id}/rank)")
-    return served.factors(settings.layout.factors(job.id))
+    return await run_in_threadpool(served.factors, path)
 
 
 FactorsDep = Annotated[Factors, Depends(get_factors)]

@@ -22,6 +22,14 @@ class Served:
         self._factors: OrderedDict[Location, Factors] = OrderedDict()
         self._lock = threading.Lock()
 
+    def opened(self, path: Location) -> Factors | None:
+        """The store's factors if they are already open (never blocks on storage), else None."""
+        with self._lock:
+            if path in self._factors:
+                self._factors.move_to_end(path)
+                return self._factors[path]
+        return None
+
     def factors(self, path: Location) -> Factors:
         with self._lock:
             if path in self._factors:

@@ -227,17 +227,15 @@ def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", l
     memory. ``"auto"`` uses the index when it fits the cache's budget.
     """
     _check_axis(axis)
+    in_memory = _index_for(factors, axis, method, cache)
+    if in_memory is not None:
+        return similar_in(in_memory, factors, key, k, axis, least)
     n = factors.shape[0] if axis == "rows" else factors.shape[1]
     axis_name = axis[:-1]
     labels = factors.row_labels if axis == "rows" else factors.col_labels
     index = resolve_index(labels, key, n, axis_name, factors.row_positions if axis == "rows" else factors.col_positions)
     k = _check_k(k, n - 1, f"other {axis}")
     exclude = np.array([index])
-    in_memory = _index_for(factors, axis, method, cache)
-    if in_memory is not None:
-        query = in_memory.vectors[index][None, :]
-        _check_nonzero(query, f"{axis_name} {key!r}")
-        return _hits(*in_memory.search(query, k, least, exclude)[0], labels)
     HT = None if axis == "rows" else factors.H.T
     query = factors.read_W(index, index + 1) if HT is None else HT[index][None, :]
     _check_nonzero(query, f"{axis_name} {key!r}")
@@ -248,6 +246,19 @@ def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", l
         step = block_rows or len(HT)
         results = [_cosine_candidates(HT[a:a + step], a, Q, k, least, exclude) for a in range(0, len(HT), step)]
     return _hits(*_query_topk(results, 1, k, least)[0], labels)
+
+
+def similar_in(in_memory: SimilarityIndex, factors: Factors, key: str | int, k: int = 10, axis: str = "rows",
+               least: bool = False) -> list[Hit]:
+    """:func:`similar` answered from ``in_memory``, the loaded index of ``factors`` along ``axis``."""
+    _check_axis(axis)
+    n = factors.shape[0] if axis == "rows" else factors.shape[1]
+    labels = factors.row_labels if axis == "rows" else factors.col_labels
+    index = resolve_index(labels, key, n, axis[:-1], factors.row_positions if axis == "rows" else factors.col_positions)
+    k = _check_k(k, n - 1, f"other {axis}")
+    query = in_memory.vectors[index][None, :]
+    _check_nonzero(query, f"{axis[:-1]} {key!r}")
+    return _hits(*in_memory.search(query, k, least, np.array([index]))[0], labels)
 
 
 def similar_to_vector(factors: Factors, w: np.ndarray, k: int = 10, least: bool = False, *, method: str = "auto",

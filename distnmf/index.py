@@ -15,6 +15,7 @@ while HNSW's graph fragments between supports (0.98 at efSearch 64, single queri
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -344,6 +345,12 @@ def kind_for(n: int, approximate_from: int = APPROXIMATE_FROM) -> str:
 # --------------------------------------------------------------------------- the cache
 
 
+@functools.lru_cache(maxsize=4096)
+def _canonical(path: storage.Location) -> str:
+    """storage.canonical, remembered: resolving a path costs a system call per component, per query."""
+    return storage.canonical(path)
+
+
 class IndexCache:
     """Indexes by (factors store, axis), each loaded or built once, the least recently used evicted
     when the total passes ``max_bytes``. Safe to share between threads."""
@@ -361,8 +368,17 @@ class IndexCache:
         kind = kind_for(n, self.approximate_from)
         return expected_nbytes(n, factors.n_components, kind) <= self.max_bytes
 
+    def loaded(self, factors: Factors, axis: str) -> SimilarityIndex | None:
+        """The index if it is in memory now (never loads or builds), else None."""
+        key = (_canonical(factors.path), axis)
+        with self._lock:
+            index = self._indexes.get(key)
+            if index is not None:
+                self._indexes.move_to_end(key)
+            return index
+
     def get(self, factors: Factors, axis: str) -> SimilarityIndex:
-        key = (storage.canonical(factors.path), axis)
+        key = (_canonical(factors.path), axis)
         with self._lock:
             if key in self._indexes:
                 self._indexes.move_to_end(key)

@@ -300,3 +300,37 @@ def test_rank_job_serves_the_library_report_and_plot(client, service) -> None:
         assert response.status_code == 422 and re.search(reason, response.text), (body, response.text)
     response = httpx.post(url, json={"matrix_id": matrix.id, "n_components": 2, "ks": [2]})
     assert response.status_code == 422 and "kind='rank' jobs only" in response.text
+
+
+def test_approximate_index_answers_on_the_event_loop(dask_cluster, tmp_path) -> None:
+    """With the approximate index (forced for a small tag set with many repeated rows), similar rows and
+    one-row transforms are answered on the event loop: the same answers as the library on the same
+    persisted index, for concurrent requests, and the index did not fall back to exact."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distnmf import index
+
+    settings = Settings(data_dir=tmp_path / "data", scheduler=dask_cluster.scheduler_address, approximate_from_rows=0)
+    tag_set(settings.data_dir / "stores" / "tags.zarr", n_items=3000, n_tags=200, n_assignments=12_000,
+            n_topics=6, topic_size=10, seed=2)
+    with BackgroundServer(settings) as server, Client(server.url) as client:
+        job = client.submit(client.register("stores/tags.zarr", name="tags"), n_components=6, random_state=0,
+                            max_iter=30)
+        assert job.wait(progress=False, timeout=120).status == "succeeded"
+        factors = open_factors(settings.layout.factors(job.id))
+        built = index.IndexCache(approximate_from=0).get(factors, "rows")  # the persisted one, loaded
+        assert built.kind == "ivf" and built.members is not None and built.approximate.ntotal < 3000
+        rows = list(range(0, 3000, 97))
+        with ThreadPoolExecutor(8) as pool:
+            served = list(pool.map(lambda r: job.similar(r, k=10), rows))
+            folded = list(pool.map(lambda r: job.transform([{"indices": [r % 200, (r * 7) % 200]}], similar_k=5),
+                                   rows))
+        for r, hits, (w, near) in zip(rows, served, folded):
+            assert [h.index for h in hits] == [h.index for h in analysis.similar_in(built, factors, r, k=10)]
+            library_w, library_near = analysis.transform(factors, np.eye(200, dtype=np.float32)[[r % 200]] +
+                                                         np.eye(200, dtype=np.float32)[[(r * 7) % 200]],
+                                                         similar_k=5, cache=index.IndexCache(approximate_from=0))
+            np.testing.assert_allclose(w, library_w, rtol=1e-4, atol=1e-6)
+            assert [h.index for h in near[0]] == [h.index for h in library_near[0]]
+        assert [h.index for h in job.similar(5, k=4, least=True)] == \
+            [h.index for h in analysis.similar(factors, 5, k=4, least=True, method="scan")]

@@ -12,6 +12,7 @@ import numpy as np
 import scipy.sparse as sp
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from fastapi.responses import FileResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from distnmf import analysis, plots
 from distnmf.factors import Factors
@@ -21,6 +22,7 @@ from distnmf_api import factor_io
 from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, RankJobDep, ServedDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
 from distnmf_api.job_runner import Cluster
+from distnmf_api.serving import Served
 from distnmf_api.schemas import (
     Axis,
     ComponentTop,
@@ -43,6 +45,7 @@ Responses = dict[int | str, dict[str, Any]]
 NOT_READY: Responses = {404: {"model": Error, "description": "No such job, or no such row/column"},
              409: {"model": Error, "description": "The job has not succeeded (yet)"}}
 IN_PROCESS_BYTES = 2**20  # transform bodies up to this size are folded in here, not sent to the cluster
+INLINE_ENTRIES = 1_000  # transform bodies up to this many values are folded in on the event loop (< 1 ms)
 QUERY_ERRORS: Responses = {**NOT_READY, 422: {"description": "Invalid query, or a limit exceeded"}}
 
 
@@ -170,25 +173,37 @@ def get_component(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDe
 
 
 @router.get("/similar", response_model=Similar, responses=QUERY_ERRORS)
-def get_similar(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep, served: ServedDep,
-                row: Annotated[str, Query(min_length=1, max_length=1000, description="A label, or an index")],
-                k: Annotated[int, Query(ge=1)] = 10, axis: Axis = Axis.rows, least: bool = False) -> Similar:
+async def get_similar(factors: FactorsDep, settings: SettingsDep, cluster: ClusterDep, served: ServedDep,
+                      row: Annotated[str, Query(min_length=1, max_length=1000, description="A label, or an index")],
+                      k: Annotated[int, Query(ge=1)] = 10, axis: Axis = Axis.rows, least: bool = False) -> Response:
     """The rows (cosine on W) or columns (cosine on H^T) most (or least) similar to one of them.
 
-    Answered from the job's similarity index held in memory (exact, or faiss HNSW/IVF with recall@10
+    Answered from the job's similarity index held in memory (exact, or faiss IVF/HNSW with recall@10
     >= 0.99 for large W; ``least`` is exact), built when the job finished and loaded on first use.
     """
     _check_k(settings, "k", k)
     rows = axis == Axis.rows
     labels = factors.row_labels if rows else factors.col_labels
     n = factors.shape[0] if rows else factors.shape[1]
-    with _query(None if served.indexes.fits(factors, axis.value) else cluster):  # the index needs no cluster
+    with _query(None):
         index = analysis.resolve_index(labels, row, n, axis.value[:-1],
                                        factors.row_positions if rows else factors.col_positions)
-        hits = analysis.similar(factors, index, k=min(k, n - 1), axis=axis.value, least=least,
-                                cache=served.indexes)
-    return Similar(index=index, label=None if labels is None else str(labels[index]), axis=axis, least=least,
-                   hits=hits)
+    k = min(k, n - 1)
+    loaded = served.indexes.loaded(factors, axis.value)
+    if loaded is not None and loaded.approximate is not None and not least:
+        with _query(None):  # an approximate query (~0.2 ms) is answered on the event loop
+            hits = analysis.similar_in(loaded, factors, index, k=k, axis=axis.value)
+    else:  # an exact scan, or loading the index: in a worker thread
+        hits = await run_in_threadpool(_similar, factors, cluster, served, index, k, axis, least)
+    answer = Similar.model_construct(index=index, label=None if labels is None else str(labels[index]), axis=axis,
+                                     least=least, hits=hits)
+    return Response(answer.model_dump_json(), media_type="application/json")  # built here: no re-validation
+
+
+def _similar(factors: Factors, cluster: Cluster, served: Served, index: int, k: int, axis: Axis,
+             least: bool) -> list[Hit]:
+    with _query(None if served.indexes.fits(factors, axis.value) else cluster):  # the index needs no cluster
+        return analysis.similar(factors, index, k=k, axis=axis.value, least=least, cache=served.indexes)
 
 
 @router.get("/recommend", response_model=list[Hit], responses=QUERY_ERRORS)
@@ -207,25 +222,38 @@ def get_recommendations(job: JobDep, factors: FactorsDep, store: StoreDep, setti
 
 
 @router.post("/transform", response_model=TransformResult, responses=QUERY_ERRORS)
-def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep,
-              cluster: ClusterDep, served: ServedDep) -> TransformResult:
+async def transform(body: TransformRequest, factors: FactorsDep, settings: SettingsDep,
+                    cluster: ClusterDep, served: ServedDep) -> Response:
     """Coefficients of new rows (dense, sparse or tag lists) with H fixed, and their nearest rows."""
     if message := settings.limit_error("max_transform_rows", "len(rows)", len(body.rows)):
         raise Unprocessable(message)
     _check_k(settings, "similar_k", body.similar_k)
+    loaded = served.indexes.loaded(factors, "rows")
+    if _entries(body.rows) <= INLINE_ENTRIES and (body.similar_k == 0 or (loaded and loaded.approximate)):
+        return _transform(body, factors, cluster, served)  # a few entries and an approximate query: < 1 ms
+    return await run_in_threadpool(_transform, body, factors, cluster, served)
+
+
+def _entries(rows: list[Any]) -> int:
+    """How many values the request's rows hold (what folding them in costs)."""
+    return sum(len(r.indices) if isinstance(r, SparseRow) else len(r.labels) if isinstance(r, LabelRow) else len(r)
+               for r in rows)
+
+
+def _transform(body: TransformRequest, factors: Factors, cluster: Cluster, served: Served) -> Response:
     X = _new_rows(body.rows, factors)
     with _query(cluster if X.data.nbytes > IN_PROCESS_BYTES else None):
         W, neighbours = analysis.transform(factors, X, similar_k=min(body.similar_k, factors.shape[0]),
-                                         cache=served.indexes)
-    return TransformResult(coefficients=W.tolist(), similar=neighbours)
+                                           cache=served.indexes)
+    answer = TransformResult.model_construct(coefficients=W.tolist(), similar=neighbours)
+    return Response(answer.model_dump_json(), media_type="application/json")  # built here: no re-validation
 
 
 def _new_rows(rows: list[Any], factors: Factors) -> sp.csr_array:
     """The request's rows as a CSR matrix of shape (len(rows), n_cols), validated."""
     n_cols = factors.shape[1]
     labels = factors.col_labels
-    position = {str(label): i for i, label in enumerate(labels)} if labels is not None and any(
-        isinstance(r, LabelRow) for r in rows) else {}
+    position = factors.col_positions or {}
     indptr, indices, values = [0], [], []
     for i, row in enumerate(rows):
         if isinstance(row, SparseRow):
