@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import selectors
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -142,3 +143,37 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
         return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan"), "n": 0}
     return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
             "p99_ms": float(np.percentile(values, 99)), "n": len(values)}
+
+
+class Poller:
+    """Sends one request every ``interval`` s on its own keep-alive connection, in a thread, until
+    stopped; records each latency (e.g. /health's, to see whether the event loop stays responsive)."""
+
+    def __init__(self, address: tuple[str, int], request: bytes, interval: float = 0.05) -> None:
+        self.address, self.request, self.interval = address, request, interval
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
+
+    def _run(self) -> None:
+        connection = _Connection(self.address, [self.request])
+        connection.sock.setblocking(True)
+        while not self._stop.is_set():
+            connection.next = 0
+            connection.send_next()
+            while (status := connection.answer()) is None:
+                chunk = connection.sock.recv(1 << 16)
+                if not chunk:
+                    raise RuntimeError("the service closed the poller's connection")
+                connection.buffer += chunk
+            self.latencies.append(time.perf_counter() - connection.started)
+            self._stop.wait(self.interval)
+        connection.sock.close()
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)

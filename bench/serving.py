@@ -4,16 +4,19 @@
 
 A synthetic tag set of ``rows`` items x ``cols`` tags (distnmf.synth.tag_set, ~6 tags per item) is
 registered with the service and factorized by a real job (k components, a few HALS iterations: W is
-``rows`` x k, as a finished fit leaves it). The service is then started three times on the same data,
-each a separate ``distnmf serve`` process:
+``rows`` x k, as a finished fit leaves it). Everything in ``--data`` is reused by later runs (the tag
+set, the job, its persisted index). The service is then started once per configuration, each a
+separate ``distnmf serve`` process:
 
-- ``index``: the default, a faiss HNSW index for large W (exact below 200,000 rows);
+- ``index``: the default, a faiss index for large W (IVF over the distinct rows; exact below 200,000 rows);
 - ``exact``: the normalised W in memory, scanned exactly per query (DISTNMF_APPROXIMATE_FROM_ROWS huge);
 - ``scan``: no index (DISTNMF_INDEX_MEMORY_BYTES=0), W read from Zarr and scanned on the Dask cluster
   per query: the service before the index.
 
 For each, a fixed number of requests of each kind (similar rows, similar columns, one-row transform
-with its 10 nearest rows, a component's top 10) is sent by 1 and by 32 concurrent clients; p50 / p95 /
+with its 10 nearest rows, a component's top 10) is sent by 1 and by 32 concurrent keep-alive clients
+(``loadgen``: raw sockets in 4 processes, requests pre-encoded, so the generator takes little of the
+CPU the service needs; its CPU and the service's are measured and reported, in cores). p50 / p95 /
 p99 latency and throughput are reported, with /health's latency polled every 50 ms meanwhile (does a
 heavy request block the event loop?). The index's recall@10 against exact answers is measured on 300
 random rows. Everything is bounded (request counts, a deadline per phase) and stops by itself.
@@ -22,7 +25,6 @@ random rows. Everything is bounded (request counts, a deadline per phase) and st
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -35,6 +37,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psutil
+
+import loadgen
 
 JOB_ID = "bench-serving"
 PHASE_DEADLINE = 600.0  # seconds: a load phase still running then is stopped and reported as such
@@ -45,6 +50,7 @@ CONFIGS = {
     "scan": {"DISTNMF_INDEX_MEMORY_BYTES": "0"},
 }
 KINDS = ("similar_rows", "similar_columns", "transform_1_row", "components")
+GENERATOR_PROCESSES = 4  # the 32 clients' connections are spread over this many processes
 
 
 def free_port() -> int:
@@ -120,60 +126,40 @@ def prepare(data_dir: Path, rows: int, cols: int, k: int) -> None:
         service.stop()
 
 
-def percentiles(latencies: list[float]) -> dict[str, float]:
-    values = np.asarray(latencies) * 1e3
-    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95)),
-            "p99_ms": float(np.percentile(values, 99)), "n": len(values)}
-
-
-def request_for(kind: str, rng: np.random.Generator, shape: tuple[int, int], k: int) -> tuple[str, str, Any]:
+def request_for(kind: str, rng: np.random.Generator, shape: tuple[int, int], k: int, host: str) -> bytes:
+    """One request of ``kind`` with random arguments, encoded for ``loadgen``."""
     n_rows, n_cols = shape
+    base = f"/api/v1/jobs/{JOB_ID}"
     if kind == "similar_rows":
-        return "GET", f"/jobs/{JOB_ID}/similar", {"params": {"row": str(rng.integers(n_rows)), "k": 10}}
+        return loadgen.encode("GET", f"{base}/similar?row={rng.integers(n_rows)}&k=10", host)
     if kind == "similar_columns":
-        return "GET", f"/jobs/{JOB_ID}/similar", {"params": {"row": str(rng.integers(n_cols)), "k": 10,
-                                                              "axis": "columns"}}
+        return loadgen.encode("GET", f"{base}/similar?row={rng.integers(n_cols)}&k=10&axis=columns", host)
     if kind == "transform_1_row":
         tags = sorted(set(rng.integers(n_cols, size=8).tolist()))
-        return "POST", f"/jobs/{JOB_ID}/transform", {"json": {"rows": [{"indices": tags}], "similar_k": 10}}
-    return "GET", f"/jobs/{JOB_ID}/components/{rng.integers(k)}", {"params": {"top": 10}}
+        body = json.dumps({"rows": [{"indices": tags}], "similar_k": 10}).encode()
+        return loadgen.encode("POST", f"{base}/transform", host, body)
+    return loadgen.encode("GET", f"{base}/components/{rng.integers(k)}?top=10", host)
 
 
-async def load(url: str, kind: str, clients: int, n_requests: int, shape: tuple[int, int], k: int) -> dict:
-    """``n_requests`` of one kind from ``clients`` concurrent clients; /health polled meanwhile."""
-    latencies: list[float] = []
-    health: list[float] = []
-    failures = 0
-    done = asyncio.Event()
-    limits = httpx.Limits(max_connections=clients + 1, max_keepalive_connections=clients + 1)
-    async with httpx.AsyncClient(base_url=f"{url}/api/v1", timeout=120, limits=limits) as http:
-
-        async def client(seed: int, count: int) -> None:
-            nonlocal failures
-            rng = np.random.default_rng(seed)
-            for _ in range(count):
-                method, path, kwargs = request_for(kind, rng, shape, k)
-                started = time.perf_counter()
-                response = await http.request(method, path, **kwargs)
-                latencies.append(time.perf_counter() - started)
-                failures += response.status_code != 200
-
-        async def poll_health() -> None:
-            while not done.is_set():
-                started = time.perf_counter()
-                await http.get("/health")
-                health.append(time.perf_counter() - started)
-                await asyncio.sleep(0.05)
-
-        counts = [n_requests // clients + (i < n_requests % clients) for i in range(clients)]
-        poller = asyncio.create_task(poll_health())
-        started = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(client(i, c) for i, c in enumerate(counts))), PHASE_DEADLINE)
-        wall = time.perf_counter() - started
-        done.set()
-        await poller
-    return {"kind": kind, "clients": clients, **percentiles(latencies), "throughput_per_s": len(latencies) / wall,
-            "failures": failures, "health": percentiles(health) if health else None}
+def load(service: Service, kind: str, clients: int, n_requests: int, shape: tuple[int, int], k: int,
+         seed: int) -> dict:
+    """``n_requests`` of one kind from ``clients`` concurrent clients; /health polled meanwhile; the
+    CPU the service and the generator used, in cores (CPU seconds per second)."""
+    host = f"127.0.0.1:{service.port}"
+    rng = np.random.default_rng(seed)
+    requests = [request_for(kind, rng, shape, k, host) for _ in range(n_requests)]
+    address = ("127.0.0.1", service.port)
+    server = psutil.Process(service.process.pid)
+    before = server.cpu_times()
+    with loadgen.Poller(address, loadgen.encode("GET", "/api/v1/health", host)) as health:
+        result = loadgen.run(address, requests, clients, processes=min(clients, GENERATOR_PROCESSES),
+                             timeout=PHASE_DEADLINE)
+    after = server.cpu_times()
+    server_cpu = (after.user + after.system) - (before.user + before.system)
+    return {"kind": kind, "clients": clients, **loadgen.percentiles(result.latencies),
+            "throughput_per_s": len(result.latencies) / result.wall_s, "failures": result.failures,
+            "unfinished": result.unfinished, "service_cores": server_cpu / result.wall_s,
+            "generator_cores": result.cpu_s / result.wall_s, "health": loadgen.percentiles(health.latencies)}
 
 
 def recall_at_10(url: str, data_dir: Path, n_queries: int = 300) -> float:
@@ -208,17 +194,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
     args = parser.parse_args()
     args.data.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     prepare(args.data, args.rows, args.cols, args.k)
     shape = (args.rows, args.cols)
-    results: dict[str, Any] = {"rows": args.rows, "cols": args.cols, "k": args.k, "configs": {}}
+    results: dict[str, Any] = {"rows": args.rows, "cols": args.cols, "k": args.k, "configs": {},
+                               "load_average_start": os.getloadavg(), "prepare_s": time.monotonic() - started}
     for name in args.configs.split(","):
         service = Service(args.data, CONFIGS[name])
         try:
             service.wait_ready()
             warm = time.perf_counter()
             for kind in KINDS:  # loads (or builds) the index and the opened factors
-                method, path, kwargs = request_for(kind, np.random.default_rng(0), shape, args.k)
-                httpx.request(method, f"{service.url}/api/v1{path}", timeout=PHASE_DEADLINE, **kwargs).raise_for_status()
+                warm_up = load(service, kind, 1, 1, shape, args.k, seed=0)
+                if warm_up["failures"] or warm_up["unfinished"]:
+                    raise RuntimeError(f"[{name}] {kind} failed; see {service.log.name}")
             config: dict[str, Any] = {"warm_up_s": time.perf_counter() - warm, "runs": []}
             if name != "scan":
                 config["recall_at_10"] = recall_at_10(service.url, args.data)
@@ -226,19 +215,23 @@ def main() -> None:
             for clients in (1, 32):
                 n = args.scan_requests if name == "scan" else args.requests
                 n = max(clients, n // 5 if clients == 1 else n)
-                for kind in KINDS:
-                    run = asyncio.run(load(service.url, kind, clients, n, shape, args.k))
+                for seed, kind in enumerate(KINDS, start=1):
+                    run = load(service, kind, clients, n, shape, args.k, seed)
                     config["runs"].append(run)
                     print(f"[{name}] {kind:16s} {clients:2d} clients: p50 {run['p50_ms']:7.1f}  p95 "
                           f"{run['p95_ms']:7.1f}  p99 {run['p99_ms']:7.1f} ms  {run['throughput_per_s']:7.1f}/s  "
-                          f"health p99 {run['health']['p99_ms']:6.1f} ms  failures {run['failures']}", flush=True)
+                          f"health p99 {run['health']['p99_ms']:6.1f} ms  cores: service "
+                          f"{run['service_cores']:.2f} generator {run['generator_cores']:.2f}  failures "
+                          f"{run['failures']} unfinished {run['unfinished']}", flush=True)
             results["configs"][name] = config
         finally:
             service.stop()
-    results["load_average"] = os.getloadavg()
+    results["load_average_end"] = os.getloadavg()
+    results["total_s"] = time.monotonic() - started
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}; load average {results['load_average_start']} at the start, "
+          f"{results['load_average_end']} at the end; {results['total_s']:.0f} s in all")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import dask
 import httpx
 import numpy as np
 import pytest
@@ -334,3 +335,17 @@ def test_approximate_index_answers_on_the_event_loop(dask_cluster, tmp_path) -> 
             assert [h.index for h in near[0]] == [h.index for h in library_near[0]]
         assert [h.index for h in job.similar(5, k=4, least=True)] == \
             [h.index for h in analysis.similar(factors, 5, k=4, least=True, method="scan")]
+    scanning = settings.model_copy(update={"index_memory_bytes": 0})  # no index: W scanned on the cluster
+    with BackgroundServer(scanning) as server, Client(server.url) as client, ThreadPoolExecutor(8) as pool:
+        job = client.job(job.id)
+        folded = list(pool.map(lambda r: job.transform([{"indices": [r % 200]}], similar_k=3)[1][0], rows[:16]))
+        similar = list(pool.map(lambda r: job.similar(r, k=3), rows[:16]))
+    with dask.config.set(scheduler="threads"):  # the library's scan here, in this process
+        _same_as_library_scans(rows, folded, similar, factors)
+
+
+def _same_as_library_scans(rows: list[int], folded: list, similar: list, factors) -> None:
+    for r, near, hits in zip(rows, folded, similar):
+        assert [h.index for h in hits] == [h.index for h in analysis.similar(factors, r, k=3, method="scan")]
+        x = np.eye(200, dtype=np.float32)[[r % 200]]
+        assert [h.index for h in near] == [h.index for h in analysis.transform(factors, x, 3, method="scan")[1][0]]

@@ -242,7 +242,8 @@ def _entries(rows: list[Any]) -> int:
 
 def _transform(body: TransformRequest, factors: Factors, cluster: Cluster, served: Served) -> Response:
     X = _new_rows(body.rows, factors)
-    with _query(cluster if X.data.nbytes > IN_PROCESS_BYTES else None):
+    in_process = X.data.nbytes <= IN_PROCESS_BYTES and (body.similar_k == 0 or served.indexes.fits(factors, "rows"))
+    with _query(None if in_process else cluster):  # W too large for the index is scanned on the cluster
         W, neighbours = analysis.transform(factors, X, similar_k=min(body.similar_k, factors.shape[0]),
                                            cache=served.indexes)
     answer = TransformResult.model_construct(coefficients=W.tolist(), similar=neighbours)
