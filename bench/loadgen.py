@@ -161,7 +161,7 @@ class Poller:
         while not self._stop.is_set():
             connection.next = 0
             connection.send_next()
-            while (status := connection.answer()) is None:
+            while connection.answer() is None:
                 chunk = connection.sock.recv(1 << 16)
                 if not chunk:
                     raise RuntimeError("the service closed the poller's connection")

@@ -36,10 +36,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import loadgen
 import numpy as np
 import psutil
-
-import loadgen
 
 JOB_ID = "bench-serving"
 PHASE_DEADLINE = 600.0  # seconds: a load phase still running then is stopped and reported as such

@@ -22,7 +22,6 @@ from distnmf_api import factor_io
 from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, RankJobDep, ServedDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
 from distnmf_api.job_runner import Cluster
-from distnmf_api.serving import Served
 from distnmf_api.schemas import (
     Axis,
     ComponentTop,
@@ -36,6 +35,7 @@ from distnmf_api.schemas import (
     TransformRequest,
     TransformResult,
 )
+from distnmf_api.serving import Served
 from distnmf_api.settings import Settings
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["results"])
@@ -255,7 +255,9 @@ def _new_rows(rows: list[Any], factors: Factors) -> sp.csr_array:
     n_cols = factors.shape[1]
     labels = factors.col_labels
     position = factors.col_positions or {}
-    indptr, indices, values = [0], [], []
+    indptr: list[int] = [0]
+    indices: list[int] = []
+    values: list[float] = []
     for i, row in enumerate(rows):
         if isinstance(row, SparseRow):
             cols = row.indices
