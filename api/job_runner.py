@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from distnmf import storage
+from distnmf.runner import client_of_this_thread
 from distnmf.wire import JobRecord, JobStatus
 from distnmf_api.errors import ClusterUnavailable
 from distnmf_api.jobstore import JobStore
@@ -351,7 +352,7 @@ class JobRunner:
         from distnmf.index import build_for
 
         storage.remove(out)  # a half-recorded earlier run of this job
-        with self._connect(running).as_current():
+        with client_of_this_thread(self._connect(running)):
             factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
         indexing = time.perf_counter()
         build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)
@@ -366,7 +367,7 @@ class JobRunner:
         ks, test_fraction, replicates = params.pop("ks"), params.pop("test_fraction"), params.pop("replicates")
         del params["kind"]
         client = self._connect(running)
-        with client.as_current():
+        with client_of_this_thread(client):
             report = select_rank(source, ks, test_fraction=test_fraction, replicates=replicates, client=client,
                                  **params)
         report.plot(layout.rank_plot(job_id))

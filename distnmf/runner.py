@@ -11,8 +11,9 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -291,7 +292,7 @@ class DaskRunner:
 
         while True:
             try:
-                with self.client.as_current():  # wait() uses the current client; this thread may have none
+                with client_of_this_thread(self.client):  # wait() uses the current client; this thread may have none
                     wait(futures, timeout=POLL_SECONDS * 5)
                 return
             except TimeoutError:
@@ -299,6 +300,25 @@ class DaskRunner:
 
     def close(self) -> None:
         """The client belongs to the caller; nothing to close."""
+
+
+@contextmanager
+def client_of_this_thread(client: Any) -> Iterator[None]:
+    """Make ``client`` the current Dask client of this thread (or asyncio task) only.
+
+    ``Client.as_current`` also sets dask's *global* config (``scheduler="dask.distributed"``) and
+    restores it on exit, so concurrent threads race: one's exit can restore another's setting and
+    leave it set for threads that have no client ("Requested dask.distributed scheduler but no
+    Client active"). This sets only distributed's context variable, which ``dask.compute`` and
+    ``distributed.wait`` consult through ``Client.current``.
+    """
+    from distributed.client import _current_client
+
+    token = _current_client.set(client)
+    try:
+        yield
+    finally:
+        _current_client.reset(token)
 
 
 def active_client(client: Any = None) -> Any | None:

@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from distnmf import analysis, plots
 from distnmf.factors import Factors
+from distnmf.runner import client_of_this_thread
 from distnmf.store import open_matrix
 from distnmf.wire import Hit
 from distnmf_api import factor_io
@@ -66,7 +67,7 @@ def _query(cluster: Cluster | None) -> Iterator[None]:
     Unknown labels and out-of-range indices are 404; other invalid queries are 422.
     """
     try:
-        with cluster.client.as_current() if cluster is not None else nullcontext():
+        with client_of_this_thread(cluster.client) if cluster is not None else nullcontext():
             yield
     except (analysis.UnknownLabelError, analysis.IndexOutOfRangeError) as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from None
