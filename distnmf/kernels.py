@@ -79,7 +79,7 @@ def hals_sweeps(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps: 
     Minimises ``0.5 ||X - W H||^2 + l1 ||W||_1 + 0.5 l2 ||W||^2`` over W >= 0, one column at a
     time (Cichocki & Phan's HALS). As in Gillis & Glineur's accelerated HALS, the sweeps reuse
     the costly XHt; they stop once a sweep changes W by less than ``inner_tol`` times the change
-    of the first sweep.
+    of the first sweep. The work is done on Wᵀ (:func:`hals_sweeps_rows`).
 
     Parameters
     ----------
@@ -91,34 +91,66 @@ def hals_sweeps(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps: 
     -------
     W : the updated array; n_sweeps : sweeps done.
     """
-    k = W.shape[1]
-    A = XHt - l1 if l1 else XHt
-    B = HHt + l2 * np.eye(k, dtype=HHt.dtype) if l2 else HHt
+    Wt = np.ascontiguousarray(W.T)
+    Wt, sweeps = hals_sweeps_rows(Wt, np.ascontiguousarray(XHt.T), HHt, max_sweeps=max_sweeps,
+                                  inner_tol=inner_tol, l1=l1, l2=l2)
+    W[...] = Wt.T
+    return W, sweeps
+
+
+def hals_sweeps_rows(Ft: np.ndarray, A: np.ndarray, B: np.ndarray, *, max_sweeps: int = 1,
+                     inner_tol: float = 0.1, l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, int]:
+    """:func:`hals_sweeps` on the transposed factor: row j of ``Ft`` is the factor's column j.
+
+    Each coordinate update then reads and writes contiguous rows (on the untransposed factor a
+    column update strides over all of it): measured 1.5-2x faster per sweep.
+
+    Parameters
+    ----------
+    Ft : ndarray of shape (k, m), C-contiguous, updated in place (e.g. H, or Wᵀ).
+    A : ndarray of shape (k, m), the data term (W^T X for H, (X H^T)^T for W).
+    B : ndarray of shape (k, k), the Gram matrix of the other factor.
+
+    Returns
+    -------
+    Ft : the updated array; n_sweeps : sweeps done.
+    """
+    k = Ft.shape[0]
+    if l1:
+        A = A - l1
+    Bt = np.ascontiguousarray((B + l2 * np.eye(k, dtype=B.dtype) if l2 else B).T, dtype=Ft.dtype)
+    track = inner_tol > 0 and max_sweeps > 1  # the change decides the early stop only
     first_change = 0.0
     for sweep in range(1, max_sweeps + 1):
         change = 0.0
         for j in range(k):
-            if B[j, j] <= 0:  # the other factor's column j is all zero: no information, keep W[:, j]
+            if Bt[j, j] <= 0:  # the other factor's row j is all zero: no information, keep row j
                 continue  # (zeroing it would kill component j for good; it can revive next update)
-            step = (A[:, j] - W @ B[:, j]) / B[j, j]
-            new = np.maximum(W[:, j] + step, 0.0)
-            delta = new - W[:, j]
-            change += float(delta @ delta)
-            W[:, j] = new
+            new = Ft[j] + (A[j] - Bt[j] @ Ft) / Bt[j, j]
+            np.maximum(new, 0.0, out=new)
+            if track:
+                delta = new - Ft[j]
+                change += float(delta @ delta)
+            Ft[j] = new
+        if not track:
+            continue
         if sweep == 1:
             first_change = change
         elif change <= inner_tol**2 * first_change:
-            return W, sweep
-    return W, max_sweeps
+            return Ft, sweep
+    return Ft, max_sweeps
 
 
 def accelerated_sweeps(n_rows: int, n_cols: int, k: int, nnz: int | None = None, alpha: float = 0.5,
-                       cap: int = 10) -> int:
+                       cap: int = 5) -> int:
     """Inner sweep budget of accelerated HALS: ``1 + alpha * rho`` with rho the cost ratio.
 
     rho = (cost of X H^T + H H^T) / (cost of one sweep) = (nnz k + n k^2) / (m k^2 + m k),
     from Gillis & Glineur (2012), capped at ``cap``. ``nnz`` is the number of non-zero values
     (not of stored entries), so dense and sparse storage of one matrix get the same budget.
+    The sweeps have no early stop (the iterates must not depend on the block split), so the cap
+    is lower than the 10 used before: on the six data sets of bench part 1b, 5 reaches scikit-
+    learn's error in as few or fewer iterations (tall 18 -> 15, digits 64 -> 57, the others equal).
     """
     nnz = n_rows * n_cols if nnz is None else nnz
     rho = (nnz * k + n_cols * k * k) / max(1.0, n_rows * (k * k + k))
@@ -196,12 +228,12 @@ def hals_update_h(H: np.ndarray, WtX: np.ndarray, WtW: np.ndarray, *, max_sweeps
 
     Returns the new H and the projected-gradient violation before the update.
     """
-    Ht = np.array(H.T, dtype=np.float32, order="C", copy=True)
-    XtW = np.ascontiguousarray(WtX.T, dtype=np.float32)
+    H = np.array(H, dtype=np.float32, order="C", copy=True)
+    WtX = np.ascontiguousarray(WtX, dtype=np.float32)
     WtW = WtW.astype(np.float32)
-    violation = projected_gradient_l1(Ht, XtW, WtW, l1, l2)
-    hals_sweeps(Ht, XtW, WtW, max_sweeps=max_sweeps, l1=l1, l2=l2)
-    return np.ascontiguousarray(Ht.T), violation
+    violation = projected_gradient_l1(H.T, WtX.T, WtW, l1, l2)
+    hals_sweeps_rows(H, WtX, WtW, max_sweeps=max_sweeps, l1=l1, l2=l2)
+    return H, violation
 
 
 def gram64(H: np.ndarray) -> np.ndarray:
