@@ -99,8 +99,7 @@ def save_factors(path: str | os.PathLike, W: np.ndarray | da.Array, H: np.ndarra
         w_arr = group.create_array("W", shape=W.shape, chunks=(max(1, chunk_rows), W.shape[1]),
                                    dtype=np.float32, compressors=None)
         if isinstance(W, da.Array):
-            # dask annotates targets as numpy-like arrays; it documents (and needs) only __setitem__
-            da.store(W.astype(np.float32), w_arr, lock=False, compute=True)  # type: ignore[arg-type]
+            W.astype(np.float32).store(w_arr, lock=False, compute=True)
         else:
             w_arr[:] = np.asarray(W, dtype=np.float32)
         group.create_array("H", shape=H.shape, chunks=H.shape, dtype=np.float32, compressors=None)[:] = H
