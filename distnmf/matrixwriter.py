@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import dask
@@ -14,6 +15,7 @@ import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 import zarr
+from numpy.typing import DTypeLike
 
 from distnmf import storage
 from distnmf.store import Matrix, chunk_bounds, open_matrix, row_block_ends
@@ -45,7 +47,7 @@ class MatrixWriter:
     path: str | os.PathLike
     n_cols: int
     sparse: bool = False
-    dtype: Any = np.float32
+    dtype: DTypeLike = np.float32
     chunk_rows: int | None = None
     compression: str | None = None
     overwrite: bool = False
@@ -181,7 +183,8 @@ class MatrixWriter:
     def __enter__(self) -> MatrixWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.matrix = self.close()
         else:
@@ -194,7 +197,7 @@ def default_chunk_rows(n_cols: int, itemsize: int = 4, target_bytes: int = DENSE
 
 
 def save_matrix(X: ArrayLike, path: str | os.PathLike, row_labels: Iterable[Any] | None = None,
-                col_labels: Iterable[Any] | None = None, *, dtype: Any = np.float32,
+                col_labels: Iterable[Any] | None = None, *, dtype: DTypeLike = np.float32,
                 chunk_rows: int | None = None, compression: str | None = None,
                 attrs: dict[str, Any] | None = None, overwrite: bool = False) -> Matrix:
     """Validate and write a matrix to a Zarr store; returns the opened :class:`Matrix`.
