@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -113,7 +113,7 @@ STORED_PARAMS = ("n_components", "init", "solver", "beta_loss", "tol", "max_iter
                  "alpha_W", "alpha_H", "l1_ratio", "missing")
 
 
-def factorize(source: Any, out: str | os.PathLike, *, callback: Any = None,
+def factorize(source: Any, out: str | os.PathLike, *, callback: Callable[[int, float, float], object] | None = None,
               row_labels: Sequence[Any] | None = None, col_labels: Sequence[Any] | None = None,
               overwrite: bool = True, **nmf_params: Any) -> Factors:
     """Fit :class:`distnmf.NMF` on ``source`` and write the factors store ``out`` atomically.

@@ -29,8 +29,11 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from fsspec import AbstractFileSystem
 
 Location = Path | str
 # Objects whose presence makes a store readable, copied last on publication: Zarr's root metadata,
@@ -109,7 +112,7 @@ def read_bytes(location: str | os.PathLike) -> bytes:
     return fs.cat_file(path)
 
 
-def filesystem(url: str) -> tuple[Any, str]:
+def filesystem(url: str) -> tuple[AbstractFileSystem, str]:
     """The fsspec filesystem of a URL and the path inside it (credentials from its config)."""
     import fsspec
 
@@ -162,7 +165,7 @@ def temporary_sibling(location: str | os.PathLike) -> Location:
     return sibling(location, f".{name_of(location)}.tmp-{uuid.uuid4().hex[:8]}")
 
 
-def _unpublish(fs: Any, path: str) -> None:
+def _unpublish(fs: AbstractFileSystem, path: str) -> None:
     for name in ROOT_METADATA:
         if fs.exists(f"{path}/{name}"):
             fs.rm_file(f"{path}/{name}")

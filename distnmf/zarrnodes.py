@@ -85,7 +85,8 @@ def read_array(array: zarr.Array, start: int | None = None, stop: int | None = N
     return np.asarray(array[start:stop])
 
 
-def compression_codecs(compression: str | None) -> Any:
+def compression_codecs(compression: str | None) -> zarr.codecs.BloscCodec | zarr.codecs.ZstdCodec | None:
+    """The Zarr compressor of a ``compression`` choice: None (or ``"none"``), ``"lz4"`` (Blosc) or ``"zstd"``."""
     if compression in (None, "none"):
         return None
     if compression == "lz4":
