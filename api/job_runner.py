@@ -25,6 +25,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +188,7 @@ class _Running:
     client: Any = None
     scheduler_id: str | None = None
     cancelled: bool = False
+    whole_fit: Any = None  # the future of a fit run as one task (cancelling it stops the fit)
 
 
 class _Interrupted(Exception):
@@ -238,8 +240,10 @@ class JobRunner:
             if job is None:
                 return
             job.cancelled = True
-            client = job.client
-        if client is not None:
+            client, whole_fit = job.client, job.whole_fit
+        if whole_fit is not None:
+            whole_fit.cancel()  # the task stops after its current iteration, and the job thread waits for that
+        elif client is not None:
             client.close()  # the fit raises at once, in whichever cluster call it waits
 
     # -- job threads
@@ -314,7 +318,7 @@ class JobRunner:
             if job.params.get("kind") == "rank":
                 self._select_rank(source, job_id, running, dict(job.params))
             else:
-                timings = self._fit(source, self.settings.layout.factors(job_id), running, callback,
+                timings = self._fit(job_id, source, self.settings.layout.factors(job_id), running, callback,
                                     dict(job.params), checkpoint, resume)
         except Exception as exc:
             return self._interrupted(job_id, running, exc)  # looks at the cluster through the job's client
@@ -323,8 +327,11 @@ class JobRunner:
                 running.client.close()
         if running.cancelled:  # the cancel came after the last cluster call of the final write
             return JobStatus.cancelled, "cancelled while running"
+        if history:  # the last progress record may have failed (best effort); the end's may not
+            self._persist(job_id, "record its last iteration",
+                          lambda: self.store.record_progress(job_id, len(history), history[-1], history))
         if timings is not None:
-            self.store.record_timings(job_id, timings)
+            self._persist(job_id, "record its timings", lambda: self.store.record_timings(job_id, timings))
         log.info("job %s succeeded", job_id)
         return JobStatus.succeeded, None
 
@@ -343,20 +350,39 @@ class JobRunner:
         running.scheduler_id = client.scheduler_info(n_workers=0)["id"]
         return client
 
-    def _fit(self, source: storage.Location, out: storage.Location, running: _Running, callback: Any,
+    def _fit(self, job_id: str, source: storage.Location, out: storage.Location, running: _Running, callback: Any,
              params: dict[str, Any], checkpoint: storage.Location, resume: storage.Location | None
              ) -> dict[str, float]:
         """Fit on the job's client, and build the similarity index so that the factors are served
-        from the start; seconds per phase."""
-        from distnmf import factorize
+        from the start; seconds per phase. A fit that fits one worker runs as one task there
+        (:mod:`distnmf.one_task`), a larger one block-parallel across the cluster."""
+        from distnmf import factorize, open_factors, open_matrix
         from distnmf.index import build_for
+        from distnmf.one_task import factorize_as_one_task, fits_one_task
+        from distnmf.runner import cluster_capacity
 
         storage.remove(out)  # a half-recorded earlier run of this job
-        with client_of_this_thread(self._connect(running)):
-            factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
+        client = self._connect(running)
+        matrix = open_matrix(source)
+        k = params.get("n_components")
+        k = matrix.shape[1] if k in (None, "auto") else int(k)
+        if self.settings.one_task_fits and fits_one_task(matrix, k, cluster_capacity(client)):
+            def submitted(future: Any) -> None:
+                with self._lock:
+                    running.whole_fit = future
+                if running.cancelled:  # cancelled while the task was being submitted
+                    future.cancel()
+
+            timings = factorize_as_one_task(client, source, out, checkpoint=checkpoint, callback=callback,
+                                            name=f"nmf-fit-{job_id}", on_submit=submitted, **params)
+            factors = open_factors(out)
+        else:
+            with client_of_this_thread(client):
+                factors = factorize(source, out, callback=callback, checkpoint=checkpoint, resume=resume, **params)
+            timings = factors.attrs.get("timings", {})
         indexing = time.perf_counter()
         build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)
-        return {**factors.attrs.get("timings", {}), "indexing": time.perf_counter() - indexing}
+        return {**timings, "indexing": time.perf_counter() - indexing}
 
     def _select_rank(self, source: storage.Location, job_id: str, running: _Running, params: dict[str, Any]) -> None:
         """Cross-validate the ranks ``params["ks"]`` on the job's client (all fits run again after
@@ -413,18 +439,22 @@ class JobRunner:
     def _record_end(self, job_id: str, status: JobStatus, message: str | None) -> None:
         """Record how the job ended, retrying while SQLite refuses; on shutdown the job stays
         ``running`` in the store, and the next start re-queues it."""
+        if status == JobStatus.queued:
+            self._persist(job_id, f"record it {status}", lambda: self.store.requeue(job_id, message))
+        else:
+            self._persist(job_id, f"record it {status}", lambda: self.store.finish_job(job_id, status, message))
+
+    def _persist(self, job_id: str, what: str, write: Callable[[], Any]) -> None:
+        """``write()`` to the store, retrying while SQLite refuses, until the service stops."""
         while True:
             try:
-                if status == JobStatus.queued:
-                    self.store.requeue(job_id, message)
-                else:
-                    self.store.finish_job(job_id, status, message)
+                write()
                 return
             except sqlite3.Error as exc:
                 if self._stopping.is_set():
-                    log.error("job %s: could not record it %s (%s); the next start re-queues it", job_id, status, exc)
+                    log.error("job %s: could not %s (%s); the next start re-queues it", job_id, what, exc)
                     return
-                log.warning("job %s: could not record it %s yet (%s); retrying", job_id, status, exc)
+                log.warning("job %s: could not %s yet (%s); retrying", job_id, what, exc)
                 self._stopping.wait(RETRY_EVERY)
 
     # -- supervision

@@ -115,12 +115,13 @@ class LocalRunner:
         return False
 
     def __init__(self, n_threads: int | None = None) -> None:
-        self.n_workers = n_threads or os.cpu_count() or 1
+        worker = current_worker()  # inside a Dask task: the worker's threads and memory limit are this fit's
+        self.n_workers = n_threads or (worker.state.nthreads if worker else os.cpu_count()) or 1
         self._pool = ThreadPoolExecutor(self.n_workers, thread_name_prefix="distnmf")
         # one BLAS thread per pool thread: measured faster than fewer Python threads each
         # running multi-threaded BLAS, and no oversubscription
         self._blas_limits = threadpool_limits(1) if self.n_workers > 1 else None
-        self.memory_limit = _available_memory()
+        self.memory_limit = (worker and worker.memory_manager.memory_limit) or _available_memory()
         self.task_memory = int(TASK_MEMORY_FRACTION * self.memory_limit / self.n_workers)
         self.dashboard_link: str | None = None
 
@@ -321,16 +322,32 @@ def client_of_this_thread(client: Any) -> Iterator[None]:
         _current_client.reset(token)
 
 
+def current_worker() -> Any | None:
+    """The ``distributed.Worker`` running the calling task, or None outside of Dask tasks."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
 def active_client(client: Any = None) -> Any | None:
     """The client to use: ``client`` itself, else the current ``distributed.Client``, else None.
 
-    ``client=False`` forces in-process work even when a client is active.
+    ``client=False`` forces in-process work even when a client is active. Inside a Dask task
+    (a whole fit run as one task, see :mod:`distnmf.one_task`) it is None too: a task runs its
+    blocks in its own worker rather than submitting tasks and waiting for them.
     """
     if client is False:
         return None
     if client is not None:
         return client
     if "distributed" not in sys.modules:  # no client can exist; don't pay for the import
+        return None
+    if current_worker() is not None:
         return None
     try:
         from distributed import default_client

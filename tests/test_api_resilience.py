@@ -41,7 +41,8 @@ def test_job_survives_worker_loss_and_a_scheduler_restart(dask_processes, tmp_pa
     dask_processes.wait_for_workers(2)
     X = np.random.default_rng(7).random((3000, 120), dtype=np.float32)
     params = {"n_components": 6, "max_iter": 80, "tol": 0.0, "random_state": 0, "init": "random"}
-    settings = Settings(data_dir=tmp_path / "data", scheduler=dask_processes.address)
+    # block-parallel (this small job would run as one task, in well under a second)
+    settings = Settings(data_dir=tmp_path / "data", scheduler=dask_processes.address, one_task_fits=False)
     with BackgroundServer(settings) as server, Client(server.url, retries=0) as client:
         matrix = client.upload(X, name="random")
         job = client.submit(matrix, checkpoint_every=5, **params)
@@ -72,6 +73,46 @@ def test_job_survives_worker_loss_and_a_scheduler_restart(dask_processes, tmp_pa
     np.testing.assert_allclose(done.error_history, reference.error_history_, rtol=1e-4)
 
 
+def test_small_job_runs_as_one_task_and_survives_losing_its_worker(dask_processes, tmp_path) -> None:
+    """A job that fits one worker runs as one task there (the in-process engine): its progress is
+    recorded; when its worker is killed the task runs again on the other one, from the checkpoint;
+    a cancel stops the task and removes the checkpoint."""
+    from distributed import Client as DaskClient
+
+    dask_processes.start_scheduler()
+    dask_processes.start_workers(2)
+    dask_processes.wait_for_workers(2)
+    X = np.random.default_rng(5).random((12_000, 300), dtype=np.float32)
+    params = {"n_components": 10, "max_iter": 200, "tol": 0.0, "random_state": 0, "init": "random"}
+    settings = Settings(data_dir=tmp_path / "data", scheduler=dask_processes.address)
+    with (BackgroundServer(settings) as server, Client(server.url, retries=0) as client,
+          DaskClient(dask_processes.address, set_as_default=False) as dask):
+        def fit_tasks() -> dict[str, list[str]]:
+            return {address: [key for key in keys if str(key).startswith("nmf-fit-")]
+                    for address, keys in dask.processing().items() if keys}
+
+        matrix = client.upload(X, name="random")
+        job = client.submit(matrix, checkpoint_every=5, **params)
+        info = poll(job.status, lambda i: i.iteration >= 11 or i.status.is_terminal, 120, "job progress")
+        assert info.status == "running", info
+        tasks = fit_tasks()
+        assert len(tasks) == 1 and len(next(iter(tasks.values()))) == 1, tasks  # one task, on one worker
+        name = dask.scheduler_info()["workers"][next(iter(tasks))]["name"]
+        dask_processes.kill_worker(int(name.removeprefix("worker-")))  # SIGKILL the worker running the fit
+        done = job.wait(progress=False, timeout=240)
+
+        cancelled = client.submit(matrix, checkpoint_every=5, **{**params, "max_iter": 5000})
+        poll(cancelled.status, lambda i: i.iteration >= 6, 120, "second job progress")
+        cancelled.cancel()
+        info = poll(cancelled.status, lambda i: i.status.is_terminal, 30, "job after cancel")
+        assert info.status == "cancelled" and info.iteration < 5000, info
+        poll(fit_tasks, lambda tasks: not tasks, 10, "the cancelled task on its worker")
+    assert not settings.layout.checkpoint(cancelled.id).exists() and not settings.layout.factors(cancelled.id).exists()
+    assert done.status == "succeeded" and done.iteration == 200 and len(done.error_history) == 200
+    reference = NMF(solver="hals", **params).fit(X)  # undisturbed, in process
+    np.testing.assert_allclose(done.error_history, reference.error_history_, rtol=1e-4)
+
+
 def test_second_service_on_the_same_data_dir_is_refused(dask_cluster, tmp_path) -> None:
     settings = Settings(data_dir=tmp_path, scheduler=dask_cluster.scheduler_address)
     env = {**os.environ, "DISTNMF_DATA_DIR": str(tmp_path), "DISTNMF_SCHEDULER": dask_cluster.scheduler_address}
@@ -98,7 +139,9 @@ def test_second_service_on_the_same_data_dir_is_refused(dask_cluster, tmp_path) 
 
 
 def test_locked_database_does_not_wedge_jobs(dask_cluster, tmp_path) -> None:
-    settings = Settings(data_dir=tmp_path, scheduler=dask_cluster.scheduler_address, max_concurrent_jobs=1)
+    # block-parallel, so that the first job is still running while the database is locked
+    settings = Settings(data_dir=tmp_path, scheduler=dask_cluster.scheduler_address, max_concurrent_jobs=1,
+                        one_task_fits=False)
     X = np.random.default_rng(1).random((600, 50), dtype=np.float32)
     with BackgroundServer(settings) as server, Client(server.url) as client:
         matrix = client.upload(X, name="random")
