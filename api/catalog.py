@@ -12,16 +12,18 @@ import zarr
 from distnmf import storage
 from distnmf.ingest import ingest_array
 from distnmf.ingest.limits import IngestLimits
+from distnmf.runner import DaskRunner, NoWorkersError
 from distnmf.storage import atomic_path
 from distnmf.store import Matrix, open_matrix
 from distnmf.zarrnodes import write_labels
-from distnmf_api.errors import PathRefused, Unprocessable
+from distnmf_api.errors import ClusterUnavailable, PathRefused, Unprocessable
 from distnmf_api.job_runner import Cluster
 from distnmf_api.jobstore import JobStore, StoredMatrix
 from distnmf_api.layout import DataDir
 from distnmf_api.schemas import MatrixFormat
 from distnmf_api.tasks import check_rows
 
+VALIDATION_WORKER_TIMEOUT = 10.0  # seconds a registration waits for a worker before answering 503
 SUFFIXES = {MatrixFormat.npy: ".npy", MatrixFormat.npz: ".npz", MatrixFormat.mtx: ".mtx", MatrixFormat.csv: ".csv"}
 
 
@@ -81,13 +83,16 @@ def validate_on_cluster(matrix: Matrix, cluster: Cluster) -> None:
     """Check every row block for negative or non-finite values, in parallel on the cluster."""
     bounds = matrix.row_bounds
     n = len(bounds) - 1
-    futures = cluster.client.map(check_rows, [matrix.path] * n, [matrix.is_sparse] * n, bounds[:-1], bounds[1:],
-                                 [matrix.shape[1]] * n, key=[f"distnmf-validate-{uuid.uuid4().hex[:8]}-{i}"
-                                                             for i in range(n)])
     try:
-        cluster.client.gather(futures)
+        runner = DaskRunner(cluster.client, worker_timeout=VALIDATION_WORKER_TIMEOUT)
+    except NoWorkersError:
+        raise ClusterUnavailable("the Dask scheduler has no workers to validate the matrix on") from None
+    checks = runner.map("distnmf-validate", check_rows, [matrix.path] * n, [matrix.is_sparse] * n, bounds[:-1],
+                        bounds[1:], [matrix.shape[1]] * n)
+    try:
+        runner.gather(checks)
     finally:
-        cluster.client.cancel(futures)
+        runner.release(checks)  # after the first failure, the checks still queued are dropped
 
 
 def _record(matrix_id: str, name: str, path: str, fmt: MatrixFormat, owned: bool, matrix: Matrix) -> StoredMatrix:

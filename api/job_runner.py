@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from distnmf import storage
-from distnmf.runner import client_of_this_thread
+from distnmf.runner import client_of_this_thread, cluster_summary
 from distnmf.wire import JobRecord, JobStatus
 from distnmf_api.errors import ClusterUnavailable
 from distnmf_api.jobstore import JobStore
@@ -130,8 +130,7 @@ class Cluster:
                     self._client = self.connect()
                     self.dashboard_url = self._client.dashboard_link
                 if self._client.status == "running":
-                    info = self._client.scheduler_info(n_workers=0)
-                    state = ClusterState(info["id"], int(info["n_workers"]))
+                    state = ClusterState(*cluster_summary(self._client))
             except Exception as exc:  # unreachable, refused, closed mid-call: all mean "not now"
                 log.debug("scheduler at %s not reachable: %s", self.address, exc)
             self._publish(state)
@@ -347,7 +346,7 @@ class JobRunner:
             running.client = client
         if running.cancelled or self._stopping.is_set():
             raise _Interrupted
-        running.scheduler_id = client.scheduler_info(n_workers=0)["id"]
+        running.scheduler_id = cluster_summary(client)[0]
         return client
 
     def _fit(self, job_id: str, source: storage.Location, out: storage.Location, running: _Running, callback: Any,
@@ -374,7 +373,7 @@ class JobRunner:
                     future.cancel()
 
             timings = factorize_as_one_task(client, source, out, checkpoint=checkpoint, callback=callback,
-                                            name=f"nmf-fit-{job_id}", on_submit=submitted, **params)
+                                            name=f"nmf-fit-job-{job_id}", on_submit=submitted, **params)
             factors = open_factors(out)
         else:
             with client_of_this_thread(client):

@@ -9,8 +9,8 @@ from typing import Any
 
 _LAZY = {
     "NMF": "distnmf.estimator",
-    "fold_in": "distnmf.estimator",
-    "non_negative_factorization": "distnmf.estimator",
+    "fold_in": "distnmf.functional",
+    "non_negative_factorization": "distnmf.functional",
     "factorize": "distnmf.factors",
     "Factors": "distnmf.factors",
     "open_factors": "distnmf.factors",

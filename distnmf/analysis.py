@@ -1,10 +1,11 @@
 """Queries on a factorization: topics, similar rows and columns, co-occurrence, recommendations,
 fold-in of new rows, and rank sweeps.
 
-Every query that touches W (n_rows, k) or X (n_rows, n_cols) reads them in row blocks, one Dask
-task per block, so they work when W or X is larger than memory; only per-block candidates
-(at most ``k`` per query) or one length-n_cols vector per block travel back. The pure numerical
-parts (``block_candidates``, ``merge_candidates``, ``column_cooccurrence``) hold no I/O.
+Every query that touches W (n_rows, k) or X (n_rows, n_cols) reads them in row blocks, one task
+per block on the runner (the active Dask cluster, else in-process), so they work when W or X is
+larger than memory; only per-block candidates (at most ``k`` per query) or one length-n_cols
+vector per block travel back. The pure numerical parts (``block_candidates``,
+``merge_candidates``, ``column_cooccurrence``) hold no I/O.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import dask
-import dask.array as da
 import numpy as np
 import scipy.sparse as sp
 
 from distnmf.factors import Factors
 from distnmf.index import IndexCache, SimilarityIndex, default_cache, normalize_rows
+from distnmf.runner import make_runner
+from distnmf.source import BlockSource, as_source, materialize
 from distnmf.store import Matrix, open_matrix
 from distnmf.validation import check_rank
 from distnmf.wire import Hit
@@ -157,15 +158,29 @@ def _column_candidates(block: np.ndarray, offset: int, component: int, k: int) -
 
 
 def _scan_w(factors: Factors, fn: Any, *args: Any, block_rows: int | None = None) -> list[list[tuple]]:
-    """Run ``fn(W_block, offset, *args)`` on every row block of W (one Dask task each)."""
+    """Run ``fn(W_block, offset, *args)`` on every row block of W (one task each, on the runner)."""
     W = factors.W
     if block_rows is not None:
         if block_rows < 1:
             raise ValueError(f"block_rows must be >= 1, got {block_rows}")
         W = W.rechunk((block_rows, W.shape[1]))
-    offsets = np.concatenate([[0], np.cumsum(W.chunks[0])[:-1]])
-    tasks = [dask.delayed(fn)(blk, int(off), *args) for blk, off in zip(W.to_delayed().ravel(), offsets)]
-    return list(dask.compute(*tasks))
+    return _map_row_blocks("nmf-scan-W", as_source(W), fn, *args)
+
+
+def _map_row_blocks(name: str, source: BlockSource, fn: Any, *args: Any, reduce: bool = False) -> Any:
+    """``fn(block, start_row, *args)`` on every row block of ``source``, as tasks named ``name`` on
+    the runner (the active cluster, else in-process): the list of results, or their sum."""
+    runner = make_runner()
+    try:
+        results = runner.map(name, _on_block, runner.load(source, keep=False), list(source.bounds[:-1]),
+                             shared=(fn, *args))
+        return runner.reduce(results, f"{name}-sum") if reduce else runner.gather(results)
+    finally:
+        runner.close()
+
+
+def _on_block(block: Any, start: int, fn: Any, *args: Any) -> Any:
+    return fn(materialize(block), start, *args)
 
 
 def _query_topk(results: list[list[tuple]], n_queries: int, k: int, least: bool) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -316,6 +331,10 @@ def column_cooccurrence(block: np.ndarray | sp.sparray, column: int) -> np.ndarr
     return np.asarray(product, dtype=np.float64).reshape(1, -1)
 
 
+def _cooccurrence_of_block(block: np.ndarray | sp.sparray, start: int, column: int) -> np.ndarray:
+    return column_cooccurrence(block, column)
+
+
 def cooccurring(matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10) -> list[Hit]:
     """The ``k`` columns co-occurring most with column ``key``: the top of ``X^T x_c``.
 
@@ -328,10 +347,7 @@ def cooccurring(matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10)
     labels = matrix.col_labels
     c = resolve_index(labels, key, n_cols, "column")
     k = _check_k(k, n_cols - 1, "other columns")
-    X = matrix.dask
-    parts = da.map_blocks(column_cooccurrence, X, c, dtype=np.float64, chunks=((1,) * X.numblocks[0], (n_cols,)),
-                          meta=np.empty((0, 0), dtype=np.float64))
-    scores = da.sum(parts, axis=0).compute()
+    scores = _map_row_blocks("nmf-cooccurrence", as_source(matrix), _cooccurrence_of_block, c, reduce=True)[0]
     scores[c] = 0.0
     candidates = np.flatnonzero(scores > 0)
     idx, val = merge_candidates([(candidates, scores[candidates])], k)
@@ -384,7 +400,7 @@ def transform(factors: Factors, X_new: Any, similar_k: int = 0, *, cache: IndexC
 
     The loss, solver and W regularization of the original fit (``attrs["params"]``) are reused.
     """
-    from distnmf.estimator import fold_in as fold_in_rows
+    from distnmf.functional import fold_in as fold_in_rows
 
     if isinstance(X_new, np.ndarray) and X_new.ndim == 1:
         X_new = X_new[None, :]

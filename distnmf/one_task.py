@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from distnmf import storage
-from distnmf.runner import Capacity, current_worker
+from distnmf.runner import Capacity, DaskRunner, current_worker
 from distnmf.store import Matrix
 
 # Peak memory of an in-process fit = a fixed part + X_FACTOR x X's bytes + FACTORS_FACTOR x the
@@ -87,7 +87,7 @@ def factorize_as_one_task(client: Any, source: storage.Location, out: storage.Lo
                           checkpoint: storage.Location, callback: Callable[[int, float, float], None],
                           name: str, on_submit: Callable[[Any], None] | None = None,
                           **params: Any) -> dict[str, float]:
-    """:func:`factorize_task` on ``client``'s cluster, as one task keyed ``<name>-<token>``;
+    """:func:`factorize_task` on ``client``'s cluster, as one task named ``name``;
     ``callback(iteration, relative_error, elapsed)`` runs here for each iteration the task
     reports, ``on_submit(future)`` once the task is submitted (cancel it to stop the fit).
 
@@ -98,8 +98,7 @@ def factorize_as_one_task(client: Any, source: storage.Location, out: storage.Lo
     events: queue.Queue[dict[str, Any]] = queue.Queue()
     client.subscribe_topic(topic, lambda event: events.put(event[1]))
     try:
-        future = client.submit(factorize_task, source, out, checkpoint, topic, params,
-                               key=f"{name}-{uuid.uuid4().hex[:8]}", pure=False)
+        future = DaskRunner(client).submit(name, factorize_task, source, out, checkpoint, topic, params)
         if on_submit is not None:
             on_submit(future)
         ended, done_at = False, None

@@ -11,7 +11,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from distnmf.source import BlockSource, as_float32, materialize
 
 Handle = Any
 """A block's value in this process, or a ``distributed.Future`` on a cluster."""
+ClientArg = Any
+"""A ``distributed.Client``, None (use the active one, if any) or False (in-process, always)."""
 
 
 class Runner(Protocol):
@@ -41,6 +44,13 @@ class Runner(Protocol):
     def map(self, name: str, fn: Callable[..., Any], *columns: Sequence[Any], shared: tuple[Any, ...] = ()
             ) -> list[Handle]:
         """``fn(col0[i], col1[i], ..., *shared)`` per block ``i``, as tasks named ``name``."""
+        ...
+
+    def imap(self, name: str, fn: Callable[..., Any], items: Iterable[Any], shared: tuple[Any, ...] = (),
+             window: int | None = None) -> Iterator[Any]:
+        """``fn(item, *shared)`` for each item, yielded in order as tasks named ``name``, with at most
+        ``window`` (default: twice the threads) in flight, so results waiting to be used stay
+        bounded. An error in a task is raised here and the tasks still pending are cancelled."""
         ...
 
     def select(self, handles: list[Handle], j: int, name: str = "select") -> list[Handle]:
@@ -133,6 +143,11 @@ class LocalRunner:
         if len(columns[0]) == 1:  # one block: no hand-off to a pool thread (~0.1 ms per call)
             return [fn(*(column[0] for column in columns), *shared)]
         return list(self._pool.map(lambda args: fn(*args, *shared), zip(*columns)))
+
+    def imap(self, name: str, fn: Callable, items: Iterable[Any], shared: tuple = (),
+             window: int | None = None) -> Iterator[Any]:
+        yield from _windowed(lambda item: self._pool.submit(fn, item, *shared), items,
+                             window or 2 * self.n_workers, lambda f: f.result(), lambda f: f.cancel())
 
     def select(self, handles: list[Any], j: int, name: str = "select") -> list[Any]:
         return [h[j] for h in handles]
@@ -236,6 +251,22 @@ class DaskRunner:
         return [self.client.submit(fn, *args, *shared, key=self._key(name, i), retries=1)
                 for i, args in enumerate(zip(*columns))]
 
+    def imap(self, name: str, fn: Callable, items: Iterable[Any], shared: tuple = (),
+             window: int | None = None) -> Iterator[Any]:
+        self._calls += 1
+        shared_handles = [self.broadcast(value) for value in shared]
+        index = iter(range(2**62))
+
+        def submit(item: Any) -> Any:
+            return self.client.submit(fn, item, *shared_handles, key=self._key(name, next(index)), pure=False)
+
+        yield from _windowed(submit, items, window or 2 * self.n_workers, lambda f: f.result(), lambda f: f.cancel())
+
+    def submit(self, name: str, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)`` as one task named ``name`` (e.g. a whole fit, :mod:`distnmf.one_task`): its future."""
+        self._calls += 1
+        return self.client.submit(fn, *args, key=self._key(name), pure=False)
+
     def select(self, handles: list[Any], j: int, name: str = "select") -> list[Any]:
         self._calls += 1
         return [self.client.submit(operator.getitem, h, j, key=self._key(name, i)) for i, h in enumerate(handles)]
@@ -334,6 +365,23 @@ def current_worker() -> Any | None:
         return None
 
 
+def _windowed(submit: Callable[[Any], Any], items: Iterable[Any], window: int, result: Callable[[Any], Any],
+              cancel: Callable[[Any], Any]) -> Iterator[Any]:
+    """Results of ``submit(item)`` in order, at most ``window`` submitted ahead; pending ones
+    cancelled when the consumer stops or a result raises."""
+    pending: deque[Any] = deque()
+    try:
+        for item in items:
+            pending.append(submit(item))
+            if len(pending) >= window:
+                yield result(pending.popleft())
+        while pending:
+            yield result(pending.popleft())
+    finally:
+        for handle in pending:
+            cancel(handle)
+
+
 def active_client(client: Any = None) -> Any | None:
     """The client to use: ``client`` itself, else the current ``distributed.Client``, else None.
 
@@ -357,9 +405,9 @@ def active_client(client: Any = None) -> Any | None:
         return None
 
 
-def make_runner(client: Any | None = None, worker_timeout: float = WORKER_TIMEOUT) -> Runner:
-    """A DaskRunner on ``client`` (or the active client), else the in-process LocalRunner."""
-    client = client or active_client()
+def make_runner(client: ClientArg = None, worker_timeout: float = WORKER_TIMEOUT) -> Runner:
+    """A DaskRunner on ``client`` (None: the active client), else the in-process LocalRunner."""
+    client = active_client(client)
     return DaskRunner(client, worker_timeout=worker_timeout) if client is not None else LocalRunner()
 
 
@@ -383,6 +431,12 @@ def cluster_capacity(client: Any) -> Capacity:
     return Capacity(workers=len(workers), threads=sum(int(w.get("nthreads", 1)) for w in workers),
                     memory=sum(int(w.get("memory_limit") or 0) for w in workers),
                     task_memory=_task_memory(workers) if workers else MIN_TASK_MEMORY)
+
+
+def cluster_summary(client: Any) -> tuple[str, int]:
+    """The scheduler's id (new after a restart) and its number of workers, without listing them."""
+    info = client.scheduler_info(n_workers=0)
+    return str(info["id"]), int(info["n_workers"])
 
 
 def _available_memory() -> int:

@@ -88,7 +88,7 @@ def test_small_job_runs_as_one_task_and_survives_losing_its_worker(dask_processe
     with (BackgroundServer(settings) as server, Client(server.url, retries=0) as client,
           DaskClient(dask_processes.address, set_as_default=False) as dask):
         def fit_tasks() -> dict[str, list[str]]:
-            return {address: [key for key in keys if str(key).startswith("nmf-fit-")]
+            return {address: [key for key in keys if "nmf-fit-job-" in str(key)]
                     for address, keys in dask.processing().items() if keys}
 
         matrix = client.upload(X, name="random")

@@ -61,7 +61,7 @@ def adapt(source: str) -> str:
     imports = "from sklearn.decomposition import NMF, MiniBatchNMF, non_negative_factorization"
     if imports not in source:
         raise RuntimeError(f"{SUITE}: the import line this adapter replaces has changed; update adapt()")
-    source = source.replace(imports, "from distnmf.estimator import NMF, non_negative_factorization")
+    source = source.replace(imports, "from distnmf import NMF, non_negative_factorization")
     return source
 
 

@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from distnmf.ingest.parallel import ClientArg, ordered_map
 from distnmf.ingest.report import IngestReport, SkipLog, Stopwatch, progress
 from distnmf.matrixwriter import MatrixWriter, default_chunk_rows
-from distnmf.runner import active_client
+from distnmf.runner import ClientArg, make_runner
 
 RESAMPLE = Image.Resampling.LANCZOS
 FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")  # decoders offered a file, nothing else
@@ -133,21 +132,25 @@ def ingest_images(folder: str | os.PathLike, dest: str | os.PathLike, *,
     labels: list[str] = []
     attrs = {"image_shape": [h, w],
              "ingest": {"kind": "images", "source": str(root), "crop": crop}}
-    results = ordered_map(decoder, batches, client=active_client(client), name="ingest-images-decode")
-    chunk_rows = min(default_chunk_rows(h * w), len(files))
-    with MatrixWriter(dest, h * w, chunk_rows=chunk_rows, compression=compression, overwrite=overwrite,
-                      attrs=attrs) as writer:
-        for block, names, failures in progress(results, total=len(batches), desc=f"decode {root.name}",
-                                               unit="batch", enabled=show_progress):
-            if len(names):
-                writer.append(block)
-                labels.extend(names)
-            for where, reason in failures:
-                skipped.add(where, reason)
-        if not labels:
-            examples = "; ".join(f"{p}: {r}" for p, r in skipped.examples[:3])
-            raise ValueError(f"{root} holds {len(files):,} files but none is a readable image ({examples})")
-        writer.row_labels = labels
-    notes = [f"{len(labels):,} images of {len(files):,} files, as {h}x{w} grayscale rows."]
-    return IngestReport("images", root, writer.matrix, n_skipped=skipped.count, skipped=skipped.examples,
-                        notes=notes, seconds=clock.seconds)
+    runner = make_runner(client)
+    try:
+        results = runner.imap("ingest-images-decode", decoder, batches)
+        chunk_rows = min(default_chunk_rows(h * w), len(files))
+        with MatrixWriter(dest, h * w, chunk_rows=chunk_rows, compression=compression, overwrite=overwrite,
+                          attrs=attrs) as writer:
+            for block, names, failures in progress(results, total=len(batches), desc=f"decode {root.name}",
+                                                   unit="batch", enabled=show_progress):
+                if len(names):
+                    writer.append(block)
+                    labels.extend(names)
+                for where, reason in failures:
+                    skipped.add(where, reason)
+            if not labels:
+                examples = "; ".join(f"{p}: {r}" for p, r in skipped.examples[:3])
+                raise ValueError(f"{root} holds {len(files):,} files but none is a readable image ({examples})")
+            writer.row_labels = labels
+        notes = [f"{len(labels):,} images of {len(files):,} files, as {h}x{w} grayscale rows."]
+        return IngestReport("images", root, writer.matrix, n_skipped=skipped.count, skipped=skipped.examples,
+                            notes=notes, seconds=clock.seconds)
+    finally:
+        runner.close()

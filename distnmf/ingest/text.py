@@ -29,10 +29,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.preprocessing import normalize
 
 from distnmf.ingest.images import list_files
-from distnmf.ingest.parallel import ClientArg, ordered_map
 from distnmf.ingest.report import IngestReport, Stopwatch, progress
 from distnmf.matrixwriter import MatrixWriter
-from distnmf.runner import active_client
+from distnmf.runner import ClientArg, make_runner
 
 TOKEN_PATTERN = r"(?u)\b\w\w+\b"  # noqa: S105 - a regular expression, not a password
 
@@ -183,41 +182,43 @@ def ingest_text(src: str | os.PathLike, dest: str | os.PathLike, *, max_features
     clock = Stopwatch()
     analyzer = Analyzer(stop_words=stop_words, lowercase=lowercase)
     parts = plan_partitions(src, docs_per_partition)
-    runner = active_client(client)
+    runner = make_runner(client)
+    try:
 
-    df: Counter[str] = Counter()
-    tf: Counter[str] = Counter()
-    n_docs = 0
-    counted = ordered_map(count_terms, parts, client=runner, name="ingest-text-count",
-                          shared=(analyzer, encoding))
-    for part_df, part_tf, part_n in progress(counted, total=len(parts), desc="count terms",
-                                             unit="partition", enabled=show_progress):
-        df.update(part_df)
-        tf.update(part_tf)
-        n_docs += part_n
-    if n_docs == 0:
-        raise ValueError(f"{src} holds no documents (only blank lines or no files)")
-    vocabulary = select_vocabulary(df, tf, n_docs, min_df, max_df, max_features)
-    if not vocabulary:
-        raise ValueError(f"{src}: no term is left after stop words and min_df={min_df}, max_df={max_df} "
-                         f"({len(df):,} distinct terms in {n_docs:,} documents); lower min_df or raise max_df")
-    doc_freq = np.array([df[t] for t in vocabulary], dtype=np.int64)
-    idf = np.log((1 + n_docs) / (1 + doc_freq)) + 1.0
+        df: Counter[str] = Counter()
+        tf: Counter[str] = Counter()
+        n_docs = 0
+        counted = runner.imap("ingest-text-count", count_terms, parts, shared=(analyzer, encoding))
+        for part_df, part_tf, part_n in progress(counted, total=len(parts), desc="count terms",
+                                                 unit="partition", enabled=show_progress):
+            df.update(part_df)
+            tf.update(part_tf)
+            n_docs += part_n
+        if n_docs == 0:
+            raise ValueError(f"{src} holds no documents (only blank lines or no files)")
+        vocabulary = select_vocabulary(df, tf, n_docs, min_df, max_df, max_features)
+        if not vocabulary:
+            raise ValueError(f"{src}: no term is left after stop words and min_df={min_df}, max_df={max_df} "
+                             f"({len(df):,} distinct terms in {n_docs:,} documents); lower min_df or raise max_df")
+        doc_freq = np.array([df[t] for t in vocabulary], dtype=np.int64)
+        idf = np.log((1 + n_docs) / (1 + doc_freq)) + 1.0
 
-    labels: list[str] = []
-    attrs = {"ingest": {"kind": "text", "source": str(src), "max_features": max_features,
-                        "min_df": min_df, "max_df": max_df, "stop_words": stop_words, "norm": norm}}
-    with MatrixWriter(dest, len(vocabulary), sparse=True, compression=compression, overwrite=overwrite,
-                      col_labels=vocabulary, attrs=attrs) as writer:
-        blocks = ordered_map(tfidf_partition, parts, client=runner, name="ingest-text-tfidf",
-                             shared=(analyzer, vocabulary, idf, norm, encoding))
-        for part_labels, block in progress(blocks, total=len(parts), desc="tf-idf", unit="partition",
-                                           enabled=show_progress):
-            if block.shape[0]:
-                writer.append(block)
-                labels.extend(part_labels)
-        writer.row_labels = labels
-    notes = [f"{n_docs:,} documents in {len(parts):,} partitions; kept {len(vocabulary):,} of "
-             f"{len(df):,} distinct terms."]
-    return IngestReport("text", src, writer.matrix, notes=notes, seconds=clock.seconds,
-                        details={"idf": idf, "df": doc_freq})
+        labels: list[str] = []
+        attrs = {"ingest": {"kind": "text", "source": str(src), "max_features": max_features,
+                            "min_df": min_df, "max_df": max_df, "stop_words": stop_words, "norm": norm}}
+        with MatrixWriter(dest, len(vocabulary), sparse=True, compression=compression, overwrite=overwrite,
+                          col_labels=vocabulary, attrs=attrs) as writer:
+            blocks = runner.imap("ingest-text-tfidf", tfidf_partition, parts,
+                                 shared=(analyzer, vocabulary, idf, norm, encoding))
+            for part_labels, block in progress(blocks, total=len(parts), desc="tf-idf", unit="partition",
+                                               enabled=show_progress):
+                if block.shape[0]:
+                    writer.append(block)
+                    labels.extend(part_labels)
+            writer.row_labels = labels
+        notes = [f"{n_docs:,} documents in {len(parts):,} partitions; kept {len(vocabulary):,} of "
+                 f"{len(df):,} distinct terms."]
+        return IngestReport("text", src, writer.matrix, notes=notes, seconds=clock.seconds,
+                            details={"idf": idf, "df": doc_freq})
+    finally:
+        runner.close()
