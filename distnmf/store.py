@@ -104,11 +104,9 @@ class Matrix:
             return da.from_zarr(str(self.path), component=self.component or None,
                                 chunks=(self.row_bounds_chunks(), self.shape[1]))
         token = dask.base.tokenize(str(self.path), self.row_bounds, storage.version_token(self.path))
-        name = f"read-csr-{token}"
-        graph = {(name, i, 0): (read_rows, self.path, True, a, b, self.shape[1])
-                 for i, (a, b) in enumerate(zip(self.row_bounds[:-1], self.row_bounds[1:]))}
-        meta = sp.csr_array((0, 0), dtype=self.dtype)
-        return da.Array(graph, name, chunks=(self.row_bounds_chunks(), (self.shape[1],)), meta=meta)
+        return da.map_blocks(_read_csr_block, self.path, self.shape[1], name=f"read-csr-{token}",
+                             chunks=(self.row_bounds_chunks(), (self.shape[1],)), dtype=self.dtype,
+                             meta=sp.csr_array((0, 0), dtype=self.dtype))
 
     def row_bounds_chunks(self) -> tuple[int, ...]:
         return tuple(int(b - a) for a, b in zip(self.row_bounds[:-1], self.row_bounds[1:]))
@@ -133,6 +131,12 @@ def read_rows(path: Location, is_sparse: bool, start: int, stop: int, n_cols: in
     data, indices = member(x, "data", zarr.Array), member(x, "indices", zarr.Array)
     return sp.csr_array((read_array(data, lo, hi), read_array(indices, lo, hi), indptr - lo),
                         shape=(stop - start, n_cols))
+
+
+def _read_csr_block(path: Location, n_cols: int, block_info: dict[Any, Any]) -> sp.csr_array:
+    """The row block of a CSR store that ``map_blocks`` asks for (its rows: ``array-location``)."""
+    start, stop = block_info[None]["array-location"][0]
+    return sp.csr_array(read_rows(path, True, start, stop, n_cols))
 
 
 def _read_labels(path: Location, name: str, anndata_path: tuple[str, str]) -> np.ndarray | None:
