@@ -236,7 +236,7 @@ def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", l
 
     ``method="index"`` answers from the store's in-memory :class:`~distnmf.index.SimilarityIndex`
     (loaded, or built and persisted, on first use, held in ``cache``, default
-    ``distnmf.index.default_cache``): exact for small axes, faiss HNSW/IVF with tuned recall for
+    ``distnmf.index.default_cache``): exact for small axes, faiss IVF (else HNSW) with tuned recall for
     large W; ``least`` is always exact. ``method="scan"`` reads W from storage in row blocks of
     ``block_rows`` (default: its storage chunks), one Dask task each, exactly: for W larger than
     memory. ``"auto"`` uses the index when it fits the cache's budget.
