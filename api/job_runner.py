@@ -129,12 +129,27 @@ class Cluster:
                     self._client = None
                     self._client = self.connect()
                     self.dashboard_url = self._client.dashboard_link
+                    self._warm_workers(self._client)
                 if self._client.status == "running":
                     state = ClusterState(*cluster_summary(self._client))
             except Exception as exc:  # unreachable, refused, closed mid-call: all mean "not now"
                 log.debug("scheduler at %s not reachable: %s", self.address, exc)
             self._publish(state)
             return state
+
+    @staticmethod
+    def _warm_workers(client: Any) -> None:
+        """Have every worker, present and future, import the engine (in the background: the
+        service does not wait for it)."""
+        from distnmf.one_task import WarmEngine
+
+        def register() -> None:
+            try:
+                client.register_plugin(WarmEngine())
+            except Exception as exc:  # workers without distnmf fail their first job with a clearer error
+                log.warning("could not have the workers import the engine ahead of jobs: %s", exc)
+
+        threading.Thread(target=register, name="distnmf-warm-workers", daemon=True).start()
 
     def wait_until_ready(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for a scheduler with a worker; whether there is one."""
@@ -365,7 +380,8 @@ class JobRunner:
         matrix = open_matrix(source)
         k = params.get("n_components")
         k = matrix.shape[1] if k in (None, "auto") else int(k)
-        if self.settings.one_task_fits and fits_one_task(matrix, k, cluster_capacity(client)):
+        mode = self.settings.one_task_fits
+        if mode != "never" and fits_one_task(matrix, k, cluster_capacity(client), any_work=mode == "always"):
             def submitted(future: Any) -> None:
                 with self._lock:
                     running.whole_fit = future

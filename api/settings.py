@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,9 +42,10 @@ class Settings(BaseSettings):
                                                 "cross-site; none by default (JSON list).")
     n_workers: int | None = Field(None, ge=1, description="Workers of the embedded LocalCluster (default: cores).")
     max_concurrent_jobs: int = Field(1, ge=1, description="Jobs running on the cluster at the same time.")
-    one_task_fits: bool = Field(True, description="Run a job whose fit fits one worker's task memory as one task "
-                                "on one worker (the in-process engine there, no per-iteration round trips); "
-                                "false: every job runs block-parallel across the cluster.")
+    one_task_fits: Literal["auto", "always", "never"] = Field(
+        "auto", description="Run a job as one task on one worker (the in-process engine there, no per-iteration "
+        "round trips): 'auto' when its fit fits a worker's task memory and its work per iteration is small "
+        "(distnmf.one_task.fits_one_task), 'always' whenever it fits the memory, 'never' (block-parallel).")
     max_upload_bytes: int = Field(2 * 2**30, ge=1, description="Largest accepted upload.")
     max_json_bytes: int = Field(16 * 2**20, ge=1024, description="Largest JSON request body.")
     max_components: int = Field(1000, ge=1, description="Largest n_components of a job.")

@@ -9,7 +9,8 @@ basis of ``distnmf.one_task.fit_memory`` (the rule that decides when a job runs 
 
 Part ``time``: scikit-learn's ``NMF(solver="cd", init="nndsvda")`` on X in memory, then the
 real service (uvicorn, SQLite, an embedded 2-worker x 1-thread LocalCluster) started twice,
-with ``one_task_fits`` on and off. A job at defaults (random_state=0) locates the first
+with ``one_task_fits="always"`` (every job as one task) and ``"never"`` (block-parallel); the
+service's default, ``"auto"``, picks per job (``distnmf.one_task.fits_one_task``). A job at defaults (random_state=0) locates the first
 iteration whose error reaches scikit-learn's final error; a second job of exactly that many
 iterations (``tol=0``) is then timed from the client's submit to its ``succeeded`` event, and
 its recorded final error checked. RATIO = that time / scikit-learn's fit time (target <= 0.7).
@@ -76,6 +77,7 @@ def part_memory(cases: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def service_job_times(cases: list[dict[str, Any]], targets: dict[str, float], one_task: bool) -> dict[str, Any]:
+    """The service's time to reach each case's target error, every job as one task or none."""
     import distnmf
     from distnmf.client import Client
     from distnmf_api.server import BackgroundServer
@@ -83,13 +85,13 @@ def service_job_times(cases: list[dict[str, Any]], targets: dict[str, float], on
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="distnmf-bench-service-") as data_dir:
-        settings = Settings(data_dir=Path(data_dir), n_workers=2, one_task_fits=one_task)
+        settings = Settings(data_dir=Path(data_dir), n_workers=2, one_task_fits="always" if one_task else "never")
         with BackgroundServer(settings) as server, Client(server.url, timeout=600) as client:
             for case in cases:
                 name, k, target = case["name"], case["k"], targets[case["name"]]
                 matrix = client.upload(distnmf.open_matrix(case["path"]).to_memory(), name=name)
                 warm = client.submit(matrix, n_components=k, max_iter=2, tol=0, random_state=0)
-                warm.wait(progress=False)  # workers import the engine once (a running service has)
+                warm.wait(progress=False)  # the matrix is read once (the page cache warm, as for scikit-learn)
                 located = client.submit(matrix, n_components=k, random_state=0).wait(progress=False)
                 reach = next((i + 1 for i, e in enumerate(located.error_history)
                               if e <= target * (1 + REACH_RTOL)), None)

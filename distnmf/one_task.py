@@ -17,11 +17,14 @@ the block-parallel path guarantees:
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+
+from distributed import WorkerPlugin
 
 from distnmf import storage
 from distnmf.runner import Capacity, DaskRunner, current_worker
@@ -36,7 +39,29 @@ from distnmf.store import Matrix
 FIXED_BYTES = 128 * 2**20
 X_FACTOR = 1.5
 FACTORS_FACTOR = 12.0
+MAX_WORK = 2.5e8
+"""Largest nnz(X) x k run as one task when the cluster has several threads. An iteration costs
+about 4 nnz k flops: below this it takes tens of milliseconds on one thread, as much as the
+scheduler round trips it saves; above, spreading it over the workers wins (``bench/service.py``:
+sparse 1.35 M non-zeros at k=20, 2.7e7, ran in 0.90 of scikit-learn's time as one task against
+1.43 block-parallel; dense 64.5 M values at k=50, 3.2e9, in 0.51 against 0.23)."""
 ENDED_GRACE = 10.0  # seconds to wait for a cancelled task to say it stopped
+
+
+class WarmEngine(WorkerPlugin):
+    """Imports the engine in every worker, now and as workers join (measured ~2-4 s per worker
+    here), so that the first fit on a worker does not pay for it."""
+
+    name = "distnmf-warm-engine"
+    idempotent = True
+
+    async def setup(self, worker: Any) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, _import_engine)
+
+
+def _import_engine() -> None:
+    import distnmf.estimator
+    import distnmf.factors  # noqa: F401
 
 
 class FitAbandoned(RuntimeError):
@@ -52,10 +77,14 @@ def fit_memory(matrix: Matrix, k: int) -> int:
     return int(FIXED_BYTES + X_FACTOR * x_bytes + FACTORS_FACTOR * 4 * k * (m + n))
 
 
-def fits_one_task(matrix: Matrix, k: int, capacity: Capacity) -> bool:
-    """Whether a fit of ``matrix`` at rank ``k`` fits what one task may use on the tightest worker
-    (``capacity.task_memory``: half its memory limit, less what it holds, per thread)."""
-    return capacity.workers > 0 and fit_memory(matrix, k) <= capacity.task_memory
+def fits_one_task(matrix: Matrix, k: int, capacity: Capacity, *, any_work: bool = False) -> bool:
+    """Whether a fit of ``matrix`` at rank ``k`` should run as one task: it fits what one task may
+    use on the tightest worker (``capacity.task_memory``: half its memory limit, less what it
+    holds, per thread), and its work per iteration is at most :data:`MAX_WORK` unless the cluster
+    has a single thread anyway (or ``any_work``)."""
+    if capacity.workers == 0 or fit_memory(matrix, k) > capacity.task_memory:
+        return False
+    return any_work or capacity.threads <= 1 or matrix.nnz * k <= MAX_WORK
 
 
 def factorize_task(source: storage.Location, out: storage.Location, checkpoint: storage.Location, topic: str,

@@ -42,7 +42,7 @@ def test_job_survives_worker_loss_and_a_scheduler_restart(dask_processes, tmp_pa
     X = np.random.default_rng(7).random((3000, 120), dtype=np.float32)
     params = {"n_components": 6, "max_iter": 80, "tol": 0.0, "random_state": 0, "init": "random"}
     # block-parallel (this small job would run as one task, in well under a second)
-    settings = Settings(data_dir=tmp_path / "data", scheduler=dask_processes.address, one_task_fits=False)
+    settings = Settings(data_dir=tmp_path / "data", scheduler=dask_processes.address, one_task_fits="never")
     with BackgroundServer(settings) as server, Client(server.url, retries=0) as client:
         matrix = client.upload(X, name="random")
         job = client.submit(matrix, checkpoint_every=5, **params)
@@ -141,7 +141,7 @@ def test_second_service_on_the_same_data_dir_is_refused(dask_cluster, tmp_path) 
 def test_locked_database_does_not_wedge_jobs(dask_cluster, tmp_path) -> None:
     # block-parallel, so that the first job is still running while the database is locked
     settings = Settings(data_dir=tmp_path, scheduler=dask_cluster.scheduler_address, max_concurrent_jobs=1,
-                        one_task_fits=False)
+                        one_task_fits="never")
     X = np.random.default_rng(1).random((600, 50), dtype=np.float32)
     with BackgroundServer(settings) as server, Client(server.url) as client:
         matrix = client.upload(X, name="random")
