@@ -16,8 +16,8 @@ from distnmf.runner import DaskRunner, NoWorkersError
 from distnmf.storage import atomic_path
 from distnmf.store import Matrix, open_matrix
 from distnmf.zarrnodes import write_labels
+from distnmf_api.cluster import Cluster
 from distnmf_api.errors import ClusterUnavailable, PathRefused, Unprocessable
-from distnmf_api.job_runner import Cluster
 from distnmf_api.jobstore import JobStore, StoredMatrix
 from distnmf_api.layout import DataDir
 from distnmf_api.schemas import MatrixFormat

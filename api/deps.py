@@ -14,7 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from distnmf.factors import Factors
 from distnmf.wire import JobRecord, JobStatus
-from distnmf_api.job_runner import Cluster, JobRunner
+from distnmf_api.cluster import Cluster
+from distnmf_api.job_runner import JobRunner
 from distnmf_api.jobstore import JobStore, StoredMatrix
 from distnmf_api.serving import Served
 from distnmf_api.settings import Settings

@@ -12,8 +12,9 @@ from threadpoolctl import threadpool_limits
 
 from distnmf import __version__
 from distnmf_api import errors, guards
+from distnmf_api.cluster import Cluster
 from distnmf_api.deps import require_token
-from distnmf_api.job_runner import Cluster, JobRunner
+from distnmf_api.job_runner import JobRunner
 from distnmf_api.jobstore import JobStore
 from distnmf_api.routers import health, jobs, matrices, results, version
 from distnmf_api.routers.pages import add_pages

@@ -475,7 +475,7 @@ def test_external_tls_scheduler_needs_the_configured_certificates(tmp_path) -> N
     from distributed import LocalCluster
     from distributed.security import Security
 
-    from distnmf_api.job_runner import Cluster
+    from distnmf_api.cluster import Cluster
     from distnmf_api.settings import Settings
 
     credentials = Security.temporary()  # one self-signed certificate: CA, scheduler, worker and client

@@ -21,9 +21,9 @@ from distnmf import storage
 from distnmf.validation import check_rank
 from distnmf.wire import JobPage, JobRecord, JobStatus
 from distnmf_api import events
+from distnmf_api.cluster import Cluster
 from distnmf_api.deps import ClusterDep, JobDep, RunnerDep, ServedDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
-from distnmf_api.job_runner import Cluster
 from distnmf_api.schemas import NAME_PATTERN, BetaLoss, Error, JobKind, SubmitJob
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

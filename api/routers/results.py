@@ -20,9 +20,9 @@ from distnmf.runner import client_of_this_thread
 from distnmf.store import open_matrix
 from distnmf.wire import Hit
 from distnmf_api import factor_io
+from distnmf_api.cluster import Cluster
 from distnmf_api.deps import ClusterDep, FactorsDep, JobDep, RankJobDep, ServedDep, SettingsDep, StoreDep
 from distnmf_api.errors import Unprocessable
-from distnmf_api.job_runner import Cluster
 from distnmf_api.schemas import (
     Axis,
     ComponentTop,
