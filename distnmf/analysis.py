@@ -1,5 +1,5 @@
 """Queries on a factorization: topics, similar rows and columns, co-occurrence, recommendations,
-fold-in of new rows, and rank sweeps.
+and fold-in of new rows.
 
 Every query that touches W (n_rows, k) or X (n_rows, n_cols) reads them in row blocks, one task
 per block on the runner (the active Dask cluster, else in-process), so they work when W or X is
@@ -10,10 +10,7 @@ vector per block travel back. The pure numerical parts (``block_candidates``,
 
 from __future__ import annotations
 
-import difflib
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -21,130 +18,18 @@ import scipy.sparse as sp
 
 from distnmf.factors import Factors
 from distnmf.index import IndexCache, SimilarityIndex, default_cache, normalize_rows
+from distnmf.lookup import AXES, IndexOutOfRangeError, UnknownLabelError, check_axis, check_k, resolve_index
 from distnmf.runner import make_runner
 from distnmf.source import BlockSource, as_source, materialize
 from distnmf.store import Matrix, open_matrix
-from distnmf.validation import check_rank
+from distnmf.topk import block_candidates, hits, merge_candidates
 from distnmf.wire import Hit
 
-AXES = ("rows", "columns")
+__all__ = ["AXES", "METHODS", "Hit", "IndexOutOfRangeError", "UnknownLabelError", "block_candidates",
+           "column_cooccurrence", "cooccurring", "merge_candidates", "recommend", "resolve_index", "similar",
+           "similar_in", "similar_to_vector", "top_components", "transform"]
+
 METHODS = ("auto", "index", "scan")
-_SUGGEST_MAX_LABELS = 200_000
-
-
-class UnknownLabelError(ValueError, KeyError):
-    """A label that is not on the axis; a ``ValueError`` (bad input) and a ``KeyError`` (lookup)."""
-
-    __str__ = ValueError.__str__
-
-
-class IndexOutOfRangeError(ValueError, IndexError):
-    """An integer position outside the axis; a ``ValueError`` and an ``IndexError``."""
-
-    __str__ = ValueError.__str__
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def resolve_index(labels: np.ndarray | None, key: str | int, n: int, axis_name: str,
-                  positions: dict[str, int] | None = None) -> int:
-    """Position of ``key`` (a label or an integer index) on an axis of length ``n``.
-
-    A string is looked up among ``labels``; a string of digits that is not a label is taken as
-    an index (so "42" works on labelled and unlabelled axes alike). Raises :class:`UnknownLabelError`
-    (naming the label and close matches)
-    or :class:`IndexOutOfRangeError`; both are ``ValueError``. ``positions`` (label -> first position,
-    e.g. ``Factors.row_positions``) makes the lookup O(1) instead of a scan of ``labels``.
-    """
-    if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
-        index = int(key)
-        if not 0 <= index < n:
-            raise IndexOutOfRangeError(f"{axis_name} index {index} is out of range: there are {n} "
-                                       f"{axis_name}s (valid indices 0..{n - 1})")
-        return index
-    if not isinstance(key, str):
-        raise ValueError(f"{axis_name} must be a label (str) or an index (int), got {type(key).__name__} {key!r}")
-    if positions is not None:
-        if key in positions:
-            return positions[key]
-    elif labels is not None and len(matches := np.flatnonzero(labels == key)):
-        return int(matches[0])
-    if key.strip().isdigit():
-        return resolve_index(None, int(key), n, axis_name)
-    if labels is None:
-        raise UnknownLabelError(f"{axis_name} {key!r} not found: this store has no {axis_name} labels; "
-                                f"pass an integer index in 0..{n - 1}")
-    hint = ""
-    if len(labels) <= _SUGGEST_MAX_LABELS:
-        close = difflib.get_close_matches(key, labels.tolist(), n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise UnknownLabelError(f"{axis_name} label {key!r} not found among {len(labels)} {axis_name} labels{hint}")
-
-
-def _check_k(k: int, available: int, what: str, name: str = "k") -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {k!r}")
-    if k < 1:
-        raise ValueError(f"{name} must be >= 1, got {k}")
-    if k > available:
-        raise ValueError(f"{name}={k} is larger than the number of {what} ({available})")
-    return int(k)
-
-
-def _check_axis(axis: str) -> str:
-    if axis not in AXES:
-        raise ValueError(f"axis must be 'rows' or 'columns', got {axis!r}")
-    return axis
-
-
-def _hits(indices: np.ndarray, scores: np.ndarray, labels: np.ndarray | None) -> list[Hit]:
-    return [Hit(int(i), None if labels is None else str(labels[i]), float(s)) for i, s in zip(indices, scores)]
-
-
-# --------------------------------------------------------------------------- top-k kernels
-
-
-def block_candidates(scores: np.ndarray, offset: int, k: int, least: bool = False,
-                     exclude: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The best ``k`` entries of each row of a score block, with global indices.
-
-    Parameters
-    ----------
-    scores : ndarray of shape (n_queries, m)
-        Scores of the block's m items (global positions ``offset .. offset + m``) per query.
-    k : entries kept per query; ties at the k-th score are all kept, so merging is exact.
-    least : keep the lowest scores instead of the highest.
-    exclude : optional int array (n_queries,) of a global index to skip per query (-1: none).
-
-    Returns
-    -------
-    One ``(indices, scores)`` pair per query, unsorted.
-    """
-    key = scores if least else -scores
-    out = []
-    for q in range(scores.shape[0]):
-        row = key[q].astype(np.float64)
-        if exclude is not None and offset <= exclude[q] < offset + row.shape[0]:
-            row[exclude[q] - offset] = np.inf
-        keep = np.flatnonzero(np.isfinite(row))
-        if len(keep) > k:
-            threshold = np.partition(row[keep], k - 1)[k - 1]
-            keep = keep[row[keep] <= threshold]
-        out.append((keep + offset, scores[q, keep]))
-    return out
-
-
-def merge_candidates(parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int,
-                     least: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-block candidates of one query into the exact top ``k``: (indices, scores),
-    best first, ties broken by the lower index."""
-    if not parts:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    idx = np.concatenate([p[0] for p in parts]).astype(np.int64)
-    val = np.concatenate([p[1] for p in parts])
-    order = np.lexsort((idx, val if least else -val))[:k]
-    return idx[order], val[order]
 
 
 def _cosine_candidates(block: np.ndarray, offset: int, Q: np.ndarray, k: int, least: bool,
@@ -203,7 +88,7 @@ def top_components(factors: Factors, component: int, top: int = 10, *, method: s
     if isinstance(component, bool) or not isinstance(component, (int, np.integer)) or not 0 <= component < k_c:
         raise ValueError(f"component must be an integer in 0..{k_c - 1} (the fit has {k_c} components), "
                          f"got {component!r}")
-    _check_k(top, max(factors.shape), "rows or columns", name="top")
+    check_k(top, max(factors.shape), "rows or columns", name="top")
     n_rows, n_cols = factors.shape
     in_memory = _index_for(factors, "rows", method, cache)
     rows = in_memory.top_of_component(int(component), min(top, n_rows)) if in_memory is not None else None
@@ -212,8 +97,8 @@ def top_components(factors: Factors, component: int, top: int = 10, *, method: s
                            min(top, n_rows), False)[0]
     h = factors.H[int(component)][None, :]
     cols = merge_candidates(block_candidates(h, 0, min(top, n_cols)), min(top, n_cols))
-    return {"component": int(component), "rows": _hits(*rows, factors.row_labels),
-            "columns": _hits(*cols, factors.col_labels)}
+    return {"component": int(component), "rows": hits(*rows, factors.row_labels),
+            "columns": hits(*cols, factors.col_labels)}
 
 
 def _index_for(factors: Factors, axis: str, method: str, cache: IndexCache | None) -> SimilarityIndex | None:
@@ -241,7 +126,7 @@ def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", l
     ``block_rows`` (default: its storage chunks), one Dask task each, exactly: for W larger than
     memory. ``"auto"`` uses the index when it fits the cache's budget.
     """
-    _check_axis(axis)
+    check_axis(axis)
     in_memory = _index_for(factors, axis, method, cache)
     if in_memory is not None:
         return similar_in(in_memory, factors, key, k, axis, least)
@@ -249,7 +134,7 @@ def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", l
     axis_name = axis[:-1]
     labels = factors.row_labels if axis == "rows" else factors.col_labels
     index = resolve_index(labels, key, n, axis_name, factors.row_positions if axis == "rows" else factors.col_positions)
-    k = _check_k(k, n - 1, f"other {axis}")
+    k = check_k(k, n - 1, f"other {axis}")
     exclude = np.array([index])
     HT = None if axis == "rows" else factors.H.T
     query = factors.read_W(index, index + 1) if HT is None else HT[index][None, :]
@@ -260,20 +145,20 @@ def similar(factors: Factors, key: str | int, k: int = 10, axis: str = "rows", l
     else:
         step = block_rows or len(HT)
         results = [_cosine_candidates(HT[a:a + step], a, Q, k, least, exclude) for a in range(0, len(HT), step)]
-    return _hits(*_query_topk(results, 1, k, least)[0], labels)
+    return hits(*_query_topk(results, 1, k, least)[0], labels)
 
 
 def similar_in(in_memory: SimilarityIndex, factors: Factors, key: str | int, k: int = 10, axis: str = "rows",
                least: bool = False) -> list[Hit]:
     """:func:`similar` answered from ``in_memory``, the loaded index of ``factors`` along ``axis``."""
-    _check_axis(axis)
+    check_axis(axis)
     n = factors.shape[0] if axis == "rows" else factors.shape[1]
     labels = factors.row_labels if axis == "rows" else factors.col_labels
     index = resolve_index(labels, key, n, axis[:-1], factors.row_positions if axis == "rows" else factors.col_positions)
-    k = _check_k(k, n - 1, f"other {axis}")
+    k = check_k(k, n - 1, f"other {axis}")
     query = in_memory.vectors[index][None, :]
     _check_nonzero(query, f"{axis[:-1]} {key!r}")
-    return _hits(*in_memory.search(query, k, least, np.array([index]))[0], labels)
+    return hits(*in_memory.search(query, k, least, np.array([index]))[0], labels)
 
 
 def similar_to_vector(factors: Factors, w: np.ndarray, k: int = 10, least: bool = False, *, method: str = "auto",
@@ -291,7 +176,7 @@ def _similar_to_vectors(factors: Factors, Wq: np.ndarray, k: int, least: bool, s
     if Wq.ndim != 2 or Wq.shape[1] != factors.n_components:
         raise ValueError(f"coefficient vector must have length n_components={factors.n_components}, "
                          f"got shape {Wq.shape[1:] if Wq.ndim == 2 else Wq.shape}")
-    k = _check_k(k, factors.shape[0], "rows")
+    k = check_k(k, factors.shape[0], "rows")
     zero = ~np.any(Wq > 0, axis=1)
     if strict and zero.any():
         _check_nonzero(Wq[zero][:1], "the coefficient vector")
@@ -304,7 +189,7 @@ def _similar_to_vectors(factors: Factors, Wq: np.ndarray, k: int, least: bool, s
         results = _scan_w(factors, _cosine_candidates, normalize_rows(Wq), k, least, None, block_rows=block_rows)
         pairs = _query_topk(results, len(Wq), k, least)
     labels = factors.row_labels
-    return [[] if zero[q] else _hits(*pair, labels) for q, pair in enumerate(pairs)]
+    return [[] if zero[q] else hits(*pair, labels) for q, pair in enumerate(pairs)]
 
 
 def _check_nonzero(vectors: np.ndarray, what: str) -> None:
@@ -346,12 +231,12 @@ def cooccurring(matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10)
     n_rows, n_cols = matrix.shape
     labels = matrix.col_labels
     c = resolve_index(labels, key, n_cols, "column")
-    k = _check_k(k, n_cols - 1, "other columns")
+    k = check_k(k, n_cols - 1, "other columns")
     scores = _map_row_blocks("nmf-cooccurrence", as_source(matrix), _cooccurrence_of_block, c, reduce=True)[0]
     scores[c] = 0.0
     candidates = np.flatnonzero(scores > 0)
     idx, val = merge_candidates([(candidates, scores[candidates])], k)
-    return _hits(idx, val, labels)
+    return hits(idx, val, labels)
 
 
 def recommend(factors: Factors, matrix: Matrix | str | os.PathLike, key: str | int, k: int = 10) -> list[Hit]:
@@ -369,17 +254,17 @@ def recommend(factors: Factors, matrix: Matrix | str | os.PathLike, key: str | i
     n_rows, n_cols = factors.shape
     labels = factors.row_labels if factors.row_labels is not None else matrix.row_labels
     i = resolve_index(labels, key, n_rows, "row")
-    k = _check_k(k, n_cols, "columns")
+    k = check_k(k, n_cols, "columns")
     scores = (factors.read_W(i, i + 1) @ factors.H).ravel()
     row = matrix.read_rows(i, i + 1)
     seen = sp.csr_array(row).indices if sp.issparse(row) else np.flatnonzero(np.asarray(row).ravel())
     unseen = np.setdiff1d(np.arange(n_cols), seen, assume_unique=True)
     idx, val = merge_candidates([(unseen, scores[unseen])], k)
     col_labels = factors.col_labels if factors.col_labels is not None else matrix.col_labels
-    return _hits(idx, val, col_labels)
+    return hits(idx, val, col_labels)
 
 
-# --------------------------------------------------------------------------- new rows and ranks
+# --------------------------------------------------------------------------- new rows
 
 
 def transform(factors: Factors, X_new: Any, similar_k: int = 0, *, cache: IndexCache | None = None,
@@ -415,50 +300,3 @@ def transform(factors: Factors, X_new: Any, similar_k: int = 0, *, cache: IndexC
     if similar_k == 0:
         return W_new, [[] for _ in range(len(W_new))]
     return W_new, _similar_to_vectors(factors, W_new, similar_k, False, strict=False, method=method, cache=cache)
-
-
-def rank_sweep(source: Any, ks: Sequence[int], **nmf_params: Any) -> list[dict]:
-    """Fit NMF once per rank in ``ks`` and report how well each explains X.
-
-    Returns one dict per rank, in the order given: ``{"n_components", "reconstruction_err",
-    "relative_error" (reconstruction_err / ||X||_F), "n_iter"}``. With an active
-    ``distributed.Client`` several fits run at once (up to the cluster's thread count, and only
-    as many copies of X as fit in 40% of the cluster's memory); otherwise they run one by one.
-    """
-    from distnmf.estimator import NMF
-    from distnmf.runner import active_client
-    from distnmf.source import as_source
-
-    if isinstance(source, (str, os.PathLike)):
-        source = open_matrix(source)
-    ks = [int(k) for k in ks]
-    if not ks:
-        raise ValueError("ks is empty; give at least one n_components value, e.g. [5, 10, 20]")
-    info = as_source(source)
-    for k in ks:
-        check_rank(k, info.shape)
-    if "n_components" in nmf_params:
-        raise ValueError("pass the ranks through ks, not n_components")
-
-    def fit(k: int) -> dict:
-        model = NMF(n_components=k, **nmf_params).fit(source)
-        relative = model.error_history_[-1] if model.error_history_ else None
-        return {"n_components": k, "reconstruction_err": float(model.reconstruction_err_),
-                "relative_error": None if relative is None else float(relative), "n_iter": int(model.n_iter_)}
-
-    parallel = _parallel_fits(active_client(), info.nbytes, len(ks))
-    if parallel == 1:
-        return [fit(k) for k in ks]
-    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="distnmf-sweep") as pool:
-        return list(pool.map(fit, ks))
-
-
-def _parallel_fits(client: Any, x_nbytes: int, n_fits: int) -> int:
-    """How many fits to run at once on ``client``: bounded by its threads and its memory."""
-    from distnmf.runner import cluster_capacity
-
-    if client is None:
-        return 1
-    capacity = cluster_capacity(client)
-    by_memory = int(0.4 * capacity.memory // max(1, x_nbytes)) if capacity.memory else capacity.threads
-    return max(1, min(n_fits, capacity.threads, by_memory))

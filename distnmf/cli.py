@@ -263,8 +263,8 @@ def sweep(
 
     Example: distnmf sweep ratings.zarr -k 2,4,8,16 --cv --plot rank.png
     """
-    from distnmf.analysis import rank_sweep
     from distnmf.plots import elbow_plot
+    from distnmf.rank import rank_sweep
     from distnmf.store import open_matrix
 
     ranks = _parse_ks(ks)

@@ -192,7 +192,7 @@ def error_curve(errors: Sequence[float] | Factors, path: str | os.PathLike) -> P
 
 
 def elbow_plot(sweep: Sequence[dict], path: str | os.PathLike) -> Path:
-    """Reconstruction error against rank from :func:`distnmf.analysis.rank_sweep`. 6 x 4 inches."""
+    """Reconstruction error against rank from :func:`distnmf.rank.rank_sweep`. 6 x 4 inches."""
     if not sweep:
         raise ValueError("the sweep is empty: nothing to plot")
     points = sorted(sweep, key=lambda r: r["n_components"])

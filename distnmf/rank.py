@@ -199,7 +199,6 @@ def select_rank(X: Any, ks: Sequence[int], *, test_fraction: float = 0.05, repli
 
     Returns a :class:`RankReport`.
     """
-    from distnmf.analysis import _parallel_fits
     from distnmf.runner import DaskRunner, LocalRunner, active_client, cluster_capacity
 
     ks = _check_ks(ks, X)
@@ -230,7 +229,7 @@ def select_rank(X: Any, ks: Sequence[int], *, test_fraction: float = 0.05, repli
         finally:
             runner.close()
 
-    parallel = _parallel_fits(client, base.nbytes, len(jobs))
+    parallel = parallel_fits(client, base.nbytes, len(jobs))
     if parallel == 1:
         results = [run(job) for job in jobs]
     else:
@@ -288,3 +287,50 @@ def _fit_and_test(runner: Any, base: BlockSource, read: Any, holdout: HoldOut, k
         raise ValueError(f"no entry was held out (test_fraction={holdout.fraction} of {int(n_train)} observed "
                          f"entries); raise test_fraction")
     return math.sqrt(test_sq / n_test), result.reconstruction_err / math.sqrt(n_train), int(n_test)
+
+
+def rank_sweep(source: Any, ks: Sequence[int], **nmf_params: Any) -> list[dict]:
+    """Fit NMF once per rank in ``ks`` and report how well each explains X.
+
+    Returns one dict per rank, in the order given: ``{"n_components", "reconstruction_err",
+    "relative_error" (reconstruction_err / ||X||_F), "n_iter"}``. With an active
+    ``distributed.Client`` several fits run at once (up to the cluster's thread count, and only
+    as many copies of X as fit in 40% of the cluster's memory); otherwise they run one by one.
+    """
+    from distnmf.estimator import NMF
+    from distnmf.runner import active_client
+    from distnmf.source import as_source
+
+    if isinstance(source, (str, os.PathLike)):
+        source = open_matrix(source)
+    ks = [int(k) for k in ks]
+    if not ks:
+        raise ValueError("ks is empty; give at least one n_components value, e.g. [5, 10, 20]")
+    info = as_source(source)
+    for k in ks:
+        check_rank(k, info.shape)
+    if "n_components" in nmf_params:
+        raise ValueError("pass the ranks through ks, not n_components")
+
+    def fit(k: int) -> dict:
+        model = NMF(n_components=k, **nmf_params).fit(source)
+        relative = model.error_history_[-1] if model.error_history_ else None
+        return {"n_components": k, "reconstruction_err": float(model.reconstruction_err_),
+                "relative_error": None if relative is None else float(relative), "n_iter": int(model.n_iter_)}
+
+    parallel = parallel_fits(active_client(), info.nbytes, len(ks))
+    if parallel == 1:
+        return [fit(k) for k in ks]
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="distnmf-sweep") as pool:
+        return list(pool.map(fit, ks))
+
+
+def parallel_fits(client: Any, x_nbytes: int, n_fits: int) -> int:
+    """How many fits to run at once on ``client``: bounded by its threads and its memory."""
+    from distnmf.runner import cluster_capacity
+
+    if client is None:
+        return 1
+    capacity = cluster_capacity(client)
+    by_memory = int(0.4 * capacity.memory // max(1, x_nbytes)) if capacity.memory else capacity.threads
+    return max(1, min(n_fits, capacity.threads, by_memory))

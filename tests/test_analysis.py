@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from distnmf import analysis
+from distnmf import analysis, rank
 from distnmf.analysis import Hit
 from distnmf.factors import save_factors
 from distnmf.matrixwriter import save_matrix
@@ -119,7 +119,7 @@ def test_fold_in_recovers_rows(data):
 
 def test_rank_sweep_errors_decrease(data):
     X = data[0]
-    results = analysis.rank_sweep(X, [1, 3, 6], max_iter=60, random_state=0)
+    results = rank.rank_sweep(X, [1, 3, 6], max_iter=60, random_state=0)
     assert [r["n_components"] for r in results] == [1, 3, 6]
     errors = [r["reconstruction_err"] for r in results]
     assert errors[0] > errors[1] > errors[2]
@@ -130,10 +130,10 @@ def test_rank_sweep_errors_decrease(data):
 
 
 def test_rank_sweep_parallel_on_cluster(data, dask_client):
-    results = analysis.rank_sweep(data[3], [2, 4], max_iter=30, random_state=0)
+    results = rank.rank_sweep(data[3], [2, 4], max_iter=30, random_state=0)
     assert [r["n_components"] for r in results] == [2, 4]
     assert results[0]["reconstruction_err"] > results[1]["reconstruction_err"]
-    assert analysis._parallel_fits(dask_client, 1000, 5) == 2
+    assert rank.parallel_fits(dask_client, 1000, 5) == 2
 
 
 @pytest.mark.parametrize(("call", "message"), [
@@ -147,7 +147,7 @@ def test_rank_sweep_parallel_on_cluster(data, dask_client):
     (lambda f, m: analysis.recommend(f, m, "r1", k=N_COLS + 1), "larger than the number of columns"),
     (lambda f, m: analysis.similar_to_vector(f, np.zeros(K)), "all-zero coefficient vector"),
     (lambda f, m: analysis.similar_to_vector(f, np.ones(K + 1)), "n_components=4"),
-    (lambda f, m: analysis.rank_sweep(m, [N_COLS + 1]), "n_components must be in 1..25 for a .* matrix .*got 26"),
+    (lambda f, m: rank.rank_sweep(m, [N_COLS + 1]), "n_components must be in 1..25 for a .* matrix .*got 26"),
 ])
 def test_bad_input_raises_value_error(data, call, message):
     with pytest.raises(ValueError, match=message):

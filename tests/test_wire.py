@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from fastapi.testclient import TestClient
 
-from distnmf import analysis, client, wire
+from distnmf import analysis, async_client, wire
 from distnmf.wire import JobRecord, JobStatus, MatrixRecord, from_json
 from distnmf_api import schemas
 from distnmf_api.jobstore import JobStore, StoredMatrix
@@ -19,8 +19,8 @@ def test_is_terminal() -> None:
 
 
 def test_one_definition_each() -> None:
-    assert client.Hit is analysis.Hit is wire.Hit
-    assert client.JobStatus is wire.JobStatus and client.MatrixRecord is wire.MatrixRecord
+    assert async_client.Hit is analysis.Hit is wire.Hit
+    assert async_client.JobStatus is wire.JobStatus and async_client.MatrixRecord is wire.MatrixRecord
     for name in ("Hit", "MatrixRecord", "JobRecord", "JobStatus"):
         assert not hasattr(schemas, name) or getattr(schemas, name) is getattr(wire, name), name
 
