@@ -34,11 +34,11 @@ from distnmf.store import Matrix
 # bytes of W and H. Measured (``python bench/service.py --only memory``: peak RSS growth of a fit
 # from a store, kernels compiled beforehand): dense 15,747 x 4,096 k=50 306 MiB for X 246 MiB
 # (1.2x); sparse 20,000 x 800 k=10 110 MiB for X 6 MiB and W, H 1 MiB; sparse 75,000 x 73,890
-# k=20 252 MiB for X 11 MiB and W, H 11 MiB (the randomized SVD's float64 panels and the
+# k=20 252-271 MiB for X 11 MiB and W, H 11 MiB (the randomized SVD's float64 panels and the
 # iteration's k x n and m x k temporaries dominate). The rule overestimates all three.
 FIXED_BYTES = 128 * 2**20
 X_FACTOR = 1.5
-FACTORS_FACTOR = 12.0
+FACTORS_FACTOR = 16.0
 MAX_WORK = 2.5e8
 """Largest nnz(X) x k run as one task when the cluster has several threads. An iteration costs
 about 4 nnz k flops: below this it takes tens of milliseconds on one thread, as much as the
