@@ -6,11 +6,10 @@ Every command prints a one-line ``error: ...`` on stderr and exits with status 1
 
 import contextlib
 import dataclasses
-import functools
 import json
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,6 +18,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from distnmf.cli_plugins import add_plugin_commands
 from distnmf.console import err, out, scheduler_client, user_errors
 from distnmf.ingest.cli import app as ingest_app
 
@@ -373,58 +373,7 @@ def plot(
             out.print(f"{name}: {paths}")
 
 
-# --------------------------------------------------------------------------- commands of other packages
-
-COMMANDS_GROUP = "distnmf.commands"
-
-
-EXTRA_HINT = "pip install 'distnmf[server]'"
-
-
-def _missing_extra(name: str, exc: ModuleNotFoundError) -> typer.Exit:
-    typer.echo(f"error: `distnmf {name}` needs the server extra ({exc.name} is not installed): {EXTRA_HINT}",
-               err=True)
-    return typer.Exit(1)
-
-
-def _plugin_command(name: str, load: Callable[[], Callable[..., Any]]) -> Callable[..., Any]:
-    """The command ``name`` loaded by ``load``; a missing dependency (when loaded or run) names the extra."""
-    try:
-        command = load()
-    except ModuleNotFoundError as exc:
-        missing = exc
-
-        def unavailable() -> None:
-            raise _missing_extra(name, missing)
-
-        unavailable.__doc__ = f"Unavailable: needs the server extra ({EXTRA_HINT})."
-        return unavailable
-
-    @functools.wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ModuleNotFoundError as exc:
-            if (exc.name or "").split(".")[0] in ("distnmf", "distnmf_api"):
-                raise  # a bug, not a missing extra
-            raise _missing_extra(name, exc) from None
-
-    return run
-
-
-def _add_plugin_commands() -> None:
-    """Add the commands other packages register under the ``distnmf.commands`` entry point group.
-
-    The service registers ``serve`` and ``demo`` this way, so this package never imports it;
-    without the service's dependencies (the ``server`` extra) the command says what to install.
-    """
-    from importlib.metadata import entry_points
-
-    for entry in entry_points(group=COMMANDS_GROUP):
-        app.command(name=entry.name)(user_errors(_plugin_command(entry.name, entry.load)))
-
-
-_add_plugin_commands()
+add_plugin_commands(app)
 
 
 if __name__ == "__main__":
