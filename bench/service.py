@@ -7,13 +7,15 @@ from its store (50 iterations, as the one task does inside a worker) and reports
 memory above what it held before the fit, next to the bytes of X as float32 plus W and H: the
 basis of ``distnmf.one_task.fit_memory`` (the rule that decides when a job runs as one task).
 
-Part ``time``: scikit-learn's ``NMF(solver="cd", init="nndsvda")`` on X in memory, then the
-real service (uvicorn, SQLite, an embedded 2-worker x 1-thread LocalCluster) started twice,
-with ``one_task_fits="always"`` (every job as one task) and ``"never"`` (block-parallel); the
-service's default, ``"auto"``, picks per job (``distnmf.one_task.fits_one_task``). A job at defaults (random_state=0) locates the first
-iteration whose error reaches scikit-learn's final error; a second job of exactly that many
-iterations (``tol=0``) is then timed from the client's submit to its ``succeeded`` event, and
-its recorded final error checked. RATIO = that time / scikit-learn's fit time (target <= 0.7).
+Part ``time``: scikit-learn's ``NMF(solver="cd", init="nndsvda")`` on X in memory against the
+real service (uvicorn, SQLite, an embedded 2-worker x 1-thread LocalCluster), two of them side by
+side: ``one_task_fits="always"`` (every job as one task) and ``"never"`` (block-parallel); the
+service's default, ``"auto"``, picks per job (``distnmf.one_task.fits_one_task``). A job at
+defaults (random_state=0) locates the first iteration whose error reaches scikit-learn's final
+error; then, in rounds, scikit-learn's fit and a job of exactly that many iterations (``tol=0``)
+on each service are timed back to back, the job from the client's submit to its ``succeeded``
+event, its recorded final error checked. RATIO = job time / scikit-learn's time in the same
+round, median over the rounds (target <= 0.7).
 """
 
 from __future__ import annotations
@@ -76,66 +78,64 @@ def part_memory(cases: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def service_job_times(cases: list[dict[str, Any]], targets: dict[str, float], one_task: bool) -> dict[str, Any]:
-    """The service's time to reach each case's target error, every job as one task or none."""
+def part_time(cases: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
+    """Per case: locate the iteration on each service, then ``repeats`` rounds of scikit-learn,
+    the one-task job and the block-parallel job back to back (so that the machine's load hits
+    all three alike); medians of each."""
+    import contextlib
+
     import distnmf
     from distnmf.client import Client
     from distnmf_api.server import BackgroundServer
     from distnmf_api.settings import Settings
 
-    out: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="distnmf-bench-service-") as data_dir:
-        settings = Settings(data_dir=Path(data_dir), n_workers=2, one_task_fits="always" if one_task else "never")
-        with BackgroundServer(settings) as server, Client(server.url, timeout=600) as client:
-            for case in cases:
-                name, k, target = case["name"], case["k"], targets[case["name"]]
-                matrix = client.upload(distnmf.open_matrix(case["path"]).to_memory(), name=name)
-                warm = client.submit(matrix, n_components=k, max_iter=2, tol=0, random_state=0)
-                warm.wait(progress=False)  # the matrix is read once (the page cache warm, as for scikit-learn)
-                located = client.submit(matrix, n_components=k, random_state=0).wait(progress=False)
-                reach = next((i + 1 for i, e in enumerate(located.error_history)
-                              if e <= target * (1 + REACH_RTOL)), None)
-                entry = out[name] = {"defaults_iterations": located.iteration,
-                                     "defaults_final_rel_error": located.error_history[-1], "located_iter": reach}
-                if reach is None:
-                    log(f"  [{name}] service ({'one task' if one_task else 'block-parallel'}): never reached")
-                    continue
-                start = time.perf_counter()
-                timed = client.submit(matrix, n_components=k, random_state=0, max_iter=reach, tol=0)
-                done = timed.wait(progress=False)
-                entry["time_to_reach_s"] = time.perf_counter() - start
-                entry["replay_rel_error"] = done.error_history[-1]
-                entry["reached"] = bool(done.error_history[-1] <= target * (1 + REACH_RTOL))
-                log(f"  [{name}] service ({'one task' if one_task else 'block-parallel'}): {reach} iterations "
-                    f"in {entry['time_to_reach_s']:.2f}s, error {entry['replay_rel_error']:.6f}")
-    return out
-
-
-def part_time(cases: list[dict[str, Any]]) -> dict[str, Any]:
-    import distnmf
-
-    results: dict[str, Any] = {"load_avg_start": loadavg(), "cases": {}}
-    targets = {}
-    for case in cases:
-        X = distnmf.open_matrix(case["path"]).to_memory()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            sk = run_sklearn(X, case["k"], frobenius_norm(X))
-        targets[case["name"]] = sk["final_rel_error"]
-        results["cases"][case["name"]] = {"sklearn": sk}
-        log(f"[{case['name']}] scikit-learn: {sk['wall_s']:.2f}s, {sk['n_iter']} it, error {sk['final_rel_error']:.6f}")
-    for one_task in (True, False):
-        mode = "one_task" if one_task else "block_parallel"
-        for name, entry in service_job_times(cases, targets, one_task).items():
-            sk_wall = results["cases"][name]["sklearn"]["wall_s"]
-            if "time_to_reach_s" in entry:
-                entry["ratio_time_to_reach"] = entry["time_to_reach_s"] / sk_wall
-            results["cases"][name][mode] = entry
+    results: dict[str, Any] = {"load_avg_start": loadavg(), "repeats": repeats, "cases": {}}
+    with contextlib.ExitStack() as stack:
+        clients = {}
+        for mode, setting in (("one_task", "always"), ("block_parallel", "never")):
+            data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"distnmf-bench-{mode}-")))
+            server = stack.enter_context(BackgroundServer(Settings(data_dir=data_dir, n_workers=2,
+                                                                   one_task_fits=setting)))
+            clients[mode] = stack.enter_context(Client(server.url, timeout=3600))
+        for case in cases:
+            name, k = case["name"], case["k"]
+            X = distnmf.open_matrix(case["path"]).to_memory()
+            x_norm = frobenius_norm(X)
+            entry = results["cases"][name] = {"k": k, "load_avg_before": loadavg(), "runs": []}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                target = run_sklearn(X, k, x_norm)["final_rel_error"]
+            matrices = {mode: client.upload(X, name=name) for mode, client in clients.items()}
+            located = clients["one_task"].submit(matrices["one_task"], n_components=k, random_state=0)
+            history = located.wait(progress=False).error_history
+            reach = next((i + 1 for i, e in enumerate(history) if e <= target * (1 + REACH_RTOL)), None)
+            entry.update(target_rel_error=target, defaults_iterations=len(history), located_iter=reach)
+            if reach is None:
+                log(f"[{name}] the service's fit at defaults never reaches scikit-learn's {target:.6f}")
+                continue
+            for _ in range(1 if name == "dense-pixels" else repeats):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    run = {"sklearn_s": run_sklearn(X, k, x_norm)["wall_s"]}
+                for mode, client in clients.items():
+                    start = time.perf_counter()
+                    done = client.submit(matrices[mode], n_components=k, random_state=0, max_iter=reach,
+                                         tol=0).wait(progress=False)
+                    run[f"{mode}_s"] = time.perf_counter() - start
+                    run[f"{mode}_rel_error"] = done.error_history[-1]
+                    run[f"{mode}_phases"] = done.timings
+                entry["runs"].append(run)
+                log(f"[{name}] scikit-learn {run['sklearn_s']:.2f}s; {reach} iterations as one task "
+                    f"{run['one_task_s']:.2f}s, block-parallel {run['block_parallel_s']:.2f}s")
+            for mode in ("one_task", "block_parallel"):
+                ratios = sorted(r[f"{mode}_s"] / r["sklearn_s"] for r in entry["runs"])
+                entry[f"{mode}_ratio_median"] = ratios[len(ratios) // 2]
+                entry[f"{mode}_reached"] = all(r[f"{mode}_rel_error"] <= target * (1 + REACH_RTOL)
+                                               for r in entry["runs"])
+            entry["load_avg_after"] = loadavg()
+            log(f"[{name}] RATIO (median, target <= {TARGET}): one task {entry['one_task_ratio_median']:.2f}, "
+                f"block-parallel {entry['block_parallel_ratio_median']:.2f}")
     results["load_avg_end"] = loadavg()
-    for name, entry in results["cases"].items():
-        ratios = [f"{mode} {entry[mode].get('ratio_time_to_reach', float('nan')):.2f}"
-                  for mode in ("one_task", "block_parallel")]
-        log(f"[{name}] RATIO (target <= {TARGET}): {', '.join(ratios)}")
     return results
 
 
@@ -145,6 +145,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--only", choices=("memory", "time"))
     parser.add_argument("--cases", default="sparse-tfidf,sparse-tags,dense-pixels")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds per case (dense-pixels: one)")
     args = parser.parse_args()
     wanted = set(args.cases.split(","))
     cases = [c for c in sklearn_cases(args.data, quick=False) if c["name"] in wanted]
@@ -154,7 +155,7 @@ def main() -> None:
     if args.only in (None, "memory"):
         results["memory"] = part_memory(cases)
     if args.only in (None, "time"):
-        results["time"] = part_time(cases)
+        results["time"] = part_time(cases, args.repeats)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"service-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(results, indent=1, default=str))
