@@ -65,22 +65,22 @@ async def require_token(settings: SettingsDep, credentials: Credentials) -> None
 AuthenticatedDep = Annotated[bool, Depends(authenticated)]
 
 
-def get_matrix(store: StoreDep, matrix_id: Annotated[str, Path(max_length=64)]) -> StoredMatrix:
+def stored_matrix(store: StoreDep, matrix_id: Annotated[str, Path(max_length=64)]) -> StoredMatrix:
     record = store.get_matrix(matrix_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no matrix with id {matrix_id!r}")
     return record
 
 
-def get_job(store: StoreDep, job_id: Annotated[str, Path(max_length=64)]) -> JobRecord:
+def stored_job(store: StoreDep, job_id: Annotated[str, Path(max_length=64)]) -> JobRecord:
     record = store.get_job(job_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no job with id {job_id!r}")
     return record
 
 
-MatrixDep = Annotated[StoredMatrix, Depends(get_matrix)]
-JobDep = Annotated[JobRecord, Depends(get_job)]
+MatrixDep = Annotated[StoredMatrix, Depends(stored_matrix)]
+JobDep = Annotated[JobRecord, Depends(stored_job)]
 
 
 async def get_served(request: Request) -> Served:
@@ -98,7 +98,7 @@ async def get_factors(store: StoreDep, settings: SettingsDep, served: ServedDep,
     path = settings.layout.factors(job_id)
     if (opened := served.opened(path)) is not None:
         return opened
-    job = await run_in_threadpool(get_job, store, job_id)
+    job = await run_in_threadpool(stored_job, store, job_id)
     if job.status != JobStatus.succeeded:
         raise HTTPException(status.HTTP_409_CONFLICT,
                             f"job {job.id} is {job.status}; its factors exist once it has succeeded")
@@ -111,7 +111,7 @@ async def get_factors(store: StoreDep, settings: SettingsDep, served: ServedDep,
 FactorsDep = Annotated[Factors, Depends(get_factors)]
 
 
-def get_rank_report(job: JobDep) -> JobRecord:
+def finished_rank_job(job: JobDep) -> JobRecord:
     """A succeeded rank-selection job; 404 for other kinds of job, 409 until it has succeeded."""
     if job.params.get("kind") != "rank":
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"job {job.id} is an NMF job; rank reports come from "
@@ -122,4 +122,4 @@ def get_rank_report(job: JobDep) -> JobRecord:
     return job
 
 
-RankJobDep = Annotated[JobRecord, Depends(get_rank_report)]
+RankJobDep = Annotated[JobRecord, Depends(finished_rank_job)]

@@ -30,7 +30,7 @@ class MatrixFormat(StrEnum):
     csv = "csv"
 
 
-class Solver(StrEnum):
+class SolverName(StrEnum):
     hals = "hals"
     mu = "mu"
 
@@ -106,7 +106,7 @@ class JobParams(Body):
     """NMF parameters, with the engine's defaults (see ``distnmf.NMF``)."""
 
     n_components: int | None = Field(None, ge=1, description="Rank k of the factorization (kind 'nmf').")
-    solver: Solver = Solver.hals
+    solver: SolverName = SolverName.hals
     beta_loss: BetaLoss = BetaLoss.frobenius
     init: Init = Init.nndsvda
     max_iter: int = Field(200, ge=1)
@@ -122,9 +122,9 @@ class JobParams(Body):
 
     @model_validator(mode="after")
     def _check(self) -> JobParams:
-        if self.solver == Solver.hals and self.beta_loss != BetaLoss.frobenius:
+        if self.solver == SolverName.hals and self.beta_loss != BetaLoss.frobenius:
             raise ValueError("solver='hals' supports only beta_loss='frobenius'; use solver='mu'")
-        if self.missing == "unobserved" and self.solver != Solver.hals:
+        if self.missing == "unobserved" and self.solver != SolverName.hals:
             raise ValueError("missing='unobserved' fits with solver='hals' and beta_loss='frobenius'")
         if isinstance(self.alpha_H, float) and not 0 <= self.alpha_H <= 1e6:
             raise ValueError("alpha_H must be between 0 and 1e6, or 'same'")
@@ -174,7 +174,7 @@ class SubmitJob(JobParams):
         if given := [name for name in SET_BY_RANK_SELECTION if name in self.model_fields_set]:
             raise ValueError(f"a 'rank' job sets {', '.join(given)} itself (it fits masked NMF of each rank in ks); "
                              "drop it")
-        if self.solver != Solver.hals:
+        if self.solver != SolverName.hals:
             raise ValueError("a 'rank' job fits masked NMF, with solver='hals' and beta_loss='frobenius'")
         return self
 

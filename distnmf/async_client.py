@@ -29,7 +29,7 @@ def _hits(items: list[dict[str, Any]]) -> list[Hit]:
     return [Hit(int(h["index"]), h["label"], float(h["score"])) for h in items]
 
 
-def _load_npy(content: bytes) -> np.ndarray:
+def _npy_from_bytes(content: bytes) -> np.ndarray:
     return np.load(io.BytesIO(content), allow_pickle=False)
 
 
@@ -277,7 +277,7 @@ class AsyncJob:
             requested = page if stop is None else max(0, min(page, stop - start))
             response = await self.client._request("GET", f"/jobs/{self.id}/factors/{factor}", idempotent=True,
                                                   params={"start": start, "stop": start + requested, "format": "npy"})
-            pieces.append(_load_npy(response.content))
+            pieces.append(_npy_from_bytes(response.content))
             got = pieces[-1].shape[axis]
             start += got
             if got < requested or requested == 0 or (stop is not None and start >= stop):

@@ -51,7 +51,7 @@ def flat_start(shape: tuple[int, int], x_sum: float, k: int) -> float:
     return float(np.sqrt(max(x_sum, 0.0) / (m * n) / k))
 
 
-def fold_in_rows(X: Any, H: np.ndarray, beta: float, solver: str, max_iter: int, tol: float, l1: float,
+def fold_in_inline(X: Any, H: np.ndarray, beta: float, solver: str, max_iter: int, tol: float, l1: float,
                  l2: float) -> np.ndarray:
     """W (r, k) of a few in-memory rows X (r, n), in this thread (a query: no runner to set up)."""
     avg = flat_start(X.shape, stats_task(X, 0)[1], H.shape[0])

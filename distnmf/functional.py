@@ -83,7 +83,7 @@ def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", 
         X_new = sp.csr_array(X_new) if sp.issparse(X_new) else X_new
         if X_new.shape[1] != H.shape[1]:
             raise ValueError(f"X_new has {X_new.shape[1]} columns but H has {H.shape[1]}")
-        return foldin.fold_in_rows(X_new, H, beta, solver, max_iter, tol, *compute_regularization(alpha_W, l1_ratio,
+        return foldin.fold_in_inline(X_new, H, beta, solver, max_iter, tol, *compute_regularization(alpha_W, l1_ratio,
                                                                                                  H.shape[1]))
     runner = make_runner()
     try:

@@ -51,7 +51,7 @@ def grid_layout(n: int, n_cols: int | None = None) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _image_shape(factors: Factors) -> tuple[int, int]:
+def _image_shape_of(factors: Factors) -> tuple[int, int]:
     shape = factors.image_shape
     if not shape:
         raise ValueError(f"{factors.path} has no image_shape: its rows are not images (ingest images with "
@@ -84,7 +84,7 @@ def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
 
 def component_image(factors: Factors, component: int, path: str | os.PathLike, scale: int | None = None) -> Path:
     """PNG of ``H[component]`` reshaped to the image shape (grayscale, scaled by its maximum)."""
-    h, w = _image_shape(factors)
+    h, w = _image_shape_of(factors)
     if not 0 <= component < factors.n_components:
         raise ValueError(f"component must be in 0..{factors.n_components - 1}, got {component}")
     scale = scale or tile_scale((h, w))
@@ -111,7 +111,7 @@ def component_images(factors: Factors, out_dir: str | os.PathLike, scale: int | 
 def component_grid(factors: Factors, path: str | os.PathLike, n_cols: int | None = None,
                    scale: int | None = None, pad: int = 2) -> Path:
     """All components as one grayscale grid (white gaps of ``pad`` pixels), row-major."""
-    h, w = _image_shape(factors)
+    h, w = _image_shape_of(factors)
     scale = scale or max(1, tile_scale((h, w), 64))
     tiles = [to_uint8(row.reshape(h, w)) for row in factors.H]
     rows, cols = grid_layout(len(tiles), n_cols)
@@ -147,7 +147,7 @@ def reconstruction_plot(factors: Factors, matrix: Matrix | str | os.PathLike, ro
     labels = factors.row_labels
     names = [str(labels[r]) if labels is not None else f"row {r}" for r in rows]
     if factors.image_shape:
-        h, w = _image_shape(factors)
+        h, w = _image_shape_of(factors)
         fig = Figure(figsize=(4, 2 * len(rows)), dpi=DPI)
         axes = fig.subplots(len(rows), 2, squeeze=False)
         for (ax_o, ax_r), orig, rec, name in zip(axes, originals, recons, names):
