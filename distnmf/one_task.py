@@ -41,10 +41,11 @@ X_FACTOR = 1.5
 FACTORS_FACTOR = 16.0
 MAX_WORK = 2.5e8
 """Largest nnz(X) x k run as one task when the cluster has several threads. An iteration costs
-about 4 nnz k flops: below this it takes tens of milliseconds on one thread, as much as the
-scheduler round trips it saves; above, spreading it over the workers wins (``bench/service.py``:
-sparse 1.35 M non-zeros at k=20, 2.7e7, ran in 0.90 of scikit-learn's time as one task against
-1.43 block-parallel; dense 64.5 M values at k=50, 3.2e9, in 0.51 against 0.23)."""
+about 4 nnz k flops: below this it takes tens of milliseconds on one thread, about what the
+scheduler round trips it saves cost; above, spreading it over the workers can win. Measured with
+``bench/service.py`` on 2 workers (2 cores): sparse 1.35 M non-zeros at k=20 (2.7e7) took 1.22 of
+scikit-learn's time as one task against 2.57 block-parallel; dense 64.5 M values at k=50 (3.2e9)
+0.36 against 0.38 run back to back, 0.51 against 0.23 in an earlier run measured minutes apart."""
 ENDED_GRACE = 10.0  # seconds to wait for a cancelled task to say it stopped
 
 
