@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from distnmf.runner import cluster_summary
+from distnmf.dask_context import cluster_summary
 from distnmf_api.errors import ClusterUnavailable
 from distnmf_api.settings import Settings
 

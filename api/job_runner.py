@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from distnmf import storage
-from distnmf.runner import client_of_this_thread, cluster_summary
+from distnmf.dask_context import client_of_this_thread, cluster_summary
 from distnmf.wire import JobRecord, JobStatus
 from distnmf_api.cluster import Cluster
 from distnmf_api.errors import ClusterUnavailable
@@ -216,9 +216,9 @@ class JobRunner:
         from the start; seconds per phase. A fit that fits one worker runs as one task there
         (:mod:`distnmf.one_task`), a larger one block-parallel across the cluster."""
         from distnmf import factorize, open_factors, open_matrix
+        from distnmf.dask_context import cluster_capacity
         from distnmf.index import build_for
         from distnmf.one_task import factorize_as_one_task, fits_one_task
-        from distnmf.runner import cluster_capacity
 
         storage.remove(out)  # a half-recorded earlier run of this job
         client = self._connect(running)

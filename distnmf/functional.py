@@ -14,8 +14,9 @@ import zarr
 from sklearn.utils.validation import check_array
 
 from distnmf import foldin, inputs, kernels
+from distnmf.dask_context import active_client
 from distnmf.estimator import NMF, compute_regularization
-from distnmf.runner import active_client, make_runner
+from distnmf.runner import make_runner
 from distnmf.source import as_source
 from distnmf.store import Matrix
 

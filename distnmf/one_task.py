@@ -27,7 +27,8 @@ from typing import Any
 from distributed import WorkerPlugin
 
 from distnmf import storage
-from distnmf.runner import Capacity, DaskRunner, current_worker
+from distnmf.dask_context import Capacity, current_worker
+from distnmf.runner import DaskRunner
 from distnmf.store import Matrix
 
 # Peak memory of an in-process fit = a fixed part + X_FACTOR x X's bytes + FACTORS_FACTOR x the

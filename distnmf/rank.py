@@ -199,7 +199,8 @@ def select_rank(X: Any, ks: Sequence[int], *, test_fraction: float = 0.05, repli
 
     Returns a :class:`RankReport`.
     """
-    from distnmf.runner import DaskRunner, LocalRunner, active_client, cluster_capacity
+    from distnmf.dask_context import active_client, cluster_capacity
+    from distnmf.runner import DaskRunner, LocalRunner
 
     ks = _check_ks(ks, X)
     if not 0 < test_fraction < 1:
@@ -297,8 +298,8 @@ def rank_sweep(source: Any, ks: Sequence[int], **nmf_params: Any) -> list[dict]:
     ``distributed.Client`` several fits run at once (up to the cluster's thread count, and only
     as many copies of X as fit in 40% of the cluster's memory); otherwise they run one by one.
     """
+    from distnmf.dask_context import active_client
     from distnmf.estimator import NMF
-    from distnmf.runner import active_client
     from distnmf.source import as_source
 
     if isinstance(source, (str, os.PathLike)):
@@ -327,7 +328,7 @@ def rank_sweep(source: Any, ks: Sequence[int], **nmf_params: Any) -> list[dict]:
 
 def parallel_fits(client: Any, x_nbytes: int, n_fits: int) -> int:
     """How many fits to run at once on ``client``: bounded by its threads and its memory."""
-    from distnmf.runner import cluster_capacity
+    from distnmf.dask_context import cluster_capacity
 
     if client is None:
         return 1

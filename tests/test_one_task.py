@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 import distnmf
 from distnmf.one_task import MAX_WORK, fit_memory, fits_one_task
-from distnmf.runner import Capacity
+from distnmf.dask_context import Capacity
 
 GiB = 2**30
 

@@ -15,8 +15,8 @@ from fastapi.responses import FileResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from distnmf import analysis, plots
+from distnmf.dask_context import client_of_this_thread
 from distnmf.factors import Factors
-from distnmf.runner import client_of_this_thread
 from distnmf.store import open_matrix
 from distnmf.wire import Hit
 from distnmf_api import factor_io
