@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits
 from distnmf import analysis, index
 from distnmf.estimator import NMF
 from distnmf.factors import save_factors
-from distnmf.synth import _coefficients
+from distnmf.synth.pixels import sparse_coefficients
 
 
 def _exact_neighbours(V: np.ndarray, rows: np.ndarray, k: int) -> list[set[int]]:
@@ -70,7 +70,7 @@ def test_approximate_index_reaches_recall_target(digits_factors, kind):
 def test_recall_on_planted_mixtures_of_a_larger_w():
     """Sparse non-negative mixing weights (the pixel generator's), 60,000 x 20, with a dense floor."""
     rng = np.random.default_rng(1)
-    W = _coefficients(rng, 60_000, 20, 3.0) + rng.exponential(0.02, (60_000, 20)).astype(np.float32)
+    W = sparse_coefficients(rng, 60_000, 20, 3.0) + rng.exponential(0.02, (60_000, 20)).astype(np.float32)
     approx = index.build(W, approximate_from=0)
     rows = rng.choice(len(W), 300, replace=False)
     assert _recall(approx.search(W[rows], 10, exclude=rows), _exact_neighbours(W, rows, 10)) >= 0.99
@@ -141,9 +141,9 @@ def test_masses_of_identical_rows_are_indexed_once_and_keep_the_recall(tmp_path,
     breaks ties), and the approximate index reaches the recall target (tie-aware recall@10) instead
     of falling back to exact; the groups persist."""
     rng = np.random.default_rng(4)
-    patterns = _coefficients(rng, 40, 8, 2.0)
+    patterns = sparse_coefficients(rng, 40, 8, 2.0)
     scale = rng.choice(np.array([1.0, 2.0, 0.5], dtype=np.float32), size=(30_000, 1))
-    W = np.concatenate([patterns[rng.integers(40, size=30_000)] * scale, _coefficients(rng, 2_000, 8, 3.0)])
+    W = np.concatenate([patterns[rng.integers(40, size=30_000)] * scale, sparse_coefficients(rng, 2_000, 8, 3.0)])
     factors = save_factors(tmp_path / "dup.zarr", W, rng.random((8, 5)))
     built = index.build_for(factors, approximate_from=0) if kind == "ivf" else index.build(
         W, approximate_from=0, kinds=("hnsw",))

@@ -67,7 +67,7 @@ def pixel_corpus(path: str | os.PathLike, n_images: int, image_shape: tuple[int,
     parts = _blobs(rng, n_parts, h, w)
     members = rng.choice(n_images, size=near_duplicates * group_size, replace=False)
     groups = np.sort(members.reshape(near_duplicates, group_size), axis=1)
-    group_coef = _coefficients(rng, near_duplicates, n_parts, parts_per_image + 1)
+    group_coef = sparse_coefficients(rng, near_duplicates, n_parts, parts_per_image + 1)
     group_of = dict(zip(groups.ravel().tolist(), np.repeat(np.arange(near_duplicates), group_size).tolist()))
     attrs = {"image_shape": [h, w], "synth": {"kind": "pixel_corpus", "seed": seed, "n_parts": n_parts}}
     chunk_rows = min(n_images, default_chunk_rows(h * w))
@@ -77,7 +77,7 @@ def pixel_corpus(path: str | os.PathLike, n_images: int, image_shape: tuple[int,
                           unit="block", enabled=show_progress):
             start, stop = block_range(b, n_images)
             block_rng = seeded_rng(seed, PIXELS, b)
-            coef = _coefficients(block_rng, stop - start, n_parts, parts_per_image)
+            coef = sparse_coefficients(block_rng, stop - start, n_parts, parts_per_image)
             level = np.full((stop - start, 1), noise, dtype=np.float32)
             for row in range(start, stop):
                 if row in group_of:
@@ -88,7 +88,7 @@ def pixel_corpus(path: str | os.PathLike, n_images: int, image_shape: tuple[int,
     return PlantedPixels(writer.matrix, parts, groups)
 
 
-def _coefficients(rng: np.random.Generator, n: int, n_parts: int, active: float) -> np.ndarray:
+def sparse_coefficients(rng: np.random.Generator, n: int, n_parts: int, active: float) -> np.ndarray:
     """Non-negative mixing weights of shape (n, n_parts), about ``active`` non-zero per row."""
     mask = rng.random((n, n_parts)) < min(1.0, active / n_parts)
     mask[np.arange(n), rng.integers(n_parts, size=n)] = True
