@@ -4,8 +4,11 @@ generator takes little of the CPU it shares with the service it measures.
 
 Each connection sends its requests one after another (a closed loop: a client waits for its answer
 before the next request), and the latency of each is the time from its first byte sent to its last
-byte received. A run sends a fixed list of requests and stops by itself; the generator's own CPU time
-is measured and reported.
+byte received. The measured phase is the steady state: every connection is opened and sends one
+untimed warm-up request (its first request) before it, and the processes start it together (a
+barrier), so connection set-up and the generator's own start-up are not in the figures. A run
+sends a fixed list of requests and stops by itself; the generator's own CPU time is measured and
+reported.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -72,12 +76,31 @@ class _Connection:
         return int(lines[0].split()[1])
 
 
-def _drive(address: tuple[str, int], per_connection: list[list[bytes]], deadline: float) -> Result:
-    """Send each connection's requests in turn until all are answered or ``deadline`` (monotonic) passes."""
+def _warm_up(connections: list[_Connection]) -> None:
+    """Send each connection's first request once, untimed, and read its answer."""
+    for connection in connections:
+        connection.sock.setblocking(True)
+        connection.buffer.clear()
+        connection.sock.sendall(connection.requests[0])
+        while connection.answer() is None:
+            chunk = connection.sock.recv(1 << 16)
+            if not chunk:
+                raise RuntimeError("the service closed a keep-alive connection during the warm-up")
+            connection.buffer += chunk
+        connection.sock.setblocking(False)
+
+
+def _drive(address: tuple[str, int], per_connection: list[list[bytes]], deadline: float,
+           start: Any = None) -> Result:
+    """Warm each connection up, wait at ``start`` (a barrier, if any), then send each connection's
+    requests in turn until all are answered or ``deadline`` (monotonic) passes."""
     cpu = time.process_time()
     result = Result()
     selector = selectors.DefaultSelector()
     connections = [_Connection(address, requests) for requests in per_connection if requests]
+    _warm_up(connections)
+    if start is not None:
+        start.wait()
     began = time.perf_counter()
     for connection in connections:
         connection.send_next()
@@ -120,14 +143,15 @@ def run(address: tuple[str, int], requests: list[bytes], clients: int, processes
     per_connection = [requests[c::clients] for c in range(clients)]
     processes = max(1, min(processes, clients))
     deadline = time.monotonic() + timeout
-    shares = [(address, per_connection[p::processes], deadline) for p in range(processes)]
-    began = time.perf_counter()
     if processes == 1:
-        parts = [_drive_packed(shares[0])]
+        parts = [_drive(address, per_connection, deadline)]
     else:
-        with multiprocessing.get_context("fork").Pool(processes) as pool:
+        context = multiprocessing.get_context("fork")
+        with context.Manager() as manager, context.Pool(processes) as pool:
+            start = manager.Barrier(processes)
+            shares = [(address, per_connection[p::processes], deadline, start) for p in range(processes)]
             parts = pool.map(_drive_packed, shares)
-    total = Result(wall_s=time.perf_counter() - began)
+    total = Result(wall_s=max(part.wall_s for part in parts))  # the measured phase, without warm-ups
     for part in parts:
         total.latencies += part.latencies
         total.failures += part.failures
