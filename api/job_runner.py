@@ -186,6 +186,11 @@ class JobRunner:
                 running.client.close()
         if running.cancelled:  # the cancel came after the last cluster call of the final write
             return JobStatus.cancelled, "cancelled while running"
+        if job.params.get("kind") != "rank":  # the stored factors hold the whole history, whatever
+            # progress reports were lost on the way (a one-task fit's last events, a locked database)
+            from distnmf import open_factors
+
+            history[:] = open_factors(self.settings.layout.factors(job_id)).error_history
         if history:  # the last progress record may have failed (best effort); the end's may not
             self._persist(job_id, "record its last iteration",
                           lambda: self.store.record_progress(job_id, len(history), history[-1], history))
