@@ -177,8 +177,11 @@ class JobRunner:
             if job.params.get("kind") == "rank":
                 self._select_rank(source, job_id, running, dict(job.params))
             else:
-                timings = self._fit(job_id, source, self.settings.layout.factors(job_id), running, callback,
-                                    dict(job.params), checkpoint, resume)
+                timings, stored_history = self._fit(job_id, source, self.settings.layout.factors(job_id), running,
+                                                    callback, dict(job.params), checkpoint, resume)
+                # the stored factors hold the whole history, whatever progress reports were lost on
+                # the way (a one-task fit's last events, a locked database)
+                history[:] = stored_history
         except Exception as exc:
             return self._interrupted(job_id, running, exc)  # looks at the cluster through the job's client
         finally:
@@ -186,11 +189,6 @@ class JobRunner:
                 running.client.close()
         if running.cancelled:  # the cancel came after the last cluster call of the final write
             return JobStatus.cancelled, "cancelled while running"
-        if job.params.get("kind") != "rank":  # the stored factors hold the whole history, whatever
-            # progress reports were lost on the way (a one-task fit's last events, a locked database)
-            from distnmf import open_factors
-
-            history[:] = open_factors(self.settings.layout.factors(job_id)).error_history
         if history:  # the last progress record may have failed (best effort); the end's may not
             self._persist(job_id, "record its last iteration",
                           lambda: self.store.record_progress(job_id, len(history), history[-1], history))
@@ -216,10 +214,10 @@ class JobRunner:
 
     def _fit(self, job_id: str, source: storage.Location, out: storage.Location, running: _Running, callback: Any,
              params: dict[str, Any], checkpoint: storage.Location, resume: storage.Location | None
-             ) -> dict[str, float]:
+             ) -> tuple[dict[str, float], list[float]]:
         """Fit on the job's client, and build the similarity index so that the factors are served
-        from the start; seconds per phase. A fit that fits one worker runs as one task there
-        (:mod:`distnmf.one_task`), a larger one block-parallel across the cluster."""
+        from the start; seconds per phase and the stored error history. A fit that fits one worker
+        runs as one task there (:mod:`distnmf.one_task`), a larger one block-parallel across the cluster."""
         from distnmf import factorize, open_factors, open_matrix
         from distnmf.dask_context import cluster_capacity
         from distnmf.index import build_for
@@ -247,7 +245,7 @@ class JobRunner:
             timings = factors.attrs.get("timings", {})
         indexing = time.perf_counter()
         build_for(factors, "rows", approximate_from=self.settings.approximate_from_rows)
-        return {**timings, "indexing": time.perf_counter() - indexing}
+        return {**timings, "indexing": time.perf_counter() - indexing}, factors.error_history
 
     def _select_rank(self, source: storage.Location, job_id: str, running: _Running, params: dict[str, Any]) -> None:
         """Cross-validate the ranks ``params["ks"]`` on the job's client (all fits run again after
