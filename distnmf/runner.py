@@ -217,7 +217,11 @@ class DaskRunner:
         """Whether ``exc`` means lost workers or results rather than a failing task: a cancelled
         future (``FutureCancelledError``: "lost dependencies", "already forgotten"), a task that
         killed its workers (``KilledWorker``), or a connection to a worker that is gone (a plain
-        ``OSError``, not its file-related subclasses, which tasks raise themselves)."""
+        ``OSError``, not its file-related subclasses, which tasks raise themselves). Never once
+        this runner's client is closing: its futures were cancelled because the fit was abandoned
+        (the service cancels a job that way), and there is nothing to wait for."""
+        if self.client.status in ("closing", "closed"):
+            return False
         return isinstance(exc, self._lost_types) or type(exc) is OSError
 
     def load(self, source: BlockSource, keep: bool) -> list[Any]:

@@ -4,6 +4,7 @@ processes on loopback; every check compares with an undisturbed fit of the same 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -165,3 +166,27 @@ def test_resume_equals_uninterrupted_with_tol(params, tmp_path):
         distnmf.NMF(checkpoint=checkpoint, checkpoint_every=3, callback=interrupt, **fit).fit(X)
     resumed = distnmf.NMF(resume=checkpoint, **fit).fit(X)
     assert_same_fit(resumed, uninterrupted)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.2])
+def test_a_client_closed_mid_fit_stops_the_fit_instead_of_waiting_for_workers(nanny_cluster, delay, caplog):
+    """How the service cancels a block-parallel fit: it closes the fit's client from another
+    thread. Whatever call the fit is in, that is an abandoned fit, not a lost worker to wait for."""
+    import threading
+
+    from distributed import Client
+
+    client = Client(nanny_cluster)
+    closer = threading.Timer(delay, client.close)
+    model = distnmf.NMF(callback=at_iteration(2, closer.start), worker_timeout=30,
+                        **{**FIT, "max_iter": 400, "checkpoint_every": 1000})
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING, logger="distnmf"), pytest.raises(Exception) as raised:
+            model.fit(digits_tiled(8))
+    finally:
+        closer.join()
+        client.close()
+    assert not any("lost a worker" in record.getMessage() for record in caplog.records), caplog.text
+    assert not isinstance(raised.value, (NoWorkersError, AttributeError)), repr(raised.value)
+    assert time.monotonic() - started < 15
