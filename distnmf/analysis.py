@@ -285,16 +285,11 @@ def transform(factors: Factors, X_new: Any, similar_k: int = 0, *, cache: IndexC
 
     The loss, solver and W regularization of the original fit (``attrs["params"]``) are reused.
     """
-    from distnmf.functional import fold_in
-
     if isinstance(X_new, np.ndarray) and X_new.ndim == 1:
         X_new = X_new[None, :]
     if hasattr(X_new, "shape") and len(X_new.shape) == 2 and X_new.shape[1] != factors.shape[1]:
         raise ValueError(f"X_new has {X_new.shape[1]} columns but the factors have {factors.shape[1]}")
-    params = dict(factors.attrs.get("params", {}))
-    fold_params = {name: params[name] for name in ("beta_loss", "solver", "alpha_W", "l1_ratio", "missing")
-                   if name in params}
-    W_new = np.asarray(fold_in(X_new, factors.H, **fold_params), dtype=np.float32)
+    W_new = np.asarray(factors.fold_in(X_new), dtype=np.float32)
     if similar_k < 0:
         raise ValueError(f"similar_k must be >= 0, got {similar_k}")
     if similar_k == 0:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -29,7 +29,11 @@ from distnmf.storage import Location, atomic_path
 from distnmf.store import Matrix, open_matrix
 from distnmf.zarrnodes import check_safe, member, read_array, read_labels, write_labels
 
+if TYPE_CHECKING:
+    from distnmf.foldin import FoldIn
+
 FACTORS_VERSION = 1
+FIT_FOLD_IN_PARAMS = ("beta_loss", "solver", "alpha_W", "l1_ratio", "missing")  # what fold-in reuses of a fit
 ATTRS_KEY = "distnmf_factors"
 
 
@@ -51,6 +55,17 @@ class Factors:
     def H(self) -> np.ndarray:
         """H of shape (n_components, n_cols)."""
         return read_array(member(zarr.open_group(self.path, mode="r"), "H", zarr.Array))
+
+    @cached_property
+    def fold_in(self) -> FoldIn:
+        """Folds new rows (r, n_cols) in as the fit would (its loss, solver, W regularization and
+        missing-value rule), H H^T computed once: ``factors.fold_in(X_new)`` is W_new (r, n_components)."""
+        from distnmf.functional import make_fold_in  # the engine's modules, imported when first needed
+
+        params = self.attrs.get("params", {})
+        fold_in = make_fold_in(self.H, **{name: params[name] for name in FIT_FOLD_IN_PARAMS if name in params})
+        fold_in.HHt  # noqa: B018 - computed now, not in the first query
+        return fold_in
 
     def read_W(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of W, shape (stop - start, n_components)."""

@@ -1,89 +1,152 @@
-"""Fold-in: the coefficients W of rows X (m, n) with H (k, n) fixed, over row blocks.
+"""Fold-in: the coefficients W of rows X (m, n) with H (k, n) fixed, in memory or over row blocks.
 
-Each block solves its rows' non-negative least squares (HALS, or multiplicative updates for
-other beta losses) to convergence from the flat start ``sqrt(mean(X) / k)`` taken over all of X,
-so a row's answer does not depend on the block split. Penalties arrive scaled (see
-``distnmf.estimator.compute_regularization``). Also W's output: gathered here, or written to Zarr.
+Every row is its own non-negative least-squares problem, solved alone: its own flat start and its
+own stopping test (:mod:`distnmf.foldin_kernel` for HALS; multiplicative updates, for other beta
+losses, stop row by row too), so a row's coefficients do not depend on which rows were folded in
+with it — one at a time, in a batch, or in any block split. Penalties arrive scaled as scikit-learn's
+``transform`` applies them (``distnmf.estimator.compute_regularization`` with n_features). Also W's
+output: gathered here, or written to Zarr.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import dask.array as da
 import numpy as np
+import scipy.sparse as sp
 import zarr
 
-from distnmf import kernels, masked
+from distnmf import inputs, kernels, masked
 from distnmf.checkpoint import write_w
-from distnmf.runner import Runner
-from distnmf.solvers import masked_stats_task, stats_task
-from distnmf.source import BlockSource, materialize
+from distnmf.dask_context import active_client
+from distnmf.runner import Runner, make_runner
+from distnmf.source import BlockSource, as_source, materialize
 from distnmf.storage import Location, atomic_path
+from distnmf.validation import check_block
 
 
-def fold_in_task(x: Any, H: np.ndarray, HHt: np.ndarray, avg: float, beta: float, solver: str,
-                 max_iter: int, tol: float, l1: float, l2: float) -> tuple[np.ndarray, int]:
-    """Coefficients of one block with H fixed from the flat start ``avg``: W_i (m_i, k) and the
-    number of sweeps (iterations) done."""
-    block = materialize(x)
-    W = np.full((block.shape[0], H.shape[0]), avg, dtype=np.float32)
+def fold_in_block(block: kernels.Block, H: np.ndarray, HHt: np.ndarray, beta: float, solver: str, max_iter: int,
+                  tol: float, l1: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients W (m, k) float32 of an in-memory block (m, n), and the sweeps each row took (m,)."""
+    from distnmf import foldin_kernel  # numba: imported (~0.5 s) by the first fold-in, not by every fit
+
+    B = kernels.x_ht(block, H)
+    if l1:
+        B -= l1
+    G = HHt + l2 * np.eye(len(HHt), dtype=HHt.dtype) if l2 else HHt
     if solver == "hals":
-        XHt = kernels.x_ht(block, H)
-        if l1:
-            XHt -= l1
-        if l2:
-            HHt = HHt + l2 * np.eye(len(HHt), dtype=HHt.dtype)
-        return kernels.hals_fold_in(W, XHt, HHt, max_sweeps=max_iter, tol=tol)
-    n_iter = 0
-    for n_iter in range(1, max_iter + 1):  # noqa: B007 - the count is returned
-        previous = W
-        W = kernels.mu_update_block(block, W, H, beta, HHt=HHt if beta == 2.0 else None, l1=l1, l2=l2)
-        change = np.linalg.norm(W - previous)
-        if change <= tol * max(float(np.linalg.norm(W)), 1e-12):
+        return foldin_kernel.hals_fold_in(B, G, max_sweeps=max_iter, tol=tol)
+    return _mu_fold_in(block, H, HHt, foldin_kernel.flat_starts(B, G), beta, max_iter, tol, l1, l2)
+
+
+def _mu_fold_in(block: kernels.Block, H: np.ndarray, HHt: np.ndarray, starts: np.ndarray, beta: float,
+                max_iter: int, tol: float, l1: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Multiplicative updates from each row's flat start; a row stops once an update changes it by at
+    most ``tol`` times its norm."""
+    W = np.repeat(starts.astype(np.float32)[:, None], H.shape[0], axis=1)
+    sweeps = np.zeros(len(W), dtype=np.int64)
+    active = np.arange(len(W))
+    for n_iter in range(1, max_iter + 1):
+        rows = block if len(active) == len(W) else block[active]
+        new = kernels.mu_update_block(rows, W[active], H, beta, HHt=HHt if beta == 2.0 else None, l1=l1, l2=l2)
+        change = np.linalg.norm(new - W[active], axis=1)
+        W[active], sweeps[active] = new, n_iter
+        active = active[change > tol * np.maximum(np.linalg.norm(new, axis=1), 1e-12)]
+        if not active.size:
             break
-    return W, n_iter
+    return W, sweeps
 
 
-def flat_start(shape: tuple[int, int], x_sum: float, k: int) -> float:
-    """scikit-learn's flat start ``sqrt(mean(X) / k)`` of X (m, n) whose entries sum to ``x_sum``."""
-    m, n = shape
-    return float(np.sqrt(max(x_sum, 0.0) / (m * n) / k))
+def fold_in_task(x: Any, start: int, H: np.ndarray, HHt: np.ndarray, beta: float, solver: str, max_iter: int,
+                 tol: float, l1: float, l2: float) -> tuple[np.ndarray, int]:
+    """Validate one row block (its first row is ``start``) and fold it in: W_i (m_i, k) and the sweeps
+    of its slowest row."""
+    block = materialize(x)
+    check_block(block, start)
+    W, sweeps = fold_in_block(block, H, HHt, beta, solver, max_iter, tol, l1, l2)
+    return W, int(sweeps.max(initial=0))
 
 
-def fold_in_inline(X: Any, H: np.ndarray, beta: float, solver: str, max_iter: int, tol: float, l1: float,
-                 l2: float) -> np.ndarray:
-    """W (r, k) of a few in-memory rows X (r, n), in this thread (a query: no runner to set up)."""
-    avg = flat_start(X.shape, stats_task(X, 0)[1], H.shape[0])
-    return fold_in_task(X, H, H @ H.T, avg, beta, solver, max_iter, tol, l1, l2)[0]
+@dataclass(frozen=True)
+class FoldIn:
+    """Folding new rows in against one fixed H (k, n) float32, with a loss, a solver and W's penalties
+    ``l1``, ``l2`` already scaled (``distnmf.functional.make_fold_in`` builds a validated one).
+
+    H H^T is computed once per object (a served job keeps one: ``Factors.fold_in``). Calling it on
+    rows X_new (r, n) returns W (r, k) float32: a few in-memory rows (a query) are solved in this
+    thread, anything else over row blocks on the runner (Dask when a client is active).
+    """
+
+    H: np.ndarray
+    beta: float = 2.0
+    solver: str = "hals"
+    max_iter: int = 200
+    tol: float = 1e-4
+    l1: float = 0.0
+    l2: float = 0.0
+    missing: str = "zero"
+
+    @cached_property
+    def HHt(self) -> np.ndarray:
+        """H H^T of shape (k, k)."""
+        return self.H @ self.H.T
+
+    def __call__(self, X_new: Any) -> np.ndarray:
+        if self.missing == "zero" and (sp.issparse(X_new) or isinstance(X_new, np.ndarray)) \
+                and active_client() is None \
+                and (X_new.nnz * 8 if sp.issparse(X_new) else X_new.nbytes) < inputs.SMALL_INPUT_BYTES:
+            return self.rows(X_new)  # a few rows (a query): no runner to set up
+        runner = make_runner()
+        try:
+            source = as_source(X_new, n_blocks_hint=inputs.blocks_hint(runner, X_new))
+            self._check_columns(source.shape[1])
+            results = transform_blocks(runner, source, self.H, self.beta, self.solver, self.max_iter, self.tol,
+                                       self.l1, self.l2, self.missing, HHt=self.HHt)
+            return np.concatenate(runner.gather(runner.select(results, 0, "nmf-fold-in-W")))
+        finally:
+            runner.close()
+
+    def rows(self, X_new: np.ndarray | sp.sparray | sp.spmatrix) -> np.ndarray:
+        """W (r, k) float32 of in-memory rows X_new (r, n), validated, in this thread."""
+        block = sp.csr_array(X_new) if sp.issparse(X_new) else np.atleast_2d(X_new)
+        self._check_columns(block.shape[1])
+        check_block(block)
+        return fold_in_block(block, self.H, self.HHt, self.beta, self.solver, self.max_iter, self.tol,
+                             self.l1, self.l2)[0]
+
+    def _check_columns(self, n_cols: int) -> None:
+        if n_cols != self.H.shape[1]:
+            raise ValueError(f"X_new has {n_cols} columns but H has {self.H.shape[1]}")
 
 
 def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: float, solver: str,
                      max_iter: int, tol: float, l1: float = 0.0, l2: float = 0.0,
-                     missing: str = "zero") -> list[Any]:
+                     missing: str = "zero", HHt: np.ndarray | None = None) -> list[Any]:
     """Fold-in over X's row blocks for fixed H (k, n) with W's penalties ``l1``, ``l2`` (scaled by
-    n_features): per-block handles of (W_i, sweeps done). ``missing="unobserved"``: each row's
-    problem is over its observed entries only, its penalties scaled by its observed entries."""
+    n_features): per-block handles of (W_i, sweeps of its slowest row); each block is validated by its
+    task. ``missing="unobserved"``: each row's problem is over its observed entries only, its
+    penalties scaled by its observed entries."""
     H = np.asarray(H, dtype=np.float32)
+    HHt = H @ H.T if HHt is None else HHt
     x_handles = runner.load(source, keep=False)
     starts = list(source.bounds[:-1])
     if missing == "unobserved":
-        stats = runner.map("nmf-check-X", masked_stats_task, x_handles, [None] * len(x_handles), starts)
-        _, x_sum, n_observed, _ = runner.reduce(stats, "nmf-reduce-stats")
-        avg = float(np.sqrt(max(x_sum, 0.0) / n_observed / H.shape[0]))
         n = source.shape[1]
         return runner.map("nmf-fold-in", _masked_fold_in_task, x_handles, starts,
-                          shared=(runner.broadcast(H), H @ H.T, avg, max_iter, tol, l1 / n, l2 / n))
-    x_sum = runner.reduce(runner.map("nmf-check-X", stats_task, x_handles, starts), "nmf-reduce-stats")[1]
-    avg = flat_start(source.shape, x_sum, H.shape[0])
-    return runner.map("nmf-fold-in", fold_in_task, x_handles,
-                      shared=(runner.broadcast(H), H @ H.T, avg, beta, solver, max_iter, tol, l1, l2))
+                          shared=(runner.broadcast(H), HHt, max_iter, tol, l1 / n, l2 / n))
+    return runner.map("nmf-fold-in", fold_in_task, x_handles, starts,
+                      shared=(runner.broadcast(H), HHt, beta, solver, max_iter, tol, l1, l2))
 
 
-def _masked_fold_in_task(x: Any, start: int, H: np.ndarray, HHt: np.ndarray, avg: float, max_iter: int, tol: float,
+def _masked_fold_in_task(x: Any, start: int, H: np.ndarray, HHt: np.ndarray, max_iter: int, tol: float,
                          l1: float, l2: float) -> tuple[np.ndarray, int]:
-    return masked.fold_in_rows(masked.masked_block(materialize(x), None, start), H, HHt, avg, max_sweeps=max_iter,
-                               tol=tol, l1=l1, l2=l2)
+    block = materialize(x)
+    check_block(block, start, allow_nan=not sp.issparse(block))
+    return masked.fold_in_rows(masked.masked_block(block, None, start), H, HHt, max_sweeps=max_iter, tol=tol,
+                               l1=l1, l2=l2)
 
 
 def output_w(runner: Runner, w_handles: list[Any], source: BlockSource, dtype: np.dtype, k: int,

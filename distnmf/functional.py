@@ -14,10 +14,7 @@ import zarr
 from sklearn.utils.validation import check_array
 
 from distnmf import foldin, inputs, kernels
-from distnmf.dask_context import active_client
 from distnmf.estimator import NMF, compute_regularization
-from distnmf.runner import make_runner
-from distnmf.source import as_source
 from distnmf.store import Matrix
 
 
@@ -61,38 +58,31 @@ def non_negative_factorization(X: Any, W: Any = None, H: Any = None, n_component
     return W, H, n_iter
 
 
+def make_fold_in(H: np.ndarray, *, beta_loss: str | float = "frobenius", solver: str | None = None,
+                 max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0,
+                 missing: str = "zero") -> foldin.FoldIn:
+    """A reusable fold-in against H (k, n) (H H^T computed once): :func:`fold_in`'s parameters, checked."""
+    H = np.asarray(H, dtype=np.float32)
+    if H.ndim != 2:
+        raise ValueError(f"H must be 2-D (n_components, n_features), got shape {H.shape}")
+    beta = kernels.beta_to_float(beta_loss)
+    l1, l2 = compute_regularization(alpha_W, l1_ratio, H.shape[1])
+    return foldin.FoldIn(H, beta, solver or ("hals" if beta == 2.0 else "mu"), max_iter, tol, l1, l2, missing)
+
+
 def fold_in(X_new: Any, H: np.ndarray, *, beta_loss: str | float = "frobenius", solver: str | None = None,
             max_iter: int = 200, tol: float = 1e-4, alpha_W: float = 0.0, l1_ratio: float = 0.0,
             missing: str = "zero") -> np.ndarray:
     """Coefficients W (r, k) of new rows X_new (r, n) with H (k, n) fixed.
 
     Uses HALS for the Frobenius loss and multiplicative updates otherwise (or ``solver``);
-    ``alpha_W`` and ``l1_ratio`` regularize W as in the fit. X_new may be numpy,
-    scipy.sparse, a Dask array, a Matrix or a store path. ``missing="unobserved"``: only stored
-    (sparse) or non-NaN (dense) entries of X_new are data, as in a masked fit.
+    ``alpha_W`` and ``l1_ratio`` regularize W as in the fit (and as scikit-learn's ``transform``:
+    scaled by n_features). X_new may be numpy, scipy.sparse, a Dask array, a Matrix or a store path.
+    ``missing="unobserved"``: only stored (sparse) or non-NaN (dense) entries of X_new are data, as in a
+    masked fit. Each row is solved alone (its own start and stopping test): a row's coefficients are
+    the same whichever rows it is folded in with.
     """
-    H = np.asarray(H, dtype=np.float32)
-    if H.ndim != 2:
-        raise ValueError(f"H must be 2-D (n_components, n_features), got shape {H.shape}")
-    beta = kernels.beta_to_float(beta_loss)
-    solver = solver or ("hals" if beta == 2.0 else "mu")
     if not sp.issparse(X_new) and not isinstance(X_new, (Matrix, da.Array, zarr.Array, str, Path)):
         X_new = np.atleast_2d(np.asarray(X_new, dtype=np.float32))
-    if missing == "zero" and (sp.issparse(X_new) or isinstance(X_new, np.ndarray)) and active_client() is None \
-            and (X_new.nnz * 8 if sp.issparse(X_new) else X_new.nbytes) < inputs.SMALL_INPUT_BYTES:
-        # a few rows (a query): the block kernel in this thread, without a runner's set-up
-        X_new = sp.csr_array(X_new) if sp.issparse(X_new) else X_new
-        if X_new.shape[1] != H.shape[1]:
-            raise ValueError(f"X_new has {X_new.shape[1]} columns but H has {H.shape[1]}")
-        return foldin.fold_in_inline(X_new, H, beta, solver, max_iter, tol, *compute_regularization(alpha_W, l1_ratio,
-                                                                                                 H.shape[1]))
-    runner = make_runner()
-    try:
-        source = as_source(X_new, n_blocks_hint=inputs.blocks_hint(runner, X_new))
-        if source.shape[1] != H.shape[1]:
-            raise ValueError(f"X_new has {source.shape[1]} columns but H has {H.shape[1]}")
-        l1, l2 = compute_regularization(alpha_W, l1_ratio, source.shape[1])
-        results = foldin.transform_blocks(runner, source, H, beta, solver, max_iter, tol, l1, l2, missing)
-        return np.concatenate(runner.gather(runner.select(results, 0, "nmf-fold-in-W")))
-    finally:
-        runner.close()
+    return make_fold_in(H, beta_loss=beta_loss, solver=solver, max_iter=max_iter, tol=tol, alpha_W=alpha_W,
+                        l1_ratio=l1_ratio, missing=missing)(X_new)

@@ -158,43 +158,6 @@ def accelerated_sweeps(n_rows: int, n_cols: int, k: int, nnz: int | None = None,
     return int(max(1, min(cap, 1 + np.floor(alpha * rho))))
 
 
-def hals_fold_in(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps: int,
-                 tol: float) -> tuple[np.ndarray, int]:
-    """HALS sweeps for W with H fixed, each row stopped on its own.
-
-    Rows of W are independent problems given X H^T and H H^T; a row leaves the active set
-    once a sweep changes it by less than ``tol`` times its first sweep's change, so every
-    row's result is independent of the other rows in the block.
-
-    Parameters
-    ----------
-    W : ndarray of shape (m, k), updated in place.
-    XHt : ndarray of shape (m, k); HHt : ndarray of shape (k, k).
-
-    Returns
-    -------
-    W : the updated array; n_sweeps : sweeps done by the slowest row.
-    """
-    active = np.arange(W.shape[0])
-    first_change: np.ndarray | None = None
-    sweeps = 0
-    for sweeps in range(1, max_sweeps + 1):  # noqa: B007 - the count is returned
-        rows = W[active]
-        before = rows.copy()
-        hals_sweeps(rows, XHt[active], HHt, max_sweeps=1)
-        W[active] = rows
-        change = ((rows - before) ** 2).sum(axis=1)
-        if first_change is None:
-            first_change = change
-            still = change > 0
-        else:
-            still = change > tol**2 * first_change
-        active, first_change = active[still], first_change[still]
-        if not active.size:
-            break
-    return W, sweeps
-
-
 def projected_gradient_l1(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, l1: float = 0.0,
                           l2: float = 0.0) -> float:
     """Σ |projected gradient| of the objective in W: scikit-learn cd's "violation".

@@ -268,28 +268,18 @@ def residual_sq(block: MaskedBlock, W: np.ndarray, H: np.ndarray, chunk: int = 1
     return total
 
 
-def fold_in_rows(block: MaskedBlock, H: np.ndarray, HHt: np.ndarray, start_value: float, *, max_sweeps: int,
-                 tol: float, l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, int]:
+def fold_in_rows(block: MaskedBlock, H: np.ndarray, HHt: np.ndarray, *, max_sweeps: int, tol: float,
+                 l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, int]:
     """Coefficients W_i (m_i, k) of new rows with H (k, n) fixed, over each row's observed entries.
 
-    HALS sweeps from the flat start ``start_value``; a row stops once a sweep changes it by less
-    than ``tol`` times its first sweep's change, so rows do not depend on their neighbours.
-    ``l1`` and ``l2`` are per observed entry, as in the fit. Returns W_i and the sweeps done.
+    Each row is solved alone on its own normal equations (:mod:`distnmf.foldin_kernel`: its own flat
+    start and stopping test), so rows do not depend on their neighbours. ``l1`` and ``l2`` are per
+    observed entry, as in the fit. Returns W_i and the sweeps of the slowest row.
     """
+    from distnmf import foldin_kernel  # numba: imported (~0.5 s) by the first fold-in, not by every fit
+
     grams, rhs = row_equations(block, H, HHt)
     counts = block.row_counts()
     rhs, grams = penalized(rhs, grams, l1 * counts if l1 else None, l2 * counts if l2 else None)
-    W = np.full((block.shape[0], H.shape[0]), start_value, dtype=np.float32)
-    active = np.arange(W.shape[0])
-    first_change: np.ndarray | None = None
-    sweeps = 0
-    while active.size and sweeps < max_sweeps:
-        sweeps += 1
-        before = W[active]
-        rows = hals_rows(before.copy(), rhs[active], grams[active], max_sweeps=1)
-        W[active] = rows
-        change = ((rows - before) ** 2).sum(axis=1)
-        still = change > (0.0 if first_change is None else tol**2) * (1.0 if first_change is None else first_change)
-        first_change = change if first_change is None else first_change
-        active, first_change = active[still], first_change[still]
-    return W, sweeps
+    W, sweeps = foldin_kernel.hals_fold_in(rhs, grams, max_sweeps=max_sweeps, tol=tol)
+    return W, int(sweeps.max(initial=0))

@@ -121,20 +121,6 @@ def test_projected_gradient_counts_only_feasible_directions():
     assert kernels.projected_gradient_l1(W, XHt, HHt) == pytest.approx(2.0)
 
 
-def test_fold_in_rows_do_not_depend_on_their_block(problem):
-    X, _, H = problem
-    XHt, HHt = kernels.x_ht(X, H), H @ H.T
-    start = np.full((40, 4), 0.3, dtype=np.float32)
-    together, _ = kernels.hals_fold_in(start.copy(), XHt, HHt, max_sweeps=300, tol=1e-4)
-    alone, _ = kernels.hals_fold_in(start[7:8].copy(), XHt[7:8], HHt, max_sweeps=300, tol=1e-4)
-    np.testing.assert_allclose(together[7:8], alone, rtol=1e-5)  # up to BLAS rounding
-    # converged: each row is the non-negative least-squares solution
-    from scipy.optimize import nnls
-
-    expected, _ = nnls(H.T.astype(np.float64), X[7].astype(np.float64))
-    np.testing.assert_allclose(together[7], expected, rtol=1e-2, atol=1e-3)
-
-
 def test_a_collapsed_column_does_not_kill_its_component(problem):
     """If W[:, j] is all zero, H[j] carries no information and must be left alone (as in
     scikit-learn), so the next W update can revive component j."""

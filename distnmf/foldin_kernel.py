@@ -1,0 +1,99 @@
+"""Compiled per-row HALS for fold-in: every row's non-negative least squares with H fixed, alone.
+
+Row r of W solves ``min_{w >= 0} 0.5 wᵀ G w - bᵀ w`` — with ``b = X_r Hᵀ - l1`` and ``G = H Hᵀ + l2 I``
+for the Frobenius loss with scikit-learn's penalties, or a row's own normal equations over its
+observed entries (``distnmf.masked``). Each row starts from its own flat value, the least-squares
+best constant vector ``max(Σ b, 0) / Σ G`` (:func:`flat_starts`; zero for a zero row), and stops on
+its own: once a sweep changes it by less than ``tol`` times its first sweep's change.
+Nothing crosses rows, so folding rows in together or one by one gives the same coefficients, up to
+the rounding of the ``b`` the caller computed.
+
+Compiled with numba (``cache=True``: the first call in a fresh environment compiles for ~2 s, later
+processes load the cache); a one-row fold-in (k=20) takes a few microseconds, against ~0.4 ms for the
+same sweeps in numpy, whose per-call overhead dominates at that size.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True)
+def _solve_row(w: np.ndarray, b: np.ndarray, G: np.ndarray, start: float, max_sweeps: int, tol2: float) -> int:
+    """HALS sweeps on one row: w (k,) float32 overwritten from ``start``; returns the sweeps done."""
+    k = w.shape[0]
+    for j in range(k):
+        w[j] = start
+    first_change = 0.0
+    sweep = 0
+    for sweep in range(1, max_sweeps + 1):
+        change = 0.0
+        for j in range(k):
+            diagonal = G[j, j]
+            if diagonal <= 0:  # H's row j is all zero: no information, the coefficient keeps its start
+                continue
+            gradient = np.float64(b[j])
+            for r in range(k):
+                gradient -= G[j, r] * w[r]
+            new = max(w[j] + gradient / diagonal, 0.0)
+            delta = new - w[j]
+            change += delta * delta
+            w[j] = new
+        if sweep == 1:
+            first_change = change
+            if change == 0.0:
+                break
+        elif change <= tol2 * first_change:
+            break
+    return sweep
+
+
+def flat_starts(B: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """Each row's flat start ``max(Σ b_r, 0) / Σ G_r``, (m,) float64, for B (m, k) and G (k, k) shared
+    or (m, k, k) per row: the least-squares best constant vector, 0 for a zero row or a zero G."""
+    total_G = G.sum(axis=(-2, -1), dtype=np.float64)
+    return np.maximum(B.sum(axis=1, dtype=np.float64), 0.0) / np.where(total_G > 0, total_G, np.inf)
+
+
+def hals_fold_in(B: np.ndarray, G: np.ndarray, *, max_sweeps: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every row of B (m, k) solved against G: (k, k) shared, or (m, k, k) one per row.
+
+    Returns W (m, k) float32 and the sweeps each row took, (m,) int64.
+    """
+    B = np.ascontiguousarray(B, dtype=np.float32)
+    G = np.ascontiguousarray(G, dtype=np.float32)
+    starts = flat_starts(B, G)
+    if G.ndim == 2:
+        return _rows_shared(B, G, starts, max_sweeps, tol)
+    return _rows_own(B, G, starts, max_sweeps, tol)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows_shared(B: np.ndarray, G: np.ndarray, starts: np.ndarray, max_sweeps: int,
+                 tol: float) -> tuple[np.ndarray, np.ndarray]:
+    m, k = B.shape
+    W = np.empty((m, k), dtype=np.float32)
+    sweeps = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        sweeps[i] = _solve_row(W[i], B[i], G, starts[i], max_sweeps, tol * tol)
+    return W, sweeps
+
+
+@numba.njit(cache=True, nogil=True)
+def _rows_own(B: np.ndarray, G: np.ndarray, starts: np.ndarray, max_sweeps: int,
+              tol: float) -> tuple[np.ndarray, np.ndarray]:
+    m, k = B.shape
+    W = np.empty((m, k), dtype=np.float32)
+    sweeps = np.zeros(m, dtype=np.int64)
+    for i in range(m):
+        sweeps[i] = _solve_row(W[i], B[i], G[i], starts[i], max_sweeps, tol * tol)
+    return W, sweeps
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) both variants, so that no query pays for it."""
+    B = np.ones((1, 2), dtype=np.float32)
+    G = np.eye(2, dtype=np.float32)
+    hals_fold_in(B, G, max_sweeps=2, tol=1e-4)
+    hals_fold_in(B, G[None], max_sweeps=2, tol=1e-4)
