@@ -189,6 +189,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000, help="per kind, at 32 clients (1 client: a fifth)")
     parser.add_argument("--scan-requests", type=int, default=96, help="per kind for the scan baseline")
     parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--kinds", default=",".join(KINDS), help="request kinds to load, comma-separated")
     parser.add_argument("--data", type=Path, default=Path("data/bench/serving"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
     args = parser.parse_args()
@@ -215,6 +216,8 @@ def main() -> None:
                 n = args.scan_requests if name == "scan" else args.requests
                 n = max(clients, n // 5 if clients == 1 else n)
                 for seed, kind in enumerate(KINDS, start=1):
+                    if kind not in args.kinds.split(","):
+                        continue
                     run = load(service, kind, clients, n, shape, args.k, seed)
                     config["runs"].append(run)
                     print(f"[{name}] {kind:16s} {clients:2d} clients: p50 {run['p50_ms']:7.1f}  p95 "

@@ -63,9 +63,12 @@ class Factors:
         from distnmf.functional import make_fold_in  # the engine's modules, imported when first needed
 
         params = self.attrs.get("params", {})
-        fold_in = make_fold_in(self.H, **{name: params[name] for name in FIT_FOLD_IN_PARAMS if name in params})
-        fold_in.HHt  # noqa: B018 - computed now, not in the first query
-        return fold_in
+        return make_fold_in(self.H, **{name: params[name] for name in FIT_FOLD_IN_PARAMS if name in params}).prepare()
+
+    @property
+    def fold_in_ready(self) -> bool:
+        """Whether :attr:`fold_in` is prepared (a query can fold rows in without waiting for it)."""
+        return "fold_in" in self.__dict__
 
     def read_W(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of W, shape (stop - start, n_components)."""

@@ -28,18 +28,20 @@ from distnmf.storage import Location, atomic_path
 from distnmf.validation import check_block
 
 
-def fold_in_block(block: kernels.Block, H: np.ndarray, HHt: np.ndarray, beta: float, solver: str, max_iter: int,
-                  tol: float, l1: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
-    """Coefficients W (m, k) float32 of an in-memory block (m, n), and the sweeps each row took (m,)."""
+def fold_in_block(block: kernels.Block, Ht: np.ndarray, HHt: np.ndarray, beta: float, solver: str,
+                  max_iter: int, tol: float, l1: float, l2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Coefficients W (m, k) float32 of an in-memory block (m, n) given Hᵀ (n, k) C-contiguous (a sparse
+    block times a transposed view would copy H each time: 50 µs for a one-row query) and H Hᵀ (k, k);
+    and the sweeps each row took (m,)."""
     from distnmf import foldin_kernel  # numba: imported (~0.5 s) by the first fold-in, not by every fit
 
-    B = kernels.x_ht(block, H)
+    B = np.asarray(block @ Ht, dtype=np.float32)
     if l1:
         B -= l1
     G = HHt + l2 * np.eye(len(HHt), dtype=HHt.dtype) if l2 else HHt
     if solver == "hals":
         return foldin_kernel.hals_fold_in(B, G, max_sweeps=max_iter, tol=tol)
-    return _mu_fold_in(block, H, HHt, foldin_kernel.flat_starts(B, G), beta, max_iter, tol, l1, l2)
+    return _mu_fold_in(block, Ht.T, HHt, foldin_kernel.flat_starts(B, G), beta, max_iter, tol, l1, l2)
 
 
 def _mu_fold_in(block: kernels.Block, H: np.ndarray, HHt: np.ndarray, starts: np.ndarray, beta: float,
@@ -66,7 +68,7 @@ def fold_in_task(x: Any, start: int, H: np.ndarray, HHt: np.ndarray, beta: float
     of its slowest row."""
     block = materialize(x)
     check_block(block, start)
-    W, sweeps = fold_in_block(block, H, HHt, beta, solver, max_iter, tol, l1, l2)
+    W, sweeps = fold_in_block(block, np.ascontiguousarray(H.T), HHt, beta, solver, max_iter, tol, l1, l2)
     return W, int(sweeps.max(initial=0))
 
 
@@ -91,8 +93,21 @@ class FoldIn:
 
     @cached_property
     def HHt(self) -> np.ndarray:
-        """H H^T of shape (k, k)."""
+        """H Hᵀ of shape (k, k)."""
         return self.H @ self.H.T
+
+    @cached_property
+    def Ht(self) -> np.ndarray:
+        """Hᵀ of shape (n, k), C-contiguous."""
+        return np.ascontiguousarray(self.H.T)
+
+    def prepare(self) -> FoldIn:
+        """Compute H Hᵀ and Hᵀ, and load (or compile) the kernel, so the first query pays for none."""
+        from distnmf import foldin_kernel
+
+        self.HHt, self.Ht  # noqa: B018 - cached properties, computed now
+        foldin_kernel.warm_up()
+        return self
 
     def __call__(self, X_new: Any) -> np.ndarray:
         if self.missing == "zero" and (sp.issparse(X_new) or isinstance(X_new, np.ndarray)) \
@@ -111,10 +126,11 @@ class FoldIn:
 
     def rows(self, X_new: np.ndarray | sp.sparray | sp.spmatrix) -> np.ndarray:
         """W (r, k) float32 of in-memory rows X_new (r, n), validated, in this thread."""
-        block = sp.csr_array(X_new) if sp.issparse(X_new) else np.atleast_2d(X_new)
+        block = X_new if isinstance(X_new, sp.csr_array) or not sp.issparse(X_new) else sp.csr_array(X_new)
+        block = np.atleast_2d(block) if isinstance(block, np.ndarray) else block
         self._check_columns(block.shape[1])
         check_block(block)
-        return fold_in_block(block, self.H, self.HHt, self.beta, self.solver, self.max_iter, self.tol,
+        return fold_in_block(block, self.Ht, self.HHt, self.beta, self.solver, self.max_iter, self.tol,
                              self.l1, self.l2)[0]
 
     def _check_columns(self, n_cols: int) -> None:

@@ -3,7 +3,7 @@
 Row r of W solves ``min_{w >= 0} 0.5 wᵀ G w - bᵀ w`` — with ``b = X_r Hᵀ - l1`` and ``G = H Hᵀ + l2 I``
 for the Frobenius loss with scikit-learn's penalties, or a row's own normal equations over its
 observed entries (``distnmf.masked``). Each row starts from its own flat value, the least-squares
-best constant vector ``max(Σ b, 0) / Σ G`` (:func:`flat_starts`; zero for a zero row), and stops on
+best constant vector ``max(Σ b, 0) / Σ G`` (zero for a zero row), and stops on
 its own: once a sweep changes it by less than ``tol`` times its first sweep's change.
 Nothing crosses rows, so folding rows in together or one by one gives the same coefficients, up to
 the rounding of the ``b`` the caller computed.
@@ -49,11 +49,19 @@ def _solve_row(w: np.ndarray, b: np.ndarray, G: np.ndarray, start: float, max_sw
     return sweep
 
 
+@numba.njit(cache=True, nogil=True)
+def _flat_start(b: np.ndarray, G: np.ndarray) -> float:
+    """The least-squares best constant vector's value ``max(Σ b, 0) / Σ G``; 0 when Σ G is 0."""
+    total_G = 0.0
+    for value in G.ravel():
+        total_G += value
+    return max(np.float64(b.sum()), 0.0) / total_G if total_G > 0 else 0.0
+
+
+@numba.njit(cache=True, nogil=True)
 def flat_starts(B: np.ndarray, G: np.ndarray) -> np.ndarray:
-    """Each row's flat start ``max(Σ b_r, 0) / Σ G_r``, (m,) float64, for B (m, k) and G (k, k) shared
-    or (m, k, k) per row: the least-squares best constant vector, 0 for a zero row or a zero G."""
-    total_G = G.sum(axis=(-2, -1), dtype=np.float64)
-    return np.maximum(B.sum(axis=1, dtype=np.float64), 0.0) / np.where(total_G > 0, total_G, np.inf)
+    """Each row's flat start, (m,) float64, for B (m, k) and G (k, k) shared by the rows."""
+    return np.array([_flat_start(B[i], G) for i in range(B.shape[0])])
 
 
 def hals_fold_in(B: np.ndarray, G: np.ndarray, *, max_sweeps: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -63,31 +71,28 @@ def hals_fold_in(B: np.ndarray, G: np.ndarray, *, max_sweeps: int, tol: float) -
     """
     B = np.ascontiguousarray(B, dtype=np.float32)
     G = np.ascontiguousarray(G, dtype=np.float32)
-    starts = flat_starts(B, G)
     if G.ndim == 2:
-        return _rows_shared(B, G, starts, max_sweeps, tol)
-    return _rows_own(B, G, starts, max_sweeps, tol)
+        return _rows_shared(B, G, max_sweeps, tol)
+    return _rows_own(B, G, max_sweeps, tol)
 
 
 @numba.njit(cache=True, nogil=True)
-def _rows_shared(B: np.ndarray, G: np.ndarray, starts: np.ndarray, max_sweeps: int,
-                 tol: float) -> tuple[np.ndarray, np.ndarray]:
+def _rows_shared(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
     m, k = B.shape
     W = np.empty((m, k), dtype=np.float32)
     sweeps = np.zeros(m, dtype=np.int64)
     for i in range(m):
-        sweeps[i] = _solve_row(W[i], B[i], G, starts[i], max_sweeps, tol * tol)
+        sweeps[i] = _solve_row(W[i], B[i], G, _flat_start(B[i], G), max_sweeps, tol * tol)
     return W, sweeps
 
 
 @numba.njit(cache=True, nogil=True)
-def _rows_own(B: np.ndarray, G: np.ndarray, starts: np.ndarray, max_sweeps: int,
-              tol: float) -> tuple[np.ndarray, np.ndarray]:
+def _rows_own(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
     m, k = B.shape
     W = np.empty((m, k), dtype=np.float32)
     sweeps = np.zeros(m, dtype=np.int64)
     for i in range(m):
-        sweeps[i] = _solve_row(W[i], B[i], G[i], starts[i], max_sweeps, tol * tol)
+        sweeps[i] = _solve_row(W[i], B[i], G[i], _flat_start(B[i], G[i]), max_sweeps, tol * tol)
     return W, sweeps
 
 
@@ -97,3 +102,4 @@ def warm_up() -> None:
     G = np.eye(2, dtype=np.float32)
     hals_fold_in(B, G, max_sweeps=2, tol=1e-4)
     hals_fold_in(B, G[None], max_sweeps=2, tol=1e-4)
+    flat_starts(B, G)
