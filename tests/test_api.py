@@ -106,6 +106,8 @@ def test_full_flow_matches_library(client, service, pixels, tags) -> None:
     library, library_near = analysis.transform(factors, X[:3], similar_k=2)
     np.testing.assert_allclose(coefficients, library, rtol=1e-4, atol=1e-5)
     assert [h.index for h in near[0]] == [h.index for h in library_near[0]]
+    alone = np.concatenate([job.transform(X[i:i + 1])[0] for i in range(3)])  # rows are folded in alone
+    np.testing.assert_allclose(alone, coefficients, rtol=1e-5, atol=1e-6 * coefficients.max())
 
     assert job.component_png(0).startswith(b"\x89PNG")
     assert job.loss_png().startswith(b"\x89PNG")
