@@ -8,18 +8,32 @@ its own: once a sweep changes it by less than ``tol`` times its first sweep's ch
 Nothing crosses rows, so folding rows in together or one by one gives the same coefficients, up to
 the rounding of the ``b`` the caller computed.
 
-Compiled with numba (``cache=True``: the first call in a fresh environment compiles for ~2 s, later
-processes load the cache); a one-row fold-in (k=20) takes a few microseconds, against ~0.4 ms for the
+Compiled with numba, cached on disk (the first call in a fresh environment compiles for ~2 s, later
+processes load the cache) where a writable cache location exists — beside this file, or
+``NUMBA_CACHE_DIR`` — else compiled in each process (a read-only install and home, as in a container
+with a read-only root). A one-row fold-in (k=20) takes a few microseconds, against ~0.4 ms for the
 same sweeps in numpy, whose per-call overhead dominates at that size.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numba
 import numpy as np
 
 
-@numba.njit(cache=True, nogil=True)
+def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``numba.njit(nogil=True)``, cached on disk when numba finds a writable place for it (it raises
+    RuntimeError at decoration otherwise)."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:
+        return numba.njit(nogil=True)(function)
+
+
+@_compiled
 def _solve_row(w: np.ndarray, b: np.ndarray, G: np.ndarray, start: float, max_sweeps: int, tol2: float) -> int:
     """HALS sweeps on one row: w (k,) float32 overwritten from ``start``; returns the sweeps done."""
     k = w.shape[0]
@@ -49,7 +63,7 @@ def _solve_row(w: np.ndarray, b: np.ndarray, G: np.ndarray, start: float, max_sw
     return sweep
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _flat_start(b: np.ndarray, G: np.ndarray) -> float:
     """The least-squares best constant vector's value ``max(Σ b, 0) / Σ G``; 0 when Σ G is 0."""
     total_G = 0.0
@@ -58,7 +72,7 @@ def _flat_start(b: np.ndarray, G: np.ndarray) -> float:
     return max(np.float64(b.sum()), 0.0) / total_G if total_G > 0 else 0.0
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def flat_starts(B: np.ndarray, G: np.ndarray) -> np.ndarray:
     """Each row's flat start, (m,) float64, for B (m, k) and G (k, k) shared by the rows."""
     return np.array([_flat_start(B[i], G) for i in range(B.shape[0])])
@@ -76,7 +90,7 @@ def hals_fold_in(B: np.ndarray, G: np.ndarray, *, max_sweeps: int, tol: float) -
     return _rows_own(B, G, max_sweeps, tol)
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _rows_shared(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
     m, k = B.shape
     W = np.empty((m, k), dtype=np.float32)
@@ -86,7 +100,7 @@ def _rows_shared(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> t
     return W, sweeps
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _rows_own(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
     m, k = B.shape
     W = np.empty((m, k), dtype=np.float32)

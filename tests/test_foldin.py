@@ -3,6 +3,10 @@ non-negative least-squares solution (scipy.optimize.nnls, or the KKT conditions 
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -128,3 +132,17 @@ def test_masked_rows_do_not_depend_on_their_batch():
     observed = ~np.isnan(X[0])
     expected, _ = nnls(H[:, observed].T.astype(np.float64), X[0, observed].astype(np.float64))
     np.testing.assert_allclose(W[0], expected, rtol=1e-2, atol=1e-3 * expected.max())
+
+
+def test_the_kernel_compiles_without_a_writable_cache():
+    """With no writable place for numba's cache (a read-only install and home), the kernel is compiled
+    in the process instead of failing at import."""
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "_UserProvidedCacheLocator"}  # none applies
+    env.pop("NUMBA_CACHE_DIR", None)
+    code = ("import numpy as np; from distnmf import foldin_kernel as k; "
+            "assert type(k._rows_shared._cache).__name__ == 'NullCache'; "
+            "W, _ = k.hals_fold_in(np.array([[2.0, 0.0]], np.float32), np.eye(2, dtype=np.float32), "
+            "max_sweeps=50, tol=1e-6); print(W.tolist())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[[2.0, 0.0]]"
