@@ -14,6 +14,9 @@ def serve(
     ssl_certfile: Annotated[Path | None, typer.Option("--ssl-certfile", help="Serve HTTPS with this certificate "
                                                       "(PEM); needed for a token sent over a network.")] = None,
     ssl_keyfile: Annotated[Path | None, typer.Option("--ssl-keyfile", help="Private key of --ssl-certfile.")] = None,
+    query_workers: Annotated[int | None, typer.Option("--query-workers", min=0, help="Processes answering similar, "
+                             "transform and components queries beside the service's own, on the same port "
+                             "(default: DISTNMF_QUERY_WORKERS, else one per core but one; 0: none).")] = None,
 ) -> None:
     """Run the HTTP service (job submission and queries on results).
 
@@ -22,7 +25,7 @@ def serve(
     """
     from distnmf_api.server import serve as run_server
 
-    run_server(host, port, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile)
+    run_server(host, port, ssl_keyfile=ssl_keyfile, ssl_certfile=ssl_certfile, query_workers=query_workers)
 
 
 def demo(

@@ -3,6 +3,7 @@
 ```
 <data_dir>/distnmf.sqlite            matrix and job records
 <data_dir>/distnmf.lock              held by the one service using the directory (its process id inside)
+<data_dir>/served.generation         touched when factors are deleted: query workers then drop what they hold
 <data_dir>/uploads/<matrix>.<ext>    an upload, until it is ingested
 <data_dir>/matrices/<matrix>.zarr    stores the service ingested (removed with their record)
 <data_dir>/factors/<job>.zarr        a succeeded job's W, H, labels and error history
@@ -46,6 +47,10 @@ class DataDir:
     @property
     def lock(self) -> Path:
         return self.root / "distnmf.lock"
+
+    @property
+    def served_generation(self) -> Path:
+        return self.root / "served.generation"
 
     def upload(self, matrix_id: str, suffix: str) -> Path:
         return self.root / "uploads" / f"{matrix_id}{suffix}"

@@ -16,19 +16,19 @@ from distnmf_api.cluster import Cluster
 from distnmf_api.deps import require_token
 from distnmf_api.job_runner import JobRunner
 from distnmf_api.jobstore import JobStore
-from distnmf_api.routers import health, jobs, matrices, results, version
+from distnmf_api.query_workers import QueryWorkers
+from distnmf_api.routers import API_PREFIX, health, jobs, matrices, results, version
 from distnmf_api.routers.pages import add_pages
 from distnmf_api.serving import Served
 from distnmf_api.settings import Settings
 
 log = logging.getLogger("distnmf.api")
 
-API_PREFIX = "/api/v1"
 
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, query_workers: QueryWorkers | None = None) -> FastAPI:
     """Build the service. On start it creates the data directory and the SQLite schema,
-    connects to (or starts) the Dask cluster and re-queues jobs a previous run left unfinished.
+    connects to (or starts) the Dask cluster, re-queues jobs a previous run left unfinished and
+    starts the ``query_workers`` processes (stopped first when it stops).
     Whoever serves the app holds the data directory's lock (:mod:`distnmf_api.server` does)."""
     settings = settings or Settings()
 
@@ -40,12 +40,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = JobRunner(settings, store, cluster)
         app.state.settings, app.state.store, app.state.cluster, app.state.runner = settings, store, cluster, runner
         runner.start()
+        if query_workers is not None:
+            await asyncio.to_thread(query_workers.start)
         blas = threadpool_limits(limits=1, user_api="blas")  # queries run in parallel threads: one BLAS thread each
         log.info("distnmf service ready: data in %s, stores in %s, scheduler %s, dashboard %s",
                  settings.data_dir.resolve(), settings.layout.store_root, cluster.address, cluster.dashboard_url)
         try:
             yield
         finally:
+            if query_workers is not None:
+                await asyncio.to_thread(query_workers.stop)
             blas.restore_original_limits()
             await asyncio.to_thread(runner.stop)
             await asyncio.to_thread(cluster.close)
@@ -54,7 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="distnmf", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="Distributed, out-of-core NMF: register matrices, run jobs on Dask, query the factors.")
     add_pages(app)
-    app.state.served = Served(settings.index_memory_bytes, settings.approximate_from_rows)
+    app.state.served = Served(settings.index_memory_bytes, settings.approximate_from_rows,
+                              settings.layout.served_generation)
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
     api.include_router(version.router)

@@ -12,11 +12,13 @@ import uvicorn
 
 from distnmf_api.lock import DataDirLock
 from distnmf_api.main import create_app
+from distnmf_api.query_workers import QueryWorkers
 from distnmf_api.settings import LOOPBACK_HOSTS, Settings
 
 log = logging.getLogger("distnmf.api")
 
 LOOPBACK = "127.0.0.1"
+BACKLOG = 2048  # pending connections per listening socket (uvicorn's default)
 WILDCARDS = ("0.0.0.0", "::", "")  # noqa: S104 - the addresses refused without a token
 
 
@@ -45,9 +47,37 @@ def allowed_hosts(host: str, settings: Settings) -> list[str]:
     return list(dict.fromkeys(settings.allowed_hosts + [n for n in names if n not in LOOPBACK_HOSTS]))
 
 
-def serve(host: str, port: int, ssl_keyfile: Path | None = None, ssl_certfile: Path | None = None) -> None:
+def listening_socket(host: str, port: int, shared: bool = False) -> socket.socket:
+    """A TCP socket listening on ``host:port`` (0: a free port). ``shared``: with ``SO_REUSEPORT``,
+    so that query worker processes of the same user listen on the same port, the kernel spreading
+    incoming connections over them."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def claim_port(host: str, port: int) -> int:
+    """``port`` (a free one for 0) after checking that no process listens on it: ``SO_REUSEPORT``
+    alone would let a second service on the same port silently share its connections."""
+    with listening_socket(host, port) as probe:
+        return probe.getsockname()[1]
+
+
+def serve(host: str, port: int, ssl_keyfile: Path | None = None, ssl_certfile: Path | None = None,
+          query_workers: int | None = None) -> None:
     """Run the service on ``host:port`` until interrupted (settings from ``DISTNMF_*``); with
-    ``ssl_certfile`` (and ``ssl_keyfile`` unless the certificate file holds the key), over HTTPS.
+    ``ssl_certfile`` (and ``ssl_keyfile`` unless the certificate file holds the key), over HTTPS;
+    with ``query_workers`` (default: the query_workers setting) query processes beside this one
+    (:mod:`distnmf_api.query_workers`).
 
     Raises :class:`DataDirInUse` at once if another service holds the data directory.
     """
@@ -55,19 +85,41 @@ def serve(host: str, port: int, ssl_keyfile: Path | None = None, ssl_certfile: P
     settings = Settings()
     host = bind_host(host, settings)
     settings = settings.model_copy(update={"allowed_hosts": allowed_hosts(host, settings)})
+    if query_workers is not None:
+        settings = settings.model_copy(update={"query_workers": query_workers})
     if settings.api_token is not None and ssl_certfile is None:
         log.warning("the API token travels in clear text unless a TLS proxy is in front of the service; "
                     "or serve HTTPS directly with --ssl-certfile and --ssl-keyfile")
     with DataDirLock(settings.layout.lock):  # one service per data directory, for this process's life
-        uvicorn.run(create_app(settings), host=host, port=port, log_level="info",
-                    ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
-                    ssl_certfile=str(ssl_certfile) if ssl_certfile else None)
+        sockets, workers = service_sockets(settings, host, port, settings.query_worker_count(), ssl_certfile,
+                                           ssl_keyfile)
+        config = uvicorn.Config(create_app(settings, workers), log_level="info",
+                                ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
+                                ssl_certfile=str(ssl_certfile) if ssl_certfile else None)
+        log.info("distnmf serving on %s://%s:%d", "https" if ssl_certfile else "http", host,
+                 sockets[0].getsockname()[1])
+        uvicorn.Server(config).run(sockets=sockets)
+
+
+def service_sockets(settings: Settings, host: str, port: int, n: int, ssl_certfile: Path | None = None,
+                    ssl_keyfile: Path | None = None) -> tuple[list[socket.socket], QueryWorkers | None]:
+    """The primary's listening sockets and its ``n`` query workers (None for 0): the public socket
+    on ``host:port``, shared with the query workers, and the internal loopback one they forward to."""
+    public = listening_socket(host, claim_port(host, port), shared=n > 0)
+    if n == 0:
+        return [public], None
+    internal = listening_socket(LOOPBACK, 0)
+    scheme = "https" if ssl_certfile else "http"
+    workers = QueryWorkers(settings, n, host, public.getsockname()[1],
+                           f"{scheme}://{LOOPBACK}:{internal.getsockname()[1]}", ssl_certfile, ssl_keyfile)
+    return [public, internal], workers
 
 
 class BackgroundServer:
     """The service on a free loopback port, served by uvicorn in a background thread.
 
-    Used by ``distnmf demo`` and the tests: ``start()`` locks the data directory and returns the
+    Used by ``distnmf demo`` and the tests (query workers only when ``settings.query_workers`` says
+    so, not one per core as ``distnmf serve``): ``start()`` locks the data directory and returns the
     base URL once the app has started (cluster connected, jobs re-queued); ``stop()`` shuts it
     down cleanly and unlocks.
     """
@@ -75,14 +127,12 @@ class BackgroundServer:
     def __init__(self, settings: Settings, port: int = 0) -> None:
         self.settings = settings
         self._lock = DataDirLock(settings.layout.lock)
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((LOOPBACK, port))
-        self.port = self._socket.getsockname()[1]
+        self._sockets, self.query_workers = service_sockets(settings, LOOPBACK, port, settings.query_workers or 0)
+        self.port = self._sockets[0].getsockname()[1]
         self.url = f"http://{LOOPBACK}:{self.port}"
-        config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._socket]},
+        self.app = create_app(settings, self.query_workers)
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": self._sockets},
                                         name="distnmf-service", daemon=True)
 
     def start(self, timeout: float = 120.0) -> str:
@@ -101,7 +151,8 @@ class BackgroundServer:
         self._server.should_exit = True
         if self._thread.is_alive():
             self._thread.join()
-        self._socket.close()
+        for sock in self._sockets:
+            sock.close()
         self._lock.release()
 
     def __enter__(self) -> BackgroundServer:

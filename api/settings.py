@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -63,6 +65,10 @@ class Settings(BaseSettings):
                                                  "by rows (unsorted .mtx entries, non-CSR sparse .npz).")
     index_memory_bytes: int = Field(4 * 2**30, ge=0, description="Memory for similarity indexes held for "
                                     "finished jobs (least recently used evicted); 0 scans W from storage per query.")
+    query_workers: int | None = Field(None, ge=0, description="Query worker processes beside the service's own, "
+                                      "answering similar, transform and components queries of finished jobs on the "
+                                      "same port (other requests they pass to the service); none: one per core "
+                                      "but one, 0: none (distnmf serve only).")
     approximate_from_rows: int = Field(200_000, ge=0, description="Rows from which similarity queries use a faiss "
                                        "index (IVF, else HNSW) instead of an exact in-memory scan.")
 
@@ -75,6 +81,21 @@ class Settings(BaseSettings):
     def layout(self) -> DataDir:
         """Where everything lives: under ``data_dir``, stores under ``storage_root`` if set."""
         return DataDir(self.data_dir, storage.as_location(self.storage_root) if self.storage_root else None)
+
+    def query_worker_count(self) -> int:
+        """How many query worker processes to run: ``query_workers``, else one per usable core but one."""
+        if self.query_workers is not None:
+            return self.query_workers
+        return max(0, len(os.sched_getaffinity(0)) - 1)
+
+    def environment(self) -> dict[str, str]:
+        """These settings as the ``DISTNMF_*`` variables that make a child process's ``Settings()`` equal them."""
+        values = self.model_dump(mode="json", exclude_none=True, exclude={"api_token"})
+        env = {f"DISTNMF_{name.upper()}": value if isinstance(value, str) else json.dumps(value)
+               for name, value in values.items()}
+        if self.api_token is not None:
+            env["DISTNMF_API_TOKEN"] = self.api_token.get_secret_value()
+        return env
 
     def limit_error(self, name: str, what: str, value: int) -> str | None:
         """A message naming the limit ``name`` when ``value`` (of ``what``) exceeds it, else None."""
