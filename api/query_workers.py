@@ -319,6 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ssl-keyfile")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
     settings = Settings()
     app = create_worker_app(settings, Primary(args.primary, verify=args.ssl_certfile is None))
     threading.Thread(target=_stop_with_primary, name="distnmf-stop-with-primary", daemon=True).start()
