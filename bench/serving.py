@@ -8,7 +8,9 @@ registered with the service and factorized by a real job (k components, a few HA
 set, the job, its persisted index). The service is then started once per configuration, each a
 separate ``distnmf serve`` process:
 
-- ``index``: the default, a faiss index for large W (IVF over the distinct rows; exact below 200,000 rows);
+- ``index``: the default, a faiss index for large W (IVF over the distinct rows; exact below 200,000 rows),
+  served by the service process and its query worker processes (one per core but one);
+- ``single``: the same index served by the service process alone (``--query-workers 0``);
 - ``exact``: the normalised W in memory, scanned exactly per query (DISTNMF_APPROXIMATE_FROM_ROWS huge);
 - ``scan``: no index (DISTNMF_INDEX_MEMORY_BYTES=0), W read from Zarr and scanned on the Dask cluster
   per query: the service before the index.
@@ -16,7 +18,8 @@ separate ``distnmf serve`` process:
 For each, a fixed number of requests of each kind (similar rows, similar columns, one-row transform
 with its 10 nearest rows, a component's top 10) is sent by 1 and by 32 concurrent keep-alive clients
 (``loadgen``: raw sockets in 4 processes, requests pre-encoded, so the generator takes little of the
-CPU the service needs; its CPU and the service's are measured and reported, in cores). p50 / p95 /
+CPU the service needs; its CPU, the service process's and each query worker's are measured and
+reported, in cores). p50 / p95 /
 p99 latency and throughput are reported, with /health's latency polled every 50 ms meanwhile (does a
 heavy request block the event loop?). The index's recall@10 against exact answers is measured on 300
 random rows. Everything is bounded (request counts, a deadline per phase) and stops by itself.
@@ -45,6 +48,7 @@ PHASE_DEADLINE = 600.0  # seconds: a load phase still running then is stopped an
 FIT_DEADLINE = 3600.0  # seconds for the bench job (fit and index) on a busy 2-core machine
 CONFIGS = {
     "index": {},
+    "single": {"DISTNMF_QUERY_WORKERS": "0"},
     "exact": {"DISTNMF_APPROXIMATE_FROM_ROWS": str(10**12)},
     "scan": {"DISTNMF_INDEX_MEMORY_BYTES": "0"},
 }
@@ -149,16 +153,26 @@ def load(service: Service, kind: str, clients: int, n_requests: int, shape: tupl
     requests = [request_for(kind, rng, shape, k, host) for _ in range(n_requests)]
     address = ("127.0.0.1", service.port)
     server = psutil.Process(service.process.pid)
-    before = server.cpu_times()
+    workers = query_workers(server)
+    before = [cpu_seconds(p) for p in [server, *workers]]
     with loadgen.Poller(address, loadgen.encode("GET", "/api/v1/health", host)) as health:
         result = loadgen.run(address, requests, clients, processes=min(clients, GENERATOR_PROCESSES),
                              timeout=PHASE_DEADLINE)
-    after = server.cpu_times()
-    server_cpu = (after.user + after.system) - (before.user + before.system)
+    cores = [(cpu_seconds(p) - b) / result.wall_s for p, b in zip([server, *workers], before)]
     return {"kind": kind, "clients": clients, **loadgen.percentiles(result.latencies),
             "throughput_per_s": len(result.latencies) / result.wall_s, "failures": result.failures,
-            "unfinished": result.unfinished, "service_cores": server_cpu / result.wall_s,
+            "unfinished": result.unfinished, "service_cores": cores[0], "query_worker_cores": cores[1:],
             "generator_cores": result.cpu_s / result.wall_s, "health": loadgen.percentiles(health.latencies)}
+
+
+def query_workers(service: psutil.Process) -> list[psutil.Process]:
+    """The service's query worker processes (its other children are the Dask cluster's)."""
+    return [child for child in service.children() if "distnmf_api.query_workers" in " ".join(child.cmdline())]
+
+
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 def recall_at_10(url: str, data_dir: Path, n_queries: int = 300) -> float:
@@ -208,7 +222,8 @@ def main() -> None:
                 warm_up = load(service, kind, 1, 1, shape, args.k, seed=0)
                 if warm_up["failures"] or warm_up["unfinished"]:
                     raise RuntimeError(f"[{name}] {kind} failed; see {service.log.name}")
-            config: dict[str, Any] = {"warm_up_s": time.perf_counter() - warm, "runs": []}
+            config: dict[str, Any] = {"warm_up_s": time.perf_counter() - warm, "runs": [],
+                                      "query_workers": len(query_workers(psutil.Process(service.process.pid)))}
             if name != "scan":
                 config["recall_at_10"] = recall_at_10(service.url, args.data)
                 print(f"[{name}] recall@10 {config['recall_at_10']:.4f}", flush=True)
@@ -220,11 +235,13 @@ def main() -> None:
                         continue
                     run = load(service, kind, clients, n, shape, args.k, seed)
                     config["runs"].append(run)
+                    workers = " ".join(f"{c:.2f}" for c in run["query_worker_cores"]) or "-"
                     print(f"[{name}] {kind:16s} {clients:2d} clients: p50 {run['p50_ms']:7.1f}  p95 "
                           f"{run['p95_ms']:7.1f}  p99 {run['p99_ms']:7.1f} ms  {run['throughput_per_s']:7.1f}/s  "
                           f"health p99 {run['health']['p99_ms']:6.1f} ms  cores: service "
-                          f"{run['service_cores']:.2f} generator {run['generator_cores']:.2f}  failures "
-                          f"{run['failures']} unfinished {run['unfinished']}", flush=True)
+                          f"{run['service_cores']:.2f} query workers {workers} generator "
+                          f"{run['generator_cores']:.2f}  failures {run['failures']} unfinished "
+                          f"{run['unfinished']}", flush=True)
             results["configs"][name] = config
         finally:
             service.stop()
