@@ -8,7 +8,8 @@ answer from the persisted factors and similarity index — ``GET /jobs/{id}/simi
 /jobs/{id}/transform`` and ``GET /jobs/{id}/components/{c}``, with the very route code the primary
 runs, reading job records from the SQLite file read-only and the index memory-mapped (shared pages)
 — and forwards every other request (and a query that needs the cluster: W beyond the index budget,
-a large transform) to the primary over its internal loopback listener
+a large transform; or an index not built yet: the primary builds it once) to the primary over its
+internal loopback listener
 (:mod:`distnmf_api.forwarding`). The same guards (Host, Origin, body limits), token check and
 problem+json errors apply in both processes. When the primary deletes a job, query workers drop
 what they hold before answering again (:class:`distnmf_api.serving.Served`).
@@ -40,6 +41,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from threadpoolctl import threadpool_limits
 
 from distnmf import __version__
+from distnmf.index import IndexNotBuilt
 from distnmf_api import errors, guards
 from distnmf_api.deps import require_token
 from distnmf_api.forwarding import Primary
@@ -161,7 +163,8 @@ class _ForwardWhole:
 def create_worker_app(settings: Settings, primary: Primary) -> FastAPI:
     """A query worker's app: the results routes behind the service's guards, everything else forwarded."""
     store = ReadOnlyJobStore(settings.layout.sqlite)
-    served = Served(settings.index_memory_bytes, settings.approximate_from_rows, settings.layout.served_generation)
+    served = Served(settings.index_memory_bytes, settings.approximate_from_rows, settings.layout.served_generation,
+                    build_approximate=False)  # the primary builds (and persists) faiss indexes, once
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -183,7 +186,8 @@ def create_worker_app(settings: Settings, primary: Primary) -> FastAPI:
     async def forward_whole(request: Request, exc: Exception) -> _ForwardWhole:
         return _ForwardWhole(primary)
 
-    app.add_exception_handler(NeedsPrimary, forward_whole)  # type: ignore[arg-type]  # an ASGI answer
+    for needs_primary in (NeedsPrimary, IndexNotBuilt):
+        app.add_exception_handler(needs_primary, forward_whole)  # type: ignore[arg-type]  # an ASGI answer
     app.add_middleware(Dispatch, primary=primary, served=served)
     guards.install(app, settings)
     errors.install(app)

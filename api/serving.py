@@ -27,11 +27,13 @@ OPEN_FACTORS = 64  # opened factors stores kept (each holds H and the labels)
 
 class Served:
     """Opened factors by path (least recently used dropped beyond :data:`OPEN_FACTORS`) and an
-    :class:`~distnmf.index.IndexCache` of ``index_memory_bytes``; ``generation`` is the file whose
-    modification time says when factors were last deleted (None: no other process to tell)."""
+    :class:`~distnmf.index.IndexCache` of ``index_memory_bytes`` (``build_approximate``: build faiss
+    indexes not persisted yet, else only load them); ``generation`` is the file whose modification
+    time says when factors were last deleted (None: no other process to tell)."""
 
-    def __init__(self, index_memory_bytes: int, approximate_from: int, generation: Path | None = None) -> None:
-        self.indexes = IndexCache(index_memory_bytes, approximate_from)
+    def __init__(self, index_memory_bytes: int, approximate_from: int, generation: Path | None = None,
+                 build_approximate: bool = True) -> None:
+        self.indexes = IndexCache(index_memory_bytes, approximate_from, build_approximate=build_approximate)
         self.generation = generation
         self._factors: OrderedDict[Location, Factors] = OrderedDict()
         self._lock = threading.Lock()

@@ -321,16 +321,24 @@ def load(path: storage.Location, shape: tuple[int, int], kind: str | None = None
     return index
 
 
+class IndexNotBuilt(LookupError):
+    """A factors store has no persisted approximate index yet, and the caller does not build one."""
+
+
 def build_for(factors: Factors, axis: str = "rows", *, approximate_from: int = APPROXIMATE_FROM,
-              persist: bool = True) -> SimilarityIndex:
+              persist: bool = True, build_approximate: bool = True) -> SimilarityIndex:
     """Load the persisted index of a factors store, or build it (and persist it when the store is writable).
-    A persisted index of another kind than ``approximate_from`` asks for is rebuilt."""
+    A persisted index of another kind than ``approximate_from`` asks for is rebuilt. Without
+    ``build_approximate``, :class:`IndexNotBuilt` instead of building an approximate index (a process
+    that leaves that long build to another; an exact index costs one pass over the vectors)."""
     vectors_shape = (factors.shape[0] if axis == "rows" else factors.shape[1], factors.n_components)
     path = index_path(factors, axis)
     kind = kind_for(vectors_shape[0], approximate_from)
     index = load(path, vectors_shape, kind)
     if index is not None:
         return index
+    if kind == "approximate" and not build_approximate:
+        raise IndexNotBuilt(f"{factors.path} has no persisted {kind} index of its {axis}")
     index = build(axis_vectors(factors, axis), approximate_from=approximate_from)
     if persist:
         try:
@@ -367,11 +375,14 @@ def _canonical(path: storage.Location) -> str:
 
 class IndexCache:
     """Indexes by (factors store, axis), each loaded or built once, the least recently used evicted
-    when the total passes ``max_bytes``. Safe to share between threads."""
+    when the total passes ``max_bytes``. Safe to share between threads. Without ``build_approximate``,
+    approximate indexes are only loaded once persisted (:class:`IndexNotBuilt` until then)."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MEMORY_BYTES, approximate_from: int = APPROXIMATE_FROM) -> None:
+    def __init__(self, max_bytes: int = DEFAULT_MEMORY_BYTES, approximate_from: int = APPROXIMATE_FROM,
+                 build_approximate: bool = True) -> None:
         self.max_bytes = max_bytes
         self.approximate_from = approximate_from
+        self.build_approximate = build_approximate
         self._indexes: OrderedDict[tuple[str, str], SimilarityIndex] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
@@ -402,7 +413,13 @@ class IndexCache:
             with self._lock:
                 if key in self._indexes:
                     return self._indexes[key]
-            index = build_for(factors, axis, approximate_from=self.approximate_from)
+            try:
+                index = build_for(factors, axis, approximate_from=self.approximate_from,
+                                  build_approximate=self.build_approximate)
+            except IndexNotBuilt:
+                with self._lock:
+                    self._loading.pop(key, None)
+                raise
             with self._lock:
                 self._indexes[key] = index
                 self._evict(keep=key)
