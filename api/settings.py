@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -86,7 +87,10 @@ class Settings(BaseSettings):
         """How many query worker processes to run: ``query_workers``, else one per usable core but one."""
         if self.query_workers is not None:
             return self.query_workers
-        return max(0, len(os.sched_getaffinity(0)) - 1)
+        if not hasattr(socket, "SO_REUSEPORT"):  # the processes could not share the port
+            return 0
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(0, cores - 1)
 
     def environment(self) -> dict[str, str]:
         """These settings as the ``DISTNMF_*`` variables that make a child process's ``Settings()`` equal them."""

@@ -79,7 +79,8 @@ class Service:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the service exited with {self.process.returncode}; see {self.log.name}")
             try:
-                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}/api/v1/health", timeout=2).status_code == 200 and all(
+                        listens(worker, self.port) for worker in query_workers(psutil.Process(self.process.pid))):
                     return
             except httpx.TransportError:
                 pass
@@ -155,10 +156,12 @@ def load(service: Service, kind: str, clients: int, n_requests: int, shape: tupl
     server = psutil.Process(service.process.pid)
     workers = query_workers(server)
     before = [cpu_seconds(p) for p in [server, *workers]]
+    started = time.perf_counter()
     with loadgen.Poller(address, loadgen.encode("GET", "/api/v1/health", host)) as health:
         result = loadgen.run(address, requests, clients, processes=min(clients, GENERATOR_PROCESSES),
                              timeout=PHASE_DEADLINE)
-    cores = [(cpu_seconds(p) - b) / result.wall_s for p, b in zip([server, *workers], before)]
+    wall = time.perf_counter() - started  # the generator's start-up and warm-up included, as in the CPU times
+    cores = [(cpu_seconds(p) - b) / wall for p, b in zip([server, *workers], before)]
     return {"kind": kind, "clients": clients, **loadgen.percentiles(result.latencies),
             "throughput_per_s": len(result.latencies) / result.wall_s, "failures": result.failures,
             "unfinished": result.unfinished, "service_cores": cores[0], "query_worker_cores": cores[1:],
@@ -168,6 +171,10 @@ def load(service: Service, kind: str, clients: int, n_requests: int, shape: tupl
 def query_workers(service: psutil.Process) -> list[psutil.Process]:
     """The service's query worker processes (its other children are the Dask cluster's)."""
     return [child for child in service.children() if "distnmf_api.query_workers" in " ".join(child.cmdline())]
+
+
+def listens(process: psutil.Process, port: int) -> bool:
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in process.net_connections(kind="tcp"))
 
 
 def cpu_seconds(process: psutil.Process) -> float:
@@ -218,8 +225,9 @@ def main() -> None:
         try:
             service.wait_ready()
             warm = time.perf_counter()
-            for kind in KINDS:  # loads (or builds) the index and the opened factors
-                warm_up = load(service, kind, 1, 1, shape, args.k, seed=0)
+            for kind in KINDS:  # loads (or builds) the index and the opened factors, in every serving process
+                load(service, kind, 1, 1, shape, args.k, seed=0)  # one process builds a missing index first
+                warm_up = load(service, kind, 32, 32, shape, args.k, seed=0)
                 if warm_up["failures"] or warm_up["unfinished"]:
                     raise RuntimeError(f"[{name}] {kind} failed; see {service.log.name}")
             config: dict[str, Any] = {"warm_up_s": time.perf_counter() - warm, "runs": [],

@@ -270,16 +270,18 @@ def _load_npy(path: storage.Location, name: str) -> np.ndarray:
     processes share its pages instead of each holding a copy."""
     location = storage.join(path, name)
     if isinstance(location, Path):
-        return np.load(location, mmap_mode="r")
+        return np.load(location, mmap_mode="r").view(np.ndarray)  # a plain array: no memmap cost per slice
     return np.load(io.BytesIO(storage.read_bytes(location)))
 
 
 def _load_faiss(path: storage.Location) -> faiss.Index:
-    """The faiss index of the index; memory-mapped from a local folder (its inverted lists stay in
-    the page cache, shared between processes)."""
+    """The faiss index of the index; from a local folder its vectors and inverted lists stay in the
+    file's mapping (shared between processes). ``IO_FLAG_MMAP_IFC`` maps the file as it is and
+    searches as fast as a copy in memory; ``IO_FLAG_MMAP`` searched 8-20x slower (0.4-1.2 ms
+    against 0.05 ms per single query on the 1,000,000 x 20 IVF index of bench/serving.py)."""
     location = storage.join(path, "faiss.index")
     if isinstance(location, Path):
-        return faiss.read_index(str(location), faiss.IO_FLAG_MMAP)
+        return faiss.read_index(str(location), faiss.IO_FLAG_MMAP_IFC)
     return faiss.deserialize_index(np.frombuffer(storage.read_bytes(location), dtype=np.uint8))
 
 
