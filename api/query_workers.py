@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     app = create_worker_app(settings, Primary(args.primary, verify=args.ssl_certfile is None))
     threading.Thread(target=_stop_with_primary, name="distnmf-stop-with-primary", daemon=True).start()
-    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    config = uvicorn.Config(app, log_level="info", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
                             ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     sock = listening_socket(args.host, args.port, shared=True)
     log.info("query worker %d listening on %s:%d", os.getpid(), args.host, args.port)
