@@ -51,22 +51,20 @@ class Primary:
         headers = [(name, value) for name, value in scope["headers"] if name.lower() not in HOP_BY_HOP]
         headers += [(b"x-forwarded-for", (client[0] if client else "").encode()),
                     (b"x-forwarded-proto", scope.get("scheme", "http").encode())]
-        method = scope["method"]
-        has_body = body is not None or method not in ("GET", "HEAD", "OPTIONS", "DELETE") or any(
-            name.lower() in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"])
-        content = body if body is not None else (request.stream() if has_body else None)
+        declared = any(name.lower() in (b"content-length", b"transfer-encoding") for name, _ in scope["headers"])
+        content = body if body is not None else request.stream() if declared else None  # HTTP/1.1: declared or none
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target += b"?" + scope["query_string"]
-        upstream = self._http.build_request(method, target.decode("latin-1"), headers=headers, content=content)
+        upstream = self._http.build_request(scope["method"], target.decode("latin-1"), headers=headers, content=content)
         try:
             answer = await self._http.send(upstream, stream=True)
         except httpx.TransportError as exc:
             log.warning("the primary process at %s did not answer a forwarded request: %r", self.url, exc)
-            response = problem(request, status.HTTP_503_SERVICE_UNAVAILABLE,
-                               "the service's primary process is not answering; retry shortly",
-                               headers={"Retry-After": "2"})
-            await response(scope, receive, send)
+            unavailable = problem(request, status.HTTP_503_SERVICE_UNAVAILABLE,
+                                  "the service's primary process is not answering; retry shortly",
+                                  headers={"Retry-After": "2"})
+            await unavailable(scope, receive, send)
             return
         response = StreamingResponse(answer.aiter_raw(), status_code=answer.status_code)
         response.raw_headers = [(name, value) for name, value in answer.headers.raw if name.lower() not in HOP_BY_HOP]

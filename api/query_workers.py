@@ -57,7 +57,7 @@ HOT = {"GET": re.compile(r"/api/v1/jobs/[^/]+/(similar|components/[0-9]+)"),
 BODY_KEY = "distnmf.body"  # where the scope of a query answered here keeps its body, to forward it if needed
 WATCH_EVERY = 0.5  # seconds between looks at the query workers
 STOP_TIMEOUT = 10.0  # seconds a query worker has to stop before it is killed
-GRACEFUL_SHUTDOWN = 5.0  # seconds a stopping query worker lets open answers finish
+GRACEFUL_SHUTDOWN = 5  # seconds a stopping query worker lets open answers finish
 RESTART_DELAYS = (0.0, 1.0, 5.0, 30.0)  # before starting a worker again, after 0, 1, 2, 3+ quick deaths in a row
 QUICK_DEATH = 10.0  # seconds: a worker that lived less died quickly (a crash at start, not a one-off)
 
