@@ -72,7 +72,7 @@ def fold_in_task(x: Any, start: int, H: np.ndarray, HHt: np.ndarray, beta: float
     return W, int(sweeps.max(initial=0))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity: H is an array
 class FoldIn:
     """Folding new rows in against one fixed H (k, n) float32, with a loss, a solver and W's penalties
     ``l1``, ``l2`` already scaled (``distnmf.functional.make_fold_in`` builds a validated one).
