@@ -57,10 +57,12 @@ def test_a_row_gets_the_same_coefficients_alone_or_in_any_batch(storage, loss):
 
 
 def test_the_compiled_rows_are_bit_identical_in_any_batch():
-    X, H = _problem()
+    """Batches of TILE rows or more are swept in tiles, smaller ones row by row: the same bits."""
+    X, H = _problem(n_rows=2 * foldin_kernel.TILE + 22)
     B, G = X @ H.T, H @ H.T
     together, sweeps = foldin_kernel.hals_fold_in(B, G, max_sweeps=500, tol=1e-4)
-    for i in (0, 5, 31):
+    np.testing.assert_array_equal(foldin_kernel.hals_fold_in(B[7:90], G, max_sweeps=500, tol=1e-4)[0], together[7:90])
+    for i in (0, 5, 31, 140):
         alone, alone_sweeps = foldin_kernel.hals_fold_in(B[i:i + 1], G, max_sweeps=500, tol=1e-4)
         np.testing.assert_array_equal(alone[0], together[i])
         assert alone_sweeps[0] == sweeps[i]
