@@ -84,7 +84,7 @@ def submit(conn: http.client.HTTPConnection, matrix_id: str, job_id: str, **para
 @pytest.fixture(scope="module")
 def service(dask_cluster, tmp_path_factory) -> Iterator[Service]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("qworkers"), scheduler=dask_cluster.scheduler_address,
-                        api_token=TOKEN, query_workers=1, max_json_bytes=100_000)
+                        api_token=TOKEN, query_workers=1, max_json_bytes=2_000_000)
     rng = np.random.default_rng(5)
     X = (rng.gamma(0.5, 1.0, (300, 4)) @ rng.gamma(0.5, 1.0, (4, 40))).astype(np.float32)
     with BackgroundServer(settings) as server, Client(server.url, token=TOKEN) as client:
@@ -121,6 +121,10 @@ def test_worker_answers_queries_itself_as_the_primary_does(service) -> None:
     assert answers == expected
     assert [status for status, _ in answers] == [200] * 6 + [404] * 3
     assert json.loads(answers[0][1])["hits"][0]["label"].startswith("r")
+    # a transform too large to fold in here runs on the cluster: the worker forwards it, body and all
+    large = {"rows": [[1.0] * 40] * 7_000, "similar_k": 0}
+    answer = request(worker, "POST", f"/api/v1/jobs/{service.job_id}/transform", large)
+    assert answer[0] == 200 and answer == request(primary, "POST", f"/api/v1/jobs/{service.job_id}/transform", large)
     # the same guards: token, Host, problem+json errors, body limits
     for conn in (worker, primary):
         for path in (f"/api/v1/jobs/{service.job_id}/similar?row=1", "/api/v1/jobs"):
@@ -130,7 +134,7 @@ def test_worker_answers_queries_itself_as_the_primary_does(service) -> None:
                                headers={"Host": "evil.example"})
         assert status == 400 and "evil.example" in json.loads(body)["detail"]
         status, body = request(conn, "POST", f"/api/v1/jobs/{service.job_id}/transform",
-                               {"rows": [[0.0] * 40] * 1_000})
+                               {"rows": [[0.0] * 40] * 12_000})
         assert status == 413 and "max_json_bytes" in json.loads(body)["detail"]
 
 
