@@ -110,10 +110,8 @@ class FoldIn:
         return self
 
     def __call__(self, X_new: Any) -> np.ndarray:
-        if self.missing == "zero" and (sp.issparse(X_new) or isinstance(X_new, np.ndarray)) \
-                and active_client() is None \
-                and (X_new.nnz * 8 if sp.issparse(X_new) else X_new.nbytes) < inputs.SMALL_INPUT_BYTES:
-            return self.rows(X_new)  # a few rows (a query): no runner to set up
+        if self.missing == "zero" and folds_here(X_new):
+            return self.rows(X_new)[0]  # a few rows (a query): no runner to set up
         runner = make_runner()
         try:
             source = as_source(X_new, n_blocks_hint=inputs.blocks_hint(runner, X_new))
@@ -124,18 +122,26 @@ class FoldIn:
         finally:
             runner.close()
 
-    def rows(self, X_new: np.ndarray | sp.sparray | sp.spmatrix) -> np.ndarray:
-        """W (r, k) float32 of in-memory rows X_new (r, n), validated, in this thread."""
+    def rows(self, X_new: np.ndarray | sp.sparray | sp.spmatrix) -> tuple[np.ndarray, np.ndarray]:
+        """W (r, k) float32 of in-memory rows X_new (r, n), validated, in this thread, and the sweeps
+        each row took (r,)."""
         block = X_new if isinstance(X_new, sp.csr_array) or not sp.issparse(X_new) else sp.csr_array(X_new)
         block = np.atleast_2d(block) if isinstance(block, np.ndarray) else block
         self._check_columns(block.shape[1])
         check_block(block)
         return fold_in_block(block, self.Ht, self.HHt, self.beta, self.solver, self.max_iter, self.tol,
-                             self.l1, self.l2)[0]
+                             self.l1, self.l2)
 
     def _check_columns(self, n_cols: int) -> None:
         if n_cols != self.H.shape[1]:
             raise ValueError(f"X_new has {n_cols} columns but H has {self.H.shape[1]}")
+
+
+def folds_here(X: Any) -> bool:
+    """Whether rows X are few enough to fold in in this thread (numpy or scipy.sparse under
+    ``inputs.SMALL_INPUT_BYTES``, no Dask client active) rather than over row blocks on a runner."""
+    return (sp.issparse(X) or isinstance(X, np.ndarray)) and active_client() is None \
+        and (X.nnz * 8 if sp.issparse(X) else X.nbytes) < inputs.SMALL_INPUT_BYTES
 
 
 def transform_blocks(runner: Runner, source: BlockSource, H: np.ndarray, beta: float, solver: str,
