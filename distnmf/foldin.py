@@ -102,11 +102,11 @@ class FoldIn:
         return np.ascontiguousarray(self.H.T)
 
     def prepare(self) -> FoldIn:
-        """Compute H Hᵀ and Hᵀ, and load (or compile) the kernel, so the first query pays for none."""
-        from distnmf import foldin_kernel
-
+        """Compute H Hᵀ and Hᵀ, and load (or compile) the kernel this fold-in uses by folding a zero row
+        in, so the first query pays for none of it (~1 s: numba's import and cached code)."""
         self.HHt, self.Ht  # noqa: B018 - cached properties, computed now
-        foldin_kernel.warm_up()
+        if self.missing == "zero":  # (unobserved entries fold in on a runner, never in a query's thread)
+            self.rows(np.zeros((1, self.H.shape[1]), dtype=np.float32))
         return self
 
     def __call__(self, X_new: Any) -> np.ndarray:

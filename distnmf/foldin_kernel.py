@@ -166,12 +166,3 @@ def _rows_own(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> tupl
     for i in range(m):
         sweeps[i] = _solve_row(W[i], B[i], G[i], _flat_start(B[i], G[i]), max_sweeps, tol * tol)
     return W, sweeps
-
-
-def warm_up() -> None:
-    """Compile (or load from numba's cache) both variants, so that no query pays for it."""
-    B = np.ones((1, 2), dtype=np.float32)
-    G = np.eye(2, dtype=np.float32)
-    hals_fold_in(B, G, max_sweeps=2, tol=1e-4)
-    hals_fold_in(B, G[None], max_sweeps=2, tol=1e-4)
-    flat_starts(B, G)
