@@ -298,7 +298,8 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
     # ------------------------------------------------------------------ using the fit
 
     def transform(self, X: Any) -> np.ndarray | da.Array:
-        """Coefficients W of new samples X (n_samples, n_features) with H fixed (fold-in)."""
+        """Coefficients W (n_samples, n_components) of new samples X (n_samples, n_features) with H fixed
+        (fold-in): each row solved alone, so its coefficients do not depend on the other rows of X."""
         check_is_fitted(self)
         return self._fold_in(X)[0]
 
