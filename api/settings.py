@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from pathlib import Path
 from typing import Literal
 
+import dask.system
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -84,13 +84,13 @@ class Settings(BaseSettings):
         return DataDir(self.data_dir, storage.as_location(self.storage_root) if self.storage_root else None)
 
     def query_worker_count(self) -> int:
-        """How many query worker processes to run: ``query_workers``, else one per usable core but one."""
+        """How many query worker processes to run: ``query_workers``, else one per usable core but one
+        (the cores this process may run on, within a container's CPU quota: ``dask.system.cpu_count``)."""
         if self.query_workers is not None:
             return self.query_workers
         if not hasattr(socket, "SO_REUSEPORT"):  # the processes could not share the port
             return 0
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(0, cores - 1)
+        return max(0, dask.system.cpu_count() - 1)
 
     def environment(self) -> dict[str, str]:
         """These settings as the ``DISTNMF_*`` variables that make a child process's ``Settings()`` equal them."""
