@@ -34,6 +34,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -157,20 +158,40 @@ def load(service: Service, kind: str, clients: int, n_requests: int, shape: tupl
     workers = query_workers(server)
     before = [cpu_seconds(p) for p in [server, *workers]]
     started = time.perf_counter()
+    spread: list[int] = []  # the clients' connections each process serves (the kernel's hash spreads them)
+    counting = threading.Thread(target=count_connections, args=([server, *workers], service.port, clients, spread),
+                                daemon=True)
     with loadgen.Poller(address, loadgen.encode("GET", "/api/v1/health", host)) as health:
+        counting.start()
         result = loadgen.run(address, requests, clients, processes=min(clients, GENERATOR_PROCESSES),
                              timeout=PHASE_DEADLINE)
+    counting.join()
     wall = time.perf_counter() - started  # the generator's start-up and warm-up included, as in the CPU times
     cores = [(cpu_seconds(p) - b) / wall for p, b in zip([server, *workers], before)]
     return {"kind": kind, "clients": clients, **loadgen.percentiles(result.latencies),
             "throughput_per_s": len(result.latencies) / result.wall_s, "failures": result.failures,
             "unfinished": result.unfinished, "service_cores": cores[0], "query_worker_cores": cores[1:],
+            "connections_per_process": spread,
             "generator_cores": result.cpu_s / result.wall_s, "health": loadgen.percentiles(health.latencies)}
 
 
 def query_workers(service: psutil.Process) -> list[psutil.Process]:
     """The service's query worker processes (its other children are the Dask cluster's)."""
     return [child for child in service.children() if "distnmf_api.query_workers" in " ".join(child.cmdline())]
+
+
+def count_connections(processes: list[psutil.Process], port: int, clients: int, out: list[int],
+                      timeout: float = 10.0) -> None:
+    """Fill ``out`` with the established connections to ``port`` each process serves, once the
+    ``clients`` connections (and /health's poller) are all open, or after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = [sum(c.status == psutil.CONN_ESTABLISHED and c.laddr.port == port
+                      for c in process.net_connections(kind="tcp")) for process in processes]
+        if sum(counts) >= clients + 1:
+            break
+        time.sleep(0.02)
+    out.extend(counts)
 
 
 def listens(process: psutil.Process, port: int) -> bool:
@@ -244,12 +265,13 @@ def main() -> None:
                     run = load(service, kind, clients, n, shape, args.k, seed)
                     config["runs"].append(run)
                     workers = " ".join(f"{c:.2f}" for c in run["query_worker_cores"]) or "-"
+                    spread = "/".join(str(n) for n in run["connections_per_process"])
                     print(f"[{name}] {kind:16s} {clients:2d} clients: p50 {run['p50_ms']:7.1f}  p95 "
                           f"{run['p95_ms']:7.1f}  p99 {run['p99_ms']:7.1f} ms  {run['throughput_per_s']:7.1f}/s  "
                           f"health p99 {run['health']['p99_ms']:6.1f} ms  cores: service "
                           f"{run['service_cores']:.2f} query workers {workers} generator "
-                          f"{run['generator_cores']:.2f}  failures {run['failures']} unfinished "
-                          f"{run['unfinished']}", flush=True)
+                          f"{run['generator_cores']:.2f}  connections {spread}  failures {run['failures']} "
+                          f"unfinished {run['unfinished']}", flush=True)
             results["configs"][name] = config
         finally:
             service.stop()
