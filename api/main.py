@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, query_workers: QueryWorkers | N
     app = FastAPI(title="distnmf", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   summary="Distributed, out-of-core NMF: register matrices, run jobs on Dask, query the factors.")
     add_pages(app)
+    app.state.query_workers = query_workers
     app.state.served = Served(settings.index_memory_bytes, settings.approximate_from_rows,
                               settings.layout.served_generation)
     api = APIRouter(prefix=API_PREFIX)

@@ -220,6 +220,12 @@ class QueryWorkers:
         self._watcher = threading.Thread(target=self._watch, name="distnmf-query-workers", daemon=True)
 
     @property
+    def running(self) -> int:
+        """How many query worker processes are alive."""
+        with self._lock:
+            return sum(process.poll() is None for process in self._processes)
+
+    @property
     def pids(self) -> list[int]:
         with self._lock:
             return [process.pid for process in self._processes]

@@ -81,6 +81,8 @@ class Health(BaseModel):
     dashboard_url: str | None
     auth: bool = Field(description="Whether requests need a bearer token.")
     limits: dict[str, int] = Field(description="Upload size, n_components, max_iter, k, download range, ...")
+    query_workers: int = Field(0, description="Query worker processes running beside the service's own.")
+    query_worker_restarts: int = Field(0, description="Query workers started again after one died.")
 
 
 # --------------------------------------------------------------------------- matrices

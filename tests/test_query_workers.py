@@ -185,6 +185,8 @@ def test_a_killed_query_worker_is_replaced(service) -> None:
     while workers.pids == [killed] and time.monotonic() < deadline:
         time.sleep(0.05)
     assert workers.pids != [killed] and workers.restarts == 1
+    health = service.client.health()
+    assert health["query_workers"] == 1 and health["query_worker_restarts"] == 1
     path = f"/api/v1/jobs/{service.job_id}/similar?row=r1&k=5"
     for _ in range(20):  # new connections while the replacement starts
         conn = http.client.HTTPConnection("127.0.0.1", service.server.port, timeout=60)
