@@ -200,10 +200,11 @@ def create_worker_app(settings: Settings, primary: Primary) -> FastAPI:
 class QueryWorkers:
     """``n`` query worker processes listening on ``host:port`` beside the primary, which they
     forward to at ``primary_url``; each one that dies is started again (after a pause when they
-    keep dying at start). ``ssl_certfile``/``ssl_keyfile``: they serve HTTPS as the primary does."""
+    keep dying at start). ``ssl_certfile``/``ssl_keyfile``: they serve HTTPS as the primary does;
+    ``access_log``: they log a line per request."""
 
     def __init__(self, settings: Settings, n: int, host: str, port: int, primary_url: str,
-                 ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None) -> None:
+                 ssl_certfile: Path | None = None, ssl_keyfile: Path | None = None, access_log: bool = False) -> None:
         self.settings, self.n = settings, n
         self.port = port
         self.restarts = 0
@@ -212,6 +213,8 @@ class QueryWorkers:
         for option, path in (("--ssl-certfile", ssl_certfile), ("--ssl-keyfile", ssl_keyfile)):
             if path is not None:
                 self._command += [option, str(path)]
+        if not access_log:
+            self._command.append("--no-access-log")
         self._processes: list[subprocess.Popen[bytes]] = []
         self._started_at: list[float] = []
         self._quick_deaths: list[int] = []
@@ -327,13 +330,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--primary", required=True, help="URL of the primary process's internal listener")
     parser.add_argument("--ssl-certfile")
     parser.add_argument("--ssl-keyfile")
+    parser.add_argument("--no-access-log", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per forwarded request
     settings = Settings()
     app = create_worker_app(settings, Primary(args.primary, verify=args.ssl_certfile is None))
     threading.Thread(target=_stop_with_primary, name="distnmf-stop-with-primary", daemon=True).start()
-    config = uvicorn.Config(app, log_level="info", lifespan="on", timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
+    config = uvicorn.Config(app, log_level="info", access_log=not args.no_access_log, lifespan="on",
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN,
                             ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
     sock = listening_socket(args.host, args.port, shared=True)
     log.info("query worker %d listening on %s:%d", os.getpid(), args.host, args.port)

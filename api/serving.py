@@ -54,6 +54,7 @@ class Served:
                 self._factors.move_to_end(path)
                 return self._factors[path]
         opened = open_factors(path)
+        opened.row_positions, opened.col_positions  # noqa: B018 - labels and their lookups loaded here, off the event loop
         with self._lock:
             self._factors[path] = opened
             while len(self._factors) > OPEN_FACTORS:
