@@ -66,13 +66,14 @@ def free_port() -> int:
 class Service:
     """``distnmf serve`` in a child process on a free loopback port."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], options: tuple[str, ...] = ()) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(data_dir / f"serve-{self.port}.log", "w")
         environment = {**os.environ, "DISTNMF_DATA_DIR": str(data_dir), "DISTNMF_N_WORKERS": "2", **env}
         self.process = subprocess.Popen([str(Path(sys.executable).parent / "distnmf"), "serve", "--port",
-                                         str(self.port)], env=environment, stdout=self.log, stderr=subprocess.STDOUT)
+                                         str(self.port), *options], env=environment, stdout=self.log,
+                                        stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
@@ -232,6 +233,7 @@ def main() -> None:
     parser.add_argument("--scan-requests", type=int, default=96, help="per kind for the scan baseline")
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--kinds", default=",".join(KINDS), help="request kinds to load, comma-separated")
+    parser.add_argument("--no-access-log", action="store_true", help="serve with distnmf serve --no-access-log")
     parser.add_argument("--data", type=Path, default=Path("data/bench/serving"))
     parser.add_argument("--out", type=Path, default=Path("bench/results/serving.json"))
     args = parser.parse_args()
@@ -242,7 +244,7 @@ def main() -> None:
     results: dict[str, Any] = {"rows": args.rows, "cols": args.cols, "k": args.k, "configs": {},
                                "load_average_start": os.getloadavg(), "prepare_s": time.monotonic() - started}
     for name in args.configs.split(","):
-        service = Service(args.data, CONFIGS[name])
+        service = Service(args.data, CONFIGS[name], ("--no-access-log",) if args.no_access_log else ())
         try:
             service.wait_ready()
             warm = time.perf_counter()
