@@ -19,13 +19,12 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from distnmf import foldin, inputs, kernels, storage
 from distnmf.driver import ZEROS_WITH_BETA_LE_0, FitConfig, FitResult, fit_blocks
-from distnmf.init import resolve_init
+from distnmf.init import random_seed, resolve_init
 from distnmf.runner import WORKER_TIMEOUT, Runner, make_runner
 from distnmf.source import BlockSource, as_source
 from distnmf.validation import check_block
@@ -266,7 +265,7 @@ class NMF(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
         alpha_H = self.alpha_W if self.alpha_H == "same" else float(self.alpha_H)
         l1_W, l2_W = compute_regularization(self.alpha_W, self.l1_ratio, n)
         l1_H, l2_H = compute_regularization(alpha_H, self.l1_ratio, m)
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        seed = random_seed(self.random_state)
         return FitConfig(
             n_components=k, solver=self.solver, beta=beta, init=init, max_iter=self.max_iter,
             tol=self.tol, seed=seed, l1_W=l1_W, l2_W=l2_W, l1_H=l1_H, l2_H=l2_H,

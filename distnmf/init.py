@@ -9,6 +9,7 @@ and sums, so it runs on the same runners as NMF and never holds X in one place:
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
 OVERSAMPLES = 10
 POWER_ITERATIONS = 4
 NNDSVD_EPS = 1e-6  # entries below this are zeroed before the fill, as in scikit-learn
+
+
+def random_seed(random_state: Any) -> int:
+    """The int seed of a scikit-learn ``random_state``: an int is itself (so NNDSVD draws what
+    scikit-learn draws for it), None or a ``RandomState`` gives one draw from it."""
+    from sklearn.utils import check_random_state
+
+    if isinstance(random_state, numbers.Integral):
+        return int(random_state)
+    return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
 def power_iterations(k: int, shape: tuple[int, int]) -> int:
@@ -119,16 +130,37 @@ def _orthonormalizer(gram: np.ndarray) -> np.ndarray:
     return evecs[:, keep] / np.sqrt(evals[keep])
 
 
-def block_truncated_svd(runner: Runner, x_handles: list[Any], n_cols: int, k: int,
-                        rng: np.random.Generator, n_power_iter: int = POWER_ITERATIONS
+def block_truncated_svd(runner: Runner, x_handles: list[Any], bounds: tuple[int, ...], n_cols: int, k: int,
+                        random_state: int, n_power_iter: int = POWER_ITERATIONS
                         ) -> tuple[list[Any], np.ndarray, np.ndarray]:
-    """Randomized truncated SVD over row blocks.
+    """Randomized truncated SVD over row blocks, as scikit-learn's ``randomized_svd``.
+
+    The same random draws (``RandomState(random_state).normal`` of shape (n, l), or (m, l) with
+    Xᵀ in X's place when X is wide, m < n: scikit-learn's ``transpose="auto"``) and the same power
+    iterations give the same subspace to float32 rounding, so NNDSVD starts where scikit-learn's
+    does for the same ``random_state`` (with other draws the trailing directions of a slowly
+    decaying spectrum, real text's, differ, and HALS can end in another local optimum).
 
     Returns U as per-block handles (each (m_i, k)), S of shape (k,), Vt of shape (k, n).
     """
-    width = min(n_cols, k + OVERSAMPLES)
-    omega = rng.standard_normal((n_cols, width)).astype(np.float32)
-    y = runner.map("svd-sketch", _sketch, x_handles, shared=(runner.broadcast(omega),))
+    m = bounds[-1]
+    width = min(m, n_cols, k + OVERSAMPLES)
+    draws = np.random.RandomState(random_state)
+    if m >= n_cols:
+        basis, right, s, vt = _range_of_x(runner, x_handles, draws.normal(size=(n_cols, width)), n_power_iter)
+    else:
+        omega = draws.normal(size=(m, width)).astype(np.float32)
+        parts = [omega[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        basis, right, s, vt = _range_of_xt(runner, x_handles, parts, n_power_iter)
+    right, s, vt = _complete(*_flip_signs(right[:, :k], s[:k], vt[:k]), k)
+    return runner.map("svd-U", _apply_right, basis, shared=(right,)), s, vt
+
+
+def _range_of_x(runner: Runner, x_handles: list[Any], omega: np.ndarray, n_power_iter: int
+                ) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Range finder on X's columns: Q (m, l) in blocks from Y = (X Xᵀ)^q X Ω, Ω (n, l); then
+    B = Qᵀ X = Û S Vᵀ. Returns Q's blocks, Û (l, l), S and Vᵀ (l, n): U = Q Û."""
+    y = runner.map("svd-sketch", _sketch, x_handles, shared=(runner.broadcast(omega.astype(np.float32)),))
     for _ in range(n_power_iter):
         q = _orthonormalize(runner, y, "svd-range", passes=1)
         z = runner.reduce(runner.map("svd-project", _project, x_handles, q), "svd-reduce")  # (l, n)
@@ -137,9 +169,26 @@ def block_truncated_svd(runner: Runner, x_handles: list[Any], n_cols: int, k: in
     q = _orthonormalize(runner, y, "svd-range")
     b = runner.reduce(runner.map("svd-project", _project, x_handles, q), "svd-reduce")  # (l, n)
     u_small, s, vt = np.linalg.svd(b, full_matrices=False)
-    u_small, s, vt = _complete(*_flip_signs(u_small[:, :k], s[:k], vt[:k]), k)
-    u = runner.map("svd-U", _apply_right, q, shared=(u_small,))
-    return u, s, vt
+    return q, u_small, s, vt
+
+
+def _range_of_xt(runner: Runner, x_handles: list[Any], omega_parts: list[np.ndarray], n_power_iter: int
+                 ) -> tuple[list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Range finder on Xᵀ's columns (X wide): Q (n, l) here from Y = (Xᵀ X)^q Xᵀ Ω, Ω (m, l) in
+    blocks; then Bᵀ = X Q = C, in blocks, orthonormalised C = Q_c R, and Rᵀ = Û S V̂ᵀ gives
+    X ≈ Q_c V̂ S (Q Û)ᵀ. Returns Q_c's blocks, V̂ (l, l), S and (Q Û)ᵀ (l, n): U = Q_c V̂."""
+    y = runner.reduce(runner.map("svd-project", _project, x_handles, omega_parts), "svd-reduce").T  # (n, l)
+    for _ in range(n_power_iter):
+        q = _cholesky_qr(y)
+        z = runner.map("svd-sketch", _sketch, x_handles, shared=(runner.broadcast(q.astype(np.float32)),))
+        z = _orthonormalize(runner, z, "svd-range", passes=1)
+        y = runner.reduce(runner.map("svd-project", _project, x_handles, z), "svd-reduce").T
+    q = _cholesky_qr(y, passes=2)
+    c = runner.map("svd-sketch", _sketch, x_handles, shared=(runner.broadcast(q.astype(np.float32)),))
+    q_c = _orthonormalize(runner, c, "svd-basis")
+    r = runner.reduce(runner.map("svd-r", _project, c, q_c), "svd-reduce")  # Q_cᵀ C
+    u_hat, s, v_hat_t = np.linalg.svd(r.T, full_matrices=False)
+    return q_c, v_hat_t.T, s, (q @ u_hat).T
 
 
 def _complete(u: np.ndarray, s: np.ndarray, vt: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,8 +221,7 @@ def nndsvd_init(runner: Runner, x_handles: list[Any], bounds: tuple[int, ...], n
 
     Returns W as per-block handles (each (m_i, k)) and H of shape (k, n), both float32.
     """
-    rng = np.random.default_rng(seed)
-    u_blocks, s, vt = block_truncated_svd(runner, x_handles, n_cols, k, rng,
+    u_blocks, s, vt = block_truncated_svd(runner, x_handles, bounds, n_cols, k, seed,
                                           power_iterations(k, (bounds[-1], n_cols)))
     u_pos, u_neg = np.sqrt(runner.reduce(runner.map("nndsvd-norms", _signed_norms, u_blocks), "nndsvd-reduce"))
     vt64 = vt.astype(np.float64)
@@ -233,8 +281,8 @@ def truncated_svd(X: Any, n_components: int, random_state: int | None = None,
         source: BlockSource = as_source(X, n_blocks_hint=2 * runner.n_workers)
         check_rank(n_components, source.shape)
         x_handles = runner.load(source, keep=True)
-        u, s, vt = block_truncated_svd(runner, x_handles, source.shape[1], n_components,
-                                       np.random.default_rng(random_state), n_power_iter)
+        u, s, vt = block_truncated_svd(runner, x_handles, source.bounds, source.shape[1], n_components,
+                                       random_seed(random_state), n_power_iter)
         return np.concatenate(runner.gather(u)), s, vt
     finally:
         runner.close()
@@ -262,7 +310,6 @@ def initialize_nmf(X: Any, n_components: int, init: str | None = None,
     when k <= min(n_samples, n_features), else "random"; the NNDSVD variants need that bound.
     Computed in float32, returned in X's float dtype.
     """
-    from sklearn.utils import check_random_state
     from sklearn.utils.validation import check_array, check_non_negative
 
     from distnmf.runner import make_runner
@@ -274,7 +321,7 @@ def initialize_nmf(X: Any, n_components: int, init: str | None = None,
     if init not in ("random", "nndsvd", "nndsvda", "nndsvdar"):
         raise ValueError(f"Invalid init parameter: got {init!r} instead of one of "
                          f"{(None, 'random', 'nndsvd', 'nndsvda', 'nndsvdar')}")
-    seed = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
+    seed = random_seed(random_state)
     runner = make_runner()
     try:
         source = as_source(X)

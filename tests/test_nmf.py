@@ -398,6 +398,27 @@ def test_nndsvd_matches_scikit_learn(variant):
     np.testing.assert_allclose(H, H_ref, atol=1e-4 * H_ref.max())
 
 
+@pytest.mark.parametrize("shape", [(400, 150), (150, 400)], ids=["tall", "wide"])
+def test_nndsvd_draws_what_scikit_learn_draws(shape):
+    """On a matrix whose spectrum decays slowly (random sparse: real text's trailing directions),
+    other random draws give other trailing singular vectors, and another NNDSVD start: with the
+    same ``random_state`` distnmf's draws, and its power iterations on X or on Xᵀ (wide X), are
+    scikit-learn's, so the start is scikit-learn's to float32 rounding, over any row blocks."""
+    from sklearn.decomposition._nmf import _initialize_nmf
+
+    from distnmf.init import nndsvd_init
+
+    X = sp.random(*shape, density=0.05, random_state=np.random.RandomState(1), format="csr", dtype=np.float32)
+    W_ref, H_ref = _initialize_nmf(X, 12, init="nndsvda", random_state=0)
+    runner = LocalRunner()
+    source = as_source(X, n_blocks_hint=3)
+    w_blocks, H = nndsvd_init(runner, runner.load(source, True), source.bounds, shape[1], 12, "nndsvda",
+                              float(X.mean()), 0)
+    assert len(w_blocks) == 3
+    assert np.linalg.norm(np.concatenate(w_blocks) - W_ref) < 1e-3 * np.linalg.norm(W_ref)
+    assert np.linalg.norm(H - H_ref) < 1e-3 * np.linalg.norm(H_ref)
+
+
 def test_transform_applies_the_fits_w_regularization():
     X, _, _ = planted(200, 40, 4, noise=0.05, seed=21)
     plain = distnmf.NMF(4, random_state=0, max_iter=100).fit(X)

@@ -28,7 +28,10 @@ def assert_same_fit(model: distnmf.NMF, reference: distnmf.NMF) -> None:
     assert model.n_iter_ == reference.n_iter_
     every = model.checkpoint_every  # a loss costs at most the iterations since the last checkpoint
     assert all(0 <= lost - resumed <= every for lost, resumed in getattr(model, "recoveries_", []))
-    np.testing.assert_allclose(model.components_, reference.components_, rtol=1e-6, atol=1e-7)
+    # two undisturbed fits on one cluster already differ in float32 rounding (measured: up to ~1e-6
+    # of max|H| after 12 iterations); one iteration more or less moves H by ~3% of max|H| here
+    np.testing.assert_allclose(model.components_, reference.components_, rtol=1e-4,
+                               atol=1e-5 * float(reference.components_.max()))
     np.testing.assert_allclose(model.error_history_, reference.error_history_, rtol=1e-6)
 
 
