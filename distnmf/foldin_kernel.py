@@ -8,32 +8,18 @@ its own: once a sweep changes it by less than ``tol`` times its first sweep's ch
 Nothing crosses rows, so folding rows in together or one by one gives the same coefficients, up to
 the rounding of the ``b`` the caller computed.
 
-Compiled with numba, cached on disk (the first call in a fresh environment compiles for ~2 s, later
-processes load the cache) where a writable cache location exists — beside this file, or
-``NUMBA_CACHE_DIR`` — else compiled in each process (a read-only install and home, as in a container
-with a read-only root). A one-row fold-in (k=20) takes a few microseconds, against ~0.4 ms for the
-same sweeps in numpy, whose per-call overhead dominates at that size.
+Compiled with numba (:mod:`distnmf.compiled`). A one-row fold-in (k=20) takes a few microseconds,
+against ~0.4 ms for the same sweeps in numpy, whose per-call overhead dominates at that size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-import numba
 import numpy as np
 
-
-def _compiled(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``numba.njit(nogil=True)``, cached on disk when numba finds a writable place for it (it raises
-    RuntimeError at decoration otherwise)."""
-    try:
-        return numba.njit(cache=True, nogil=True)(function)
-    except RuntimeError:
-        return numba.njit(nogil=True)(function)
+from distnmf.compiled import compiled
 
 
-@_compiled
+@compiled
 def _solve_row(w: np.ndarray, b: np.ndarray, G: np.ndarray, start: float, max_sweeps: int, tol2: float) -> int:
     """HALS sweeps on one row: w (k,) float32 overwritten from ``start``; returns the sweeps done."""
     k = w.shape[0]
@@ -63,7 +49,7 @@ def _solve_row(w: np.ndarray, b: np.ndarray, G: np.ndarray, start: float, max_sw
     return sweep
 
 
-@_compiled
+@compiled
 def _flat_start(b: np.ndarray, G: np.ndarray) -> float:
     """The least-squares best constant vector's value ``max(Σ b, 0) / Σ G``; 0 when Σ G is 0."""
     total_G = 0.0
@@ -72,7 +58,7 @@ def _flat_start(b: np.ndarray, G: np.ndarray) -> float:
     return max(np.float64(b.sum()), 0.0) / total_G if total_G > 0 else 0.0
 
 
-@_compiled
+@compiled
 def flat_starts(B: np.ndarray, G: np.ndarray) -> np.ndarray:
     """Each row's flat start, (m,) float64, for B (m, k) and G (k, k) shared by the rows."""
     return np.array([_flat_start(B[i], G) for i in range(B.shape[0])])
@@ -93,7 +79,7 @@ def hals_fold_in(B: np.ndarray, G: np.ndarray, *, max_sweeps: int, tol: float) -
 TILE = 64  # rows solved side by side by _rows_shared: its inner loops then run across rows (SIMD)
 
 
-@_compiled
+@compiled
 def _rows_shared(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
     """Rows against one G: below :data:`TILE` rows one at a time (:func:`_solve_row`), else in tiles of
     TILE rows swept together — the same operations per row in the same order, so the same bits as one
@@ -158,7 +144,7 @@ def _rows_shared(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> t
     return W, sweeps
 
 
-@_compiled
+@compiled
 def _rows_own(B: np.ndarray, G: np.ndarray, max_sweeps: int, tol: float) -> tuple[np.ndarray, np.ndarray]:
     m, k = B.shape
     W = np.empty((m, k), dtype=np.float32)

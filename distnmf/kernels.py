@@ -72,73 +72,34 @@ def block_stats(X: Block, chunk: int = 1 << 20) -> tuple[float, float, int]:
 # --------------------------------------------------------------------------- HALS
 
 
-def hals_sweeps(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, *, max_sweeps: int = 1,
-                inner_tol: float = 0.1, l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, int]:
-    """Accelerated HALS: up to ``max_sweeps`` column sweeps over W for fixed XHt and HHt.
+def hals_sweeps(F: np.ndarray, A: np.ndarray, G: np.ndarray, *, max_sweeps: int = 1,
+                inner_tol: float = 0.1, l1: float = 0.0, l2: float = 0.0) -> tuple[int, float]:
+    """Accelerated HALS: up to ``max_sweeps`` column sweeps over F for fixed A and G.
 
-    Minimises ``0.5 ||X - W H||^2 + l1 ||W||_1 + 0.5 l2 ||W||^2`` over W >= 0, one column at a
-    time (Cichocki & Phan's HALS). As in Gillis & Glineur's accelerated HALS, the sweeps reuse
-    the costly XHt; they stop once a sweep changes W by less than ``inner_tol`` times the change
-    of the first sweep. The work is done on Wᵀ (:func:`hals_sweeps_rows`).
-
-    Parameters
-    ----------
-    W : ndarray of shape (m, k), updated in place.
-    XHt : ndarray of shape (m, k), X H^T.
-    HHt : ndarray of shape (k, k), H H^T.
-
-    Returns
-    -------
-    W : the updated array; n_sweeps : sweeps done.
-    """
-    Wt = np.ascontiguousarray(W.T)
-    Wt, sweeps = hals_sweeps_rows(Wt, np.ascontiguousarray(XHt.T), HHt, max_sweeps=max_sweeps,
-                                  inner_tol=inner_tol, l1=l1, l2=l2)
-    W[...] = Wt.T
-    return W, sweeps
-
-
-def hals_sweeps_rows(Ft: np.ndarray, A: np.ndarray, B: np.ndarray, *, max_sweeps: int = 1,
-                     inner_tol: float = 0.1, l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, int]:
-    """:func:`hals_sweeps` on the transposed factor: row j of ``Ft`` is the factor's column j.
-
-    Each coordinate update then reads and writes contiguous rows (on the untransposed factor a
-    column update strides over all of it): measured 1.5-2x faster per sweep.
+    With F = W, A = X H^T, G = H H^T: minimises ``0.5 ||X - W H||^2 + l1 ||W||_1 + 0.5 l2 ||W||^2``
+    over W >= 0, one column at a time (Cichocki & Phan's HALS); with F = Hᵀ, A = (Wᵀ X)ᵀ, G = Wᵀ W
+    the same for H. As in Gillis & Glineur's accelerated HALS, the sweeps reuse the costly A; they
+    stop once a sweep changes F by less than ``inner_tol`` times the change of the first sweep
+    (``inner_tol=0``: exactly ``max_sweeps``). Compiled: :mod:`distnmf.hals_kernel`.
 
     Parameters
     ----------
-    Ft : ndarray of shape (k, m), C-contiguous, updated in place (e.g. H, or Wᵀ).
-    A : ndarray of shape (k, m), the data term (W^T X for H, (X H^T)^T for W).
-    B : ndarray of shape (k, k), the Gram matrix of the other factor.
+    F : ndarray of shape (r, k), float32, updated in place (any strides: Hᵀ may be a view).
+    A : ndarray of shape (r, k).
+    G : ndarray of shape (k, k).
 
     Returns
     -------
-    Ft : the updated array; n_sweeps : sweeps done.
+    n_sweeps : sweeps done; violation : scikit-learn cd's projected-gradient violation (the first sweep's).
     """
-    k = Ft.shape[0]
-    if l1:
-        A = A - l1
-    Bt = np.ascontiguousarray((B + l2 * np.eye(k, dtype=B.dtype) if l2 else B).T, dtype=Ft.dtype)
-    track = inner_tol > 0 and max_sweeps > 1  # the change decides the early stop only
-    first_change = 0.0
-    for sweep in range(1, max_sweeps + 1):
-        change = 0.0
-        for j in range(k):
-            if Bt[j, j] <= 0:  # the other factor's row j is all zero: no information, keep row j
-                continue  # (zeroing it would kill component j for good; it can revive next update)
-            new = Ft[j] + (A[j] - Bt[j] @ Ft) / Bt[j, j]
-            np.maximum(new, 0.0, out=new)
-            if track:
-                delta = new - Ft[j]
-                change += float(delta @ delta)
-            Ft[j] = new
-        if not track:
-            continue
-        if sweep == 1:
-            first_change = change
-        elif change <= inner_tol**2 * first_change:
-            return Ft, sweep
-    return Ft, max_sweeps
+    from distnmf import hals_kernel  # numba: imported (~0.5 s) by the first HALS fit, not by every import
+
+    G = np.asarray(G, dtype=np.float32)
+    if l2:
+        G = G + np.float32(l2) * np.eye(len(G), dtype=np.float32)
+    tol2 = inner_tol**2 if max_sweeps > 1 else 0.0
+    return hals_kernel.sweep_rows(F, np.asarray(A, dtype=np.float32), np.ascontiguousarray(G), np.float32(l1),
+                                  max_sweeps, tol2)
 
 
 def accelerated_sweeps(n_rows: int, n_cols: int, k: int, nnz: int | None = None, alpha: float = 0.5,
@@ -158,45 +119,26 @@ def accelerated_sweeps(n_rows: int, n_cols: int, k: int, nnz: int | None = None,
     return int(max(1, min(cap, 1 + np.floor(alpha * rho))))
 
 
-def projected_gradient_l1(W: np.ndarray, XHt: np.ndarray, HHt: np.ndarray, l1: float = 0.0,
-                          l2: float = 0.0) -> float:
-    """Σ |projected gradient| of the objective in W: scikit-learn cd's "violation".
-
-    The gradient is ``W HHt - XHt + l1 + l2 W``; where W is 0 only its negative part counts.
-    """
-    grad = W @ HHt - XHt
-    if l1:
-        grad += l1
-    if l2:
-        grad += l2 * W
-    return float(np.abs(np.where(W > 0, grad, np.minimum(grad, 0))).sum(dtype=np.float64))
-
-
 def hals_update_block(X: Block, W: np.ndarray, H: np.ndarray, HHt: np.ndarray, *, max_sweeps: int,
                       l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, float]:
     """HALS update of one row block W_i given X_i, H and H H^T.
 
     Exactly ``max_sweeps`` sweeps, so the result does not depend on how rows are blocked.
-    Returns the new W_i (m_i, k) and the projected-gradient violation before the update.
+    Returns the new W_i (m_i, k) and the violation of its first sweep.
     """
-    W = np.array(W, dtype=np.float32, copy=True)
-    XHt = x_ht(X, H)
-    violation = projected_gradient_l1(W, XHt, HHt, l1, l2)
-    hals_sweeps(W, XHt, HHt, max_sweeps=max_sweeps, inner_tol=0.0, l1=l1, l2=l2)
+    W = np.array(W, dtype=np.float32, order="C", copy=True)
+    _, violation = hals_sweeps(W, x_ht(X, H), HHt, max_sweeps=max_sweeps, inner_tol=0.0, l1=l1, l2=l2)
     return W, violation
 
 
 def hals_update_h(H: np.ndarray, WtX: np.ndarray, WtW: np.ndarray, *, max_sweeps: int,
                   l1: float = 0.0, l2: float = 0.0) -> tuple[np.ndarray, float]:
-    """HALS update of H (k, n) from the reduced W^T X (k, n) and W^T W (k, k).
+    """HALS update of H (k, n) from the reduced W^T X (k, n) and W^T W (k, k), swept as Hᵀ.
 
-    Returns the new H and the projected-gradient violation before the update.
+    Returns the new H and the violation of its first sweep.
     """
     H = np.array(H, dtype=np.float32, order="C", copy=True)
-    WtX = np.ascontiguousarray(WtX, dtype=np.float32)
-    WtW = WtW.astype(np.float32)
-    violation = projected_gradient_l1(H.T, WtX.T, WtW, l1, l2)
-    hals_sweeps_rows(H, WtX, WtW, max_sweeps=max_sweeps, l1=l1, l2=l2)
+    _, violation = hals_sweeps(H.T, np.asarray(WtX, dtype=np.float32).T, WtW, max_sweeps=max_sweeps, l1=l1, l2=l2)
     return H, violation
 
 
