@@ -419,6 +419,43 @@ def test_nndsvd_draws_what_scikit_learn_draws(shape):
     assert np.linalg.norm(H - H_ref) < 1e-3 * np.linalg.norm(H_ref)
 
 
+class PassCounter(LocalRunner):
+    """A LocalRunner counting the randomized SVD's passes over X (its sketch and projection maps)."""
+
+    passes = 0
+
+    def map(self, name, fn, *columns, shared=()):
+        self.passes += name in ("svd-sketch", "svd-project")
+        return super().map(name, fn, *columns, shared=shared)
+
+
+@pytest.mark.parametrize("shape", [(600, 200), (200, 600)], ids=["tall", "wide"])
+def test_power_iterations_stop_once_the_subspace_settles(shape):
+    """Planted rank-8 data with noise: the Ritz values settle after two power iterations and
+    the rest are skipped, the start still scikit-learn's; a random sparse matrix (a slowly
+    decaying spectrum) gets all 7 (1 + 2 x 7 + 1 passes over X)."""
+    from sklearn.decomposition._nmf import _initialize_nmf
+
+    from distnmf.init import nndsvd_init
+
+    rng = np.random.default_rng(5)
+    planted_X = (rng.gamma(1.0, size=(shape[0], 8)) @ rng.gamma(1.0, size=(8, shape[1])) *
+                 (1 + 0.01 * rng.random(shape))).astype(np.float32)
+    noisy_X = sp.random(*shape, density=0.05, random_state=np.random.RandomState(1), format="csr", dtype=np.float32)
+    passes = {}
+    for name, X in (("planted", planted_X), ("sparse", noisy_X)):
+        runner = PassCounter()
+        source = as_source(X, n_blocks_hint=2)
+        w_blocks, H = nndsvd_init(runner, runner.load(source, True), source.bounds, shape[1], 8, "nndsvda",
+                                  float(X.mean()), 0)
+        passes[name] = runner.passes
+        W_ref, H_ref = _initialize_nmf(X, 8, init="nndsvda", random_state=0)
+        assert np.linalg.norm(np.concatenate(w_blocks) - W_ref) < 1e-3 * np.linalg.norm(W_ref), name
+        assert np.linalg.norm(H - H_ref) < 1e-3 * np.linalg.norm(H_ref), name
+    settled = 7 if shape[0] >= shape[1] else 6  # the check costs X's side half a power iteration more
+    assert passes == {"planted": settled, "sparse": 16}
+
+
 def test_transform_applies_the_fits_w_regularization():
     X, _, _ = planted(200, 40, 4, noise=0.05, seed=21)
     plain = distnmf.NMF(4, random_state=0, max_iter=100).fit(X)
