@@ -19,7 +19,7 @@ from distnmf_api.jobstore import JobStore
 from distnmf_api.query_workers import QueryWorkers
 from distnmf_api.routers import API_PREFIX, health, jobs, matrices, results, version
 from distnmf_api.routers.pages import add_pages
-from distnmf_api.serving import Served
+from distnmf_api.serving import Served, ready_to_serve
 from distnmf_api.settings import Settings
 
 log = logging.getLogger("distnmf.api")
@@ -43,6 +43,7 @@ def create_app(settings: Settings | None = None, query_workers: QueryWorkers | N
         if query_workers is not None:
             await asyncio.to_thread(query_workers.start)
         blas = threadpool_limits(limits=1, user_api="blas")  # queries run in parallel threads: one BLAS thread each
+        await asyncio.to_thread(ready_to_serve)
         log.info("distnmf service ready: data in %s, stores in %s, scheduler %s, dashboard %s",
                  settings.data_dir.resolve(), settings.layout.store_root, cluster.address, cluster.dashboard_url)
         try:

@@ -22,6 +22,7 @@ pipe from the primary: end of file means the primary is gone).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import re
@@ -47,7 +48,7 @@ from distnmf_api.deps import require_token
 from distnmf_api.forwarding import Primary
 from distnmf_api.jobstore import JobStore
 from distnmf_api.routers import API_PREFIX, results
-from distnmf_api.serving import Served
+from distnmf_api.serving import Served, ready_to_serve
 from distnmf_api.settings import Settings
 
 log = logging.getLogger("distnmf.api")
@@ -169,6 +170,7 @@ def create_worker_app(settings: Settings, primary: Primary) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         blas = threadpool_limits(limits=1, user_api="blas")  # queries run in parallel threads: one BLAS thread each
+        await asyncio.to_thread(ready_to_serve)
         try:
             yield
         finally:

@@ -351,3 +351,19 @@ def _same_as_library_scans(rows: list[int], folded: list, similar: list, factors
         assert [h.index for h in hits] == [h.index for h in analysis.similar(factors, r, k=3, method="scan")]
         x = np.eye(200, dtype=np.float32)[[r % 200]]
         assert [h.index for h in near] == [h.index for h in analysis.transform(factors, x, 3, method="scan")[1][0]]
+
+
+def test_a_started_service_is_ready_for_its_first_transform(service) -> None:
+    """Start-up loads the compiled fold-in (in a fresh process: numba and its machine code, ~1 s a
+    first transform would otherwise spend holding the GIL while other queries wait) and freezes the
+    garbage collector's view of what it loaded (a full collection no longer scans it)."""
+    import gc
+    import subprocess
+    import sys
+
+    assert gc.get_freeze_count() > 10_000  # this process's service froze its start-up objects
+    probe = ("import gc; from distnmf import foldin_kernel; from distnmf_api.serving import ready_to_serve; "
+             "before = len(foldin_kernel._rows_shared.signatures); ready_to_serve(); "
+             "print(before, len(foldin_kernel._rows_shared.signatures), gc.get_freeze_count() > 10_000)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["0", "1", "True"]
