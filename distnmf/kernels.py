@@ -173,13 +173,13 @@ def residual_sq_block(X: Block, W: np.ndarray, H: np.ndarray, chunk_bytes: int =
     """
     H64 = H.astype(np.float64)
     if not isinstance(X, np.ndarray):
+        from distnmf import sparse_kernel  # numba: imported by the first fit that needs it
+
+        X = sp.csr_array(X)
         W64 = W.astype(np.float64)
-        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
         data = np.asarray(X.data, dtype=np.float64)
-        cross = 0.0
-        for s in range(0, X.nnz, 2**18):
-            cross += float(data[s:s + 2**18] @ np.einsum("ij,ji->i", W64[rows[s:s + 2**18]],
-                                                          H64[:, X.indices[s:s + 2**18]]))
+        cross = sparse_kernel.stored_cross(X.indptr, X.indices, X.data, np.ascontiguousarray(W, dtype=np.float32),
+                                           np.ascontiguousarray(H.T, dtype=np.float32))
         quad = float(np.vdot(W64.T @ W64, H64 @ H64.T))
         return max(float(data @ data) - 2.0 * cross + quad, 0.0)
     total = 0.0

@@ -146,3 +146,18 @@ def test_one_sweep_iteration_equals_scikit_learn_cd(problem):
     np.testing.assert_allclose(W_new, W_sk, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(H_new, Ht_sk.T, rtol=1e-4, atol=1e-6)
     assert (ours_w, ours_h) == pytest.approx((violation_w, violation_h), rel=1e-4)  # the stopping rule's measure
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_residual_is_exact_in_float64(problem, sparse):
+    """||X - W H||² of a block, dense and sparse, against float64 on the dense matrix; also when W H
+    reproduces X to 1e-6 (a float32 product would lose the residual there; the sparse form
+    ||X||² - 2⟨X, WH⟩ + ⟨WᵀW, HHᵀ⟩ keeps it to float64 rounding of ||X||²)."""
+    X, W, H = problem
+    X = np.where(X > 0.5, X, 0).astype(np.float32)
+    exact_fit = (W.astype(np.float64) @ H.astype(np.float64)) * (1 + 1e-6)
+    for target in (X, exact_fit.astype(np.float32)):
+        block = sp.csr_array(target) if sparse else target
+        expected = float(np.sum((target.astype(np.float64) - W.astype(np.float64) @ H.astype(np.float64)) ** 2))
+        x_sq = float(np.sum(target.astype(np.float64) ** 2))
+        assert kernels.residual_sq_block(block, W, H) == pytest.approx(expected, rel=1e-6, abs=1e-14 * x_sq)
