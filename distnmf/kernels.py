@@ -142,6 +142,17 @@ def hals_update_h(H: np.ndarray, WtX: np.ndarray, WtW: np.ndarray, *, max_sweeps
     return H, violation
 
 
+def load_compiled() -> None:
+    """Load the compiled kernels into this process through the calls fits make, on a tiny problem:
+    numba's start-up (its import and its code generator, ~1.5-2 s here even from the disk cache) is
+    then paid before the first fit rather than by it (a Dask worker does this as it starts)."""
+    X = sp.csr_array(np.eye(2, dtype=np.float32))
+    W = H = np.eye(2, dtype=np.float32)
+    hals_update_block(X, W, H, H @ H.T, max_sweeps=1)
+    hals_update_h(H, wt_x(W, X), W.T @ W, max_sweeps=1)
+    residual_sq_block(X, W, H)
+
+
 def gram64(H: np.ndarray) -> np.ndarray:
     """H H^T of shape (k, k), computed in float64."""
     H64 = H.astype(np.float64)

@@ -161,3 +161,26 @@ def test_residual_is_exact_in_float64(problem, sparse):
         expected = float(np.sum((target.astype(np.float64) - W.astype(np.float64) @ H.astype(np.float64)) ** 2))
         x_sq = float(np.sum(target.astype(np.float64) ** 2))
         assert kernels.residual_sq_block(block, W, H) == pytest.approx(expected, rel=1e-6, abs=1e-14 * x_sq)
+
+
+def test_load_compiled_covers_what_fits_compile():
+    """After ``load_compiled`` (what a Dask worker runs as it starts), dense and sparse fits, float32
+    and float64, with penalties, compile nothing more: their first iteration pays no numba start-up."""
+    import subprocess
+    import sys
+
+    probe = """
+import numpy as np, scipy.sparse as sp, warnings
+from distnmf import NMF, hals_kernel, kernels, sparse_kernel
+kernels.load_compiled()
+kernels_now = lambda: (len(hals_kernel.sweep_rows.signatures), len(sparse_kernel.stored_cross.signatures))
+before = kernels_now()
+X = np.random.default_rng(0).random((60, 30))
+warnings.simplefilter("ignore")
+for data in (X, X.astype(np.float32), sp.csr_array(np.where(X > 0.7, X, 0))):
+    NMF(4, max_iter=3, random_state=0).fit(data)
+    NMF(4, max_iter=3, random_state=0, alpha_W=0.01, l1_ratio=0.5).fit(data)
+print(before == kernels_now(), before)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.split()[0] == "True", out.stdout
