@@ -9,9 +9,9 @@ cache): one pass over F per sweep, in F's own layout, where numpy's column-at-a-
 all of F once per column of a transposed copy. The violation is scikit-learn's: Σ |projected
 gradient| of each entry at the moment the first sweep updates it.
 
-Measured against that numpy sweep (with its separate violation pass) on one core, k = 20-40:
-2-3x faster with one sweep per update (text: W's row blocks), 1.1-1.5x with several; with k = 100
-and several sweeps it is 0.6-0.9x of numpy's (whose BLAS used both cores there).
+Measured on one core against that numpy sweep with its separate violation pass (whose BLAS used
+both cores), k = 20-40: 2-3x faster with one sweep per update (text: W's row blocks), 1.1-1.5x
+with several; with k = 100 and several sweeps 0.6-0.9x of numpy's.
 """
 
 from __future__ import annotations
