@@ -39,9 +39,15 @@ def progress_events(job: JobRecord, after_iteration: int) -> list[JobEvent]:
     return events
 
 
-def state_event(job: JobRecord) -> JobEvent:
-    return JobEvent(id=8 * job.iteration + STATE_CODE[job.status], kind="state", status=job.status,
-                    iteration=job.iteration, max_iter=job.max_iter, error=job.error,
+def state_event(job: JobRecord, sent_iteration: int) -> JobEvent:
+    """The job's status as an event. A job that ended comes after all its iterations; a status still
+    in force (queued, running, cancelling) is placed after ``sent_iteration``, the last iteration the
+    client has, before any newer ones: a fit that ran many iterations between two looks at its
+    record was running before them (its state event after them named a later iteration than a
+    replay from the record gives)."""
+    iteration = job.iteration if job.status.is_terminal else min(job.iteration, sent_iteration)
+    return JobEvent(id=8 * iteration + STATE_CODE[job.status], kind="state", status=job.status,
+                    iteration=iteration, max_iter=job.max_iter, error=job.error,
                     elapsed=elapsed_seconds(job), message=job.message)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from distnmf.client import Client
-from distnmf.wire import JobStatus
+from distnmf.wire import JobRecord, JobStatus
 from distnmf_api.server import BackgroundServer
 from distnmf_api.settings import Settings
 
@@ -69,3 +69,19 @@ def test_wait_follows_events_and_the_bar_completes_on_early_convergence(service,
 
 def test_events_of_an_unknown_job_are_404(service) -> None:
     assert httpx.get(f"{service}/api/v1/jobs/nope/events").status_code == 404
+
+
+def test_a_status_seen_after_many_iterations_comes_before_them() -> None:
+    """A fit may run many iterations between two looks at its record: its "running" state is placed
+    after the last iteration the client has (it was running before the new ones), an ended job's
+    state after all of its iterations — so a replay from any id gives what a live stream gave."""
+    import dataclasses
+
+    from distnmf_api import events
+
+    fields = {f.name for f in dataclasses.fields(JobRecord)}
+    running = JobRecord(**{name: None for name in fields} | {
+        "id": "j", "status": JobStatus.running, "iteration": 53, "max_iter": 500, "error_history": [0.5] * 53})
+    assert (events.state_event(running, 0).id, events.state_event(running, 20).id) == (2, 8 * 20 + 2)
+    done = dataclasses.replace(running, status=JobStatus.succeeded)
+    assert events.state_event(done, 0).id == 8 * 53 + 4

@@ -167,8 +167,10 @@ def test_fit_interrupted_and_resumed_from_an_s3_checkpoint_with_worker_processes
                                     keep_in_memory=False, **params)
     assert factors.path == f"{prefix}/X.nmf.zarr" and factors.attrs["source"] == url
     assert factors.attrs["n_iter"] == 12
-    np.testing.assert_allclose(factors.H, reference.H, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(factors.read_W(), reference.read_W(), rtol=1e-5, atol=1e-6)
+    # two fits on one cluster differ in float32 rounding (~1e-6 of the largest entry after 12
+    # iterations, as in tests/test_resilience.py); one iteration more or less moves them by percents
+    for ours, theirs in ((factors.H, reference.H), (factors.read_W(), reference.read_W())):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-5 * float(theirs.max()))
     assert not [k for k in keys(prefix) if ".tmp-" in k]
 
 

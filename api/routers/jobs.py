@@ -170,7 +170,7 @@ async def job_events(job: JobDep, store: StoreDep,
         while record is not None:
             pending = events.progress_events(record, max(0, last_id // 8))
             if record.status != sent_status:
-                pending.append(events.state_event(record))
+                pending.append(events.state_event(record, max(0, last_id // 8)))
                 sent_status = record.status
             for event in sorted(pending, key=lambda e: e.id):
                 if event.id > last_id:
