@@ -10,8 +10,12 @@ $(UV):
 	python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check uv
 
+# After the install, the engine's numba kernels are compiled once into numba's disk cache (~5 s),
+# so that the first fits in parallel processes (Dask workers, tests) load them instead of each
+# compiling them at once.
 $(STAMP): $(UV) pyproject.toml uv.lock
 	$(UV) sync --frozen --all-extras --python $(PY)
+	$(PY) -c "from distnmf import kernels; kernels.load_compiled()"
 	@touch $(STAMP)
 
 venv: $(STAMP)

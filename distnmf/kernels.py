@@ -145,12 +145,17 @@ def hals_update_h(H: np.ndarray, WtX: np.ndarray, WtW: np.ndarray, *, max_sweeps
 def load_compiled() -> None:
     """Load the compiled kernels into this process through the calls fits make, on a tiny problem:
     numba's start-up (its import and its code generator, ~1.5-2 s here even from the disk cache) is
-    then paid before the first fit rather than by it (a Dask worker does this as it starts)."""
+    then paid before the first fit rather than by it (a Dask worker does this as it starts). In a
+    fresh environment this compiles them into the disk cache (~5 s; ``make venv`` does it once)."""
+    from distnmf import foldin_kernel
+
     X = sp.csr_array(np.eye(2, dtype=np.float32))
     W = H = np.eye(2, dtype=np.float32)
     hals_update_block(X, W, H, H @ H.T, max_sweeps=1)
     hals_update_h(H, wt_x(W, X), W.T @ W, max_sweeps=1)
     residual_sq_block(X, W, H)
+    foldin_kernel.hals_fold_in(W, H @ H.T, max_sweeps=1, tol=0.1)  # fold-in: a G shared by the rows
+    foldin_kernel.hals_fold_in(W, np.stack([H @ H.T] * 2), max_sweeps=1, tol=0.1)  # masked fits: one G per row
 
 
 def gram64(H: np.ndarray) -> np.ndarray:
