@@ -17,9 +17,7 @@ import time
 from collections import OrderedDict
 from pathlib import Path
 
-import numpy as np
-
-from distnmf import foldin_kernel
+from distnmf import kernels
 from distnmf.factors import Factors, open_factors
 from distnmf.index import IndexCache
 from distnmf.storage import Location
@@ -30,12 +28,13 @@ OPEN_FACTORS = 64  # opened factors stores kept (each holds H and the labels)
 
 
 def ready_to_serve() -> None:
-    """What a serving process does once started, before its first query: load the compiled fold-in
-    (numba and its cached machine code, ~1 s during which a first transform would hold the GIL and
-    stall every other query), then freeze the garbage collector's view of all it has loaded. Without
-    the freeze, a full collection scanned the primary's ~400,000 start-up objects (the Dask
-    scheduler, the libraries) in 100-260 ms, a stall of every query in the process, measured."""
-    foldin_kernel.hals_fold_in(np.ones((1, 2), np.float32), np.eye(2, dtype=np.float32), max_sweeps=1, tol=0.1)
+    """What a serving process does once started, before its first query: load the compiled kernels,
+    the fold-in among them (numba and its cached machine code, ~1 s during which a first transform
+    would hold the GIL and stall every other query), then freeze the garbage collector's view of all
+    it has loaded. Without the freeze, a full collection scanned the primary's ~400,000 start-up
+    objects (the Dask scheduler, the libraries) in 100-260 ms, a stall of every query in the
+    process, measured."""
+    kernels.load_compiled()
     gc.freeze()
 
 
