@@ -259,11 +259,7 @@ def time_to_error(X: Any, k: int, target: float, sk_wall: float, x_norm: float) 
 
     curve: list[tuple[int, float]] = []
     model = distnmf.NMF(n_components=k, random_state=0, callback=lambda i, e, t: curve.append((i, e)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        start = time.perf_counter()
-        model.fit(X)
-        wall = time.perf_counter() - start
+    wall = timed_fit(model, X)
     final = model.reconstruction_err_ / x_norm
     out = {"wall_s": wall, "n_iter": int(model.n_iter_), "final_rel_error": final,
            "explained_ratio": (1 - final**2) / (1 - target**2), "error_ratio": final / target}
@@ -279,17 +275,22 @@ def time_to_error(X: Any, k: int, target: float, sk_wall: float, x_norm: float) 
     return out
 
 
+def timed_fit(model: Any, X: Any) -> float:
+    """Seconds ``model.fit(X)`` takes, its warnings (e.g. not converged) silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        start = time.perf_counter()
+        model.fit(X)
+        return time.perf_counter() - start
+
+
 def replay(X: Any, k: int, iterations: int, target: float, x_norm: float) -> dict[str, Any]:
     """A separate fit of exactly ``iterations`` (defaults otherwise, ``tol=0``), timed, and whether
     its true final error reaches ``target``."""
     import distnmf
 
     model = distnmf.NMF(n_components=k, random_state=0, max_iter=iterations, tol=0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        start = time.perf_counter()
-        model.fit(X)
-        seconds = time.perf_counter() - start
+    seconds = timed_fit(model, X)
     error = model.reconstruction_err_ / x_norm
     return {"time_to_reach_s": seconds, "replay_rel_error": error, "reached": bool(error <= target * (1 + REACH_RTOL))}
 
